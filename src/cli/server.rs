@@ -1,0 +1,148 @@
+//! `uring-echo`'s flags.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::config::{Backend, Config, MAX_BUF_COUNT, MAX_BUF_SIZE_BYTES};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum BackendArg {
+    /// io_uring: multishot accept/recv, provided buffer ring, direct descriptors (Linux 6.0+)
+    Uring,
+    /// epoll, edge-triggered: the baseline (any Linux)
+    Epoll,
+}
+
+/// An RFC 862 TCP echo server on io_uring, with an epoll baseline.
+///
+/// Prints one line with the effective configuration at start, echoes every byte
+/// each client sends, and on SIGINT/SIGTERM drains its connections and prints a summary.
+#[derive(Debug, Parser)]
+#[command(name = "uring-echo", version)]
+pub struct ServerArgs {
+    /// TCP port to listen on; 0 picks a free one (printed at start)
+    #[arg(short, long, default_value_t = 9999, value_parser = clap::value_parser!(u16))]
+    pub port: u16,
+
+    /// Address to listen on; `::` serves IPv6 and IPv4
+    #[arg(short, long, default_value = "0.0.0.0")]
+    pub addr: IpAddr,
+
+    /// Worker threads, each with its own listener and event loop [default: number of CPUs]
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+
+    /// Event loop
+    #[arg(short, long, value_enum, default_value_t = BackendArg::Uring)]
+    pub backend: BackendArg,
+
+    /// Size of one receive buffer, in bytes
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(64..=MAX_BUF_SIZE_BYTES as i64))]
+    pub buf_size: u32,
+
+    /// Receive buffers per worker (a power of two, the kernel's limit is 32768)
+    #[arg(long, default_value_t = 4096, value_parser = crate::cli::power_of_two_u32(1, MAX_BUF_COUNT))]
+    pub buf_count: u32,
+
+    /// Buffers one connection may hold before the server stops reading from it
+    /// (back-pressure for clients that send without reading)
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=MAX_BUF_COUNT as i64))]
+    pub conn_buffers: u32,
+
+    /// Connections open at once (all workers); more are closed at accept and counted
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub max_conns: u64,
+
+    /// listen() backlog (capped by net.core.somaxconn)
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub backlog: u32,
+
+    /// On SIGINT/SIGTERM, seconds to let connections drain before closing them
+    #[arg(long, default_value = "5", value_parser = crate::cli::seconds(0.0, 3600.0))]
+    pub drain_timeout: Duration,
+
+    /// Print a stats line (connections, bytes) every SECONDS
+    #[arg(long, value_name = "SECONDS", value_parser = crate::cli::seconds(0.01, 86400.0))]
+    pub stats: Option<Duration>,
+
+    /// Print nothing but errors
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl ServerArgs {
+    /// Cross-flag checks clap cannot express; the error names the flags.
+    pub fn into_config(self) -> Result<Config, String> {
+        if self.conn_buffers > self.buf_count {
+            return Err(format!(
+                "--conn-buffers ({}) must not exceed --buf-count ({}): one connection could hold the whole pool",
+                self.conn_buffers, self.buf_count
+            ));
+        }
+        Ok(Config {
+            addr: self.addr,
+            port: self.port,
+            workers: self
+                .workers
+                .map_or_else(crate::sys::available_cpus, |w| w as usize),
+            backend: match self.backend {
+                BackendArg::Uring => Backend::Uring,
+                BackendArg::Epoll => Backend::Epoll,
+            },
+            buf_size_bytes: self.buf_size,
+            buf_count: self.buf_count,
+            conn_buffers: self.conn_buffers,
+            max_conns: self.max_conns as usize,
+            backlog: self.backlog,
+            drain_timeout: self.drain_timeout,
+            stats_interval: self.stats,
+            quiet: self.quiet,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<ServerArgs, String> {
+        ServerArgs::try_parse_from(std::iter::once("uring-echo").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = parse(&[]).unwrap().into_config().unwrap();
+        assert_eq!(c.port, 9999);
+        assert_eq!(c.backend, Backend::Uring);
+        assert_eq!(c.buf_count, 4096);
+        assert!(c.workers >= 1);
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_flag_and_range() {
+        let e = parse(&["--port", "70000"]).unwrap_err();
+        assert!(e.contains("--port") && e.contains("0..=65535"), "{e}");
+        let e = parse(&["--workers", "0"]).unwrap_err();
+        assert!(e.contains("--workers") && e.contains("1..=1024"), "{e}");
+        let e = parse(&["--buf-count", "1000"]).unwrap_err();
+        assert!(
+            e.contains("--buf-count") && e.contains("power of two"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_budget_larger_than_the_pool_is_refused() {
+        let e = parse(&["--buf-count", "16", "--conn-buffers", "32"])
+            .unwrap()
+            .into_config()
+            .unwrap_err();
+        assert!(
+            e.contains("--conn-buffers") && e.contains("--buf-count"),
+            "{e}"
+        );
+    }
+}

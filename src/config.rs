@@ -1,0 +1,95 @@
+//! The validated configuration both backends run from. Parsing and range checks
+//! live in the CLI (`cli::server`); this module only holds the result and the
+//! derived numbers every backend needs, so the backends cannot disagree on them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// Which event loop serves the connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring: multishot accept and receive, a provided buffer ring, direct descriptors.
+    Uring,
+    /// epoll: the baseline, edge-triggered, the same buffer budget and back-pressure.
+    Epoll,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+/// Everything a worker needs to know; identical for every worker.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on (0.0.0.0, ::, 127.0.0.1 ...).
+    pub addr: IpAddr,
+    /// Port to listen on; 0 picks a free port, shared by every worker's listener.
+    pub port: u16,
+    /// Worker threads, each with its own listener and event loop.
+    pub workers: usize,
+    pub backend: Backend,
+    /// Size of one receive buffer. Invariant: 1..=MAX_BUF_SIZE_BYTES.
+    pub buf_size_bytes: u32,
+    /// Receive buffers per worker. Invariant: a power of two, <= MAX_BUF_COUNT.
+    pub buf_count: u32,
+    /// Buffers one connection may hold (received, not yet echoed) before the
+    /// server stops receiving from it. Invariant: 1..=buf_count.
+    pub conn_buffers: u32,
+    /// Connections open at once, all workers together; more are closed at accept.
+    pub max_conns: usize,
+    /// listen(2) backlog (the kernel caps it at net.core.somaxconn).
+    pub backlog: u32,
+    /// How long a graceful stop waits for connections to drain before closing them.
+    pub drain_timeout: Duration,
+    /// Print a stats line at this interval.
+    pub stats_interval: Option<Duration>,
+    /// Print nothing but errors.
+    pub quiet: bool,
+}
+
+/// The kernel's limit on a provided buffer ring's entries.
+pub const MAX_BUF_COUNT: u32 = 32768;
+/// One buffer's upper bound: large enough for any TCP segment burst, small enough
+/// that a pool of MAX_BUF_COUNT stays addressable.
+pub const MAX_BUF_SIZE_BYTES: u32 = 1 << 20;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            addr: IpAddr::from([0, 0, 0, 0]),
+            port: 9999,
+            workers: crate::sys::available_cpus(),
+            backend: Backend::Uring,
+            buf_size_bytes: 4096,
+            buf_count: 4096,
+            conn_buffers: 8,
+            max_conns: 1_000_000,
+            backlog: 4096,
+            drain_timeout: Duration::from_secs(5),
+            stats_interval: None,
+            quiet: false,
+        }
+    }
+}
+
+impl Config {
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port)
+    }
+
+    /// Bytes of receive buffers one worker owns.
+    pub fn pool_bytes_per_worker(&self) -> u64 {
+        u64::from(self.buf_size_bytes) * u64::from(self.buf_count)
+    }
+
+    /// Once a paused connection's held buffers drop to this, receiving resumes:
+    /// half the budget, so a connection at its limit does not flap on every send.
+    pub fn conn_buffers_resume(&self) -> u32 {
+        self.conn_buffers / 2
+    }
+}

@@ -1,0 +1,417 @@
+//! The epoll event loop of one worker thread: the fair baseline. Same design as
+//! the io_uring worker (own SO_REUSEPORT listener, slab of connections, the same
+//! buffer budget and back-pressure), on readiness instead of completions:
+//! edge-triggered sockets registered once, read into a pool buffer and sent
+//! straight back, the buffer kept only if the send was short.
+#![forbid(unsafe_code)]
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+use socket2::Socket;
+
+use super::buf_pool::BufPool;
+use super::poller::{CONN_INTEREST, LEVEL_READ, Poller};
+use crate::config::Config;
+use crate::echo_queue::{Chunk, EchoQueue};
+use crate::shutdown::Shutdown;
+use crate::stats::WorkerStats;
+
+const LISTENER: u64 = u64::MAX;
+const WAKER: u64 = u64::MAX - 1;
+/// Reads one connection may do per wakeup before others get a turn.
+const READS_PER_TURN: usize = 16;
+/// Connections accepted per wakeup; the level-triggered listener reports the rest.
+const ACCEPTS_PER_TURN: usize = 64;
+const DRAIN_TICK: Duration = Duration::from_millis(50);
+
+pub struct Shared<'a> {
+    pub config: &'a Config,
+    pub stats: &'a WorkerStats,
+    pub shutdown: &'a Shutdown,
+    pub open_conns: &'a AtomicUsize,
+    pub worker_id: usize,
+}
+
+#[derive(Default)]
+struct State {
+    /// Not yet read to EAGAIN since the last edge.
+    readable: bool,
+    paused: bool,
+    starved: bool,
+    peer_eof: bool,
+    draining: bool,
+    write_shut: bool,
+    /// Queued on the worker's ready list.
+    queued: bool,
+}
+
+struct Conn {
+    fd: OwnedFd,
+    generation: u32,
+    state: State,
+    queue: EchoQueue,
+}
+
+pub struct Worker<'a> {
+    poller: Poller,
+    listener: Socket,
+    pool: BufPool,
+    conns: Slab<Conn>,
+    shared: Shared<'a>,
+    next_generation: u32,
+    /// Connections with readable data left after their turn, or resumed.
+    ready: VecDeque<(usize, u32)>,
+    /// Connections waiting for a free buffer.
+    starved: VecDeque<(usize, u32)>,
+    accept_paused: bool,
+    drain_deadline: Option<Instant>,
+}
+
+fn token(key: usize, generation: u32) -> u64 {
+    ((generation as u64) << 32) | key as u64
+}
+
+impl<'a> Worker<'a> {
+    pub fn new(listener: Socket, shared: Shared<'a>) -> io::Result<Worker<'a>> {
+        let poller = Poller::new()?;
+        poller.add(listener.as_raw_fd(), LEVEL_READ, LISTENER)?;
+        let waker = shared.shutdown.waker(shared.worker_id).as_raw_fd();
+        poller.add(waker, LEVEL_READ, WAKER)?;
+        let pool = BufPool::new(shared.config.buf_count, shared.config.buf_size_bytes);
+        Ok(Worker {
+            poller,
+            listener,
+            pool,
+            conns: Slab::new(),
+            shared,
+            next_generation: 1,
+            ready: VecDeque::new(),
+            starved: VecDeque::new(),
+            accept_paused: false,
+            drain_deadline: None,
+        })
+    }
+
+    pub fn run(mut self) -> io::Result<()> {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+        loop {
+            if self.drain_deadline.is_some() && self.conns.is_empty() {
+                return Ok(());
+            }
+            let timeout = if !self.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else if self.drain_deadline.is_some() {
+                Some(DRAIN_TICK)
+            } else {
+                None
+            };
+            let n = self.poller.wait(&mut events, timeout)?;
+            for ev in &events[..n] {
+                let (flags, tok) = (ev.events, ev.u64);
+                match tok {
+                    LISTENER => self.accept_some(),
+                    WAKER => self.handle_wake(),
+                    _ => self.handle_conn_event(tok, flags),
+                }
+            }
+            self.run_ready();
+            self.rearm_starved();
+            if self.drain_deadline.is_some_and(|d| Instant::now() >= d) {
+                let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                for key in keys {
+                    self.close(key, false);
+                }
+            }
+        }
+    }
+
+    fn lookup(&self, tok: u64) -> Option<usize> {
+        let key = (tok & 0xffff_ffff) as usize;
+        let generation = (tok >> 32) as u32;
+        self.conns
+            .get(key)
+            .filter(|c| c.generation == generation)
+            .map(|_| key)
+    }
+
+    fn accept_some(&mut self) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            match crate::sys::accept_nonblocking(self.listener.as_raw_fd()) {
+                Ok(fd) => self.admit(fd),
+                Err(e) => match e.raw_os_error() {
+                    Some(libc::EAGAIN) => return,
+                    Some(libc::ECONNABORTED | libc::EINTR | libc::EPROTO | libc::EPERM) => {}
+                    // Out of descriptors: the connection waits in the backlog. The
+                    // listener is level-triggered, so it must leave the poller or
+                    // every wait would return at once; the next close brings it back.
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                        self.pause_accept();
+                        return;
+                    }
+                    _ => {
+                        eprintln!(
+                            "uring-echo: worker {}: accept failed: {e}; accepting paused until a connection closes",
+                            self.shared.worker_id
+                        );
+                        self.pause_accept();
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn pause_accept(&mut self) {
+        if !self.accept_paused && self.poller.delete(self.listener.as_raw_fd()).is_ok() {
+            self.accept_paused = true;
+        }
+    }
+
+    fn admit(&mut self, fd: OwnedFd) {
+        let over_limit =
+            self.shared.open_conns.fetch_add(1, Ordering::Relaxed) >= self.shared.config.max_conns;
+        if over_limit || self.drain_deadline.is_some() {
+            self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+            WorkerStats::add(&self.shared.stats.rejected, 1);
+            return; // dropping `fd` closes it
+        }
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self
+            .poller
+            .add(fd.as_raw_fd(), CONN_INTEREST, token(key, generation))
+        {
+            self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+            WorkerStats::add(&self.shared.stats.rejected, 1);
+            eprintln!("uring-echo: epoll_ctl add: {e}");
+            return;
+        }
+        entry.insert(Conn {
+            fd,
+            generation,
+            state: State::default(),
+            queue: EchoQueue::default(),
+        });
+        WorkerStats::add(&self.shared.stats.accepted, 1);
+    }
+
+    fn handle_wake(&mut self) {
+        let _ =
+            crate::sys::eventfd_drain(self.shared.shutdown.waker(self.shared.worker_id).as_fd());
+        if self.shared.shutdown.is_requested() && self.drain_deadline.is_none() {
+            self.begin_drain();
+        }
+    }
+
+    fn handle_conn_event(&mut self, tok: u64, flags: u32) {
+        let Some(key) = self.lookup(tok) else {
+            return;
+        };
+        if flags & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
+        {
+            self.conns[key].state.readable = true;
+            self.on_readable(key);
+        }
+        if self.conns.contains(key) && flags & libc::EPOLLOUT as u32 != 0 {
+            self.flush(key);
+        }
+    }
+
+    /// Reads and echoes until EAGAIN, the turn ends, the budget is reached or
+    /// the pool is empty.
+    fn on_readable(&mut self, key: usize) {
+        for _ in 0..READS_PER_TURN {
+            let Some(conn) = self.conns.get(key) else {
+                return;
+            };
+            let s = &conn.state;
+            // Draining before our FIN: echo only what was already received.
+            if !s.readable || s.paused || s.starved || s.peer_eof || (s.draining && !s.write_shut) {
+                return;
+            }
+            let Some(buf) = self.pool.take() else {
+                WorkerStats::add(&self.shared.stats.buffer_starved, 1);
+                let conn = &mut self.conns[key];
+                conn.state.starved = true;
+                self.starved.push_back((key, conn.generation));
+                return;
+            };
+            let fd = self.conns[key].fd.as_raw_fd();
+            match crate::sys::recv_into(fd, self.pool.buf_mut(buf)) {
+                Ok(0) => {
+                    self.pool.give_back(buf);
+                    self.conns[key].state.peer_eof = true;
+                    self.maybe_finish(key);
+                    return;
+                }
+                Ok(n) => {
+                    WorkerStats::add(&self.shared.stats.bytes_in, n as u64);
+                    let conn = &mut self.conns[key];
+                    if conn.state.write_shut {
+                        // Draining after our FIN: discard until the peer's FIN.
+                        self.pool.give_back(buf);
+                        continue;
+                    }
+                    conn.queue.push(Chunk { buf, len: n as u32 });
+                    self.flush(key);
+                    let Some(conn) = self.conns.get_mut(key) else {
+                        return;
+                    };
+                    if conn.queue.is_over_budget(self.shared.config.conn_buffers) {
+                        conn.state.paused = true;
+                        WorkerStats::add(&self.shared.stats.backpressured, 1);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.pool.give_back(buf);
+                    self.conns[key].state.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.pool.give_back(buf),
+                Err(_) => {
+                    self.pool.give_back(buf);
+                    self.close(key, true);
+                    return;
+                }
+            }
+        }
+        // Turn over with data left: come back after the others had theirs.
+        let conn = &mut self.conns[key];
+        if !conn.state.queued {
+            conn.state.queued = true;
+            self.ready.push_back((key, conn.generation));
+        }
+    }
+
+    /// Sends queued chunks until the socket is full or the queue is empty.
+    fn flush(&mut self, key: usize) {
+        loop {
+            let conn = &mut self.conns[key];
+            let Some(unsent) = conn.queue.next_unsent() else {
+                break;
+            };
+            let bytes = self.pool.bytes(unsent.buf, unsent.offset, unsent.len);
+            match crate::sys::send_from(conn.fd.as_raw_fd(), bytes) {
+                Ok(n) => {
+                    WorkerStats::add(&self.shared.stats.bytes_out, n as u64);
+                    if let Some(buf) = conn.queue.advance(n as u32) {
+                        self.pool.give_back(buf);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.close(key, true);
+                    return;
+                }
+            }
+        }
+        // Queue empty: resume a paused reader, finish a half-closed connection.
+        let resume_at = self.shared.config.conn_buffers_resume();
+        let conn = &mut self.conns[key];
+        if conn.state.paused && conn.queue.held() <= resume_at {
+            conn.state.paused = false;
+            if conn.state.readable && !conn.state.queued {
+                conn.state.queued = true;
+                self.ready.push_back((key, conn.generation));
+            }
+        }
+        self.maybe_finish(key);
+    }
+
+    /// After the peer's FIN, or during a drain, once nothing is left to echo.
+    fn maybe_finish(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.queue.is_empty() {
+            return;
+        }
+        if conn.state.peer_eof {
+            self.close(key, false);
+        } else if conn.state.draining && !conn.state.write_shut {
+            conn.state.write_shut = true;
+            if crate::sys::shutdown_write(conn.fd.as_raw_fd()).is_err() {
+                self.close(key, true);
+            } else if conn.state.readable && !conn.state.queued {
+                conn.state.queued = true;
+                self.ready.push_back((key, conn.generation));
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize, error: bool) {
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        for buf in conn.queue.drain(false) {
+            self.pool.give_back(buf);
+        }
+        // Closing the descriptor removes it from the epoll set.
+        drop(conn);
+        if error {
+            WorkerStats::add(&self.shared.stats.errors, 1);
+        }
+        WorkerStats::add(&self.shared.stats.closed, 1);
+        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+        if self.accept_paused && self.drain_deadline.is_none() {
+            let listener = self.listener.as_raw_fd();
+            if self.poller.add(listener, LEVEL_READ, LISTENER).is_ok() {
+                self.accept_paused = false;
+            }
+        }
+    }
+
+    fn run_ready(&mut self) {
+        for _ in 0..self.ready.len() {
+            let Some((key, generation)) = self.ready.pop_front() else {
+                return;
+            };
+            let Some(conn) = self
+                .conns
+                .get_mut(key)
+                .filter(|c| c.generation == generation)
+            else {
+                continue;
+            };
+            conn.state.queued = false;
+            self.on_readable(key);
+        }
+    }
+
+    fn rearm_starved(&mut self) {
+        while self.pool.has_free() {
+            let Some((key, generation)) = self.starved.pop_front() else {
+                return;
+            };
+            let Some(conn) = self
+                .conns
+                .get_mut(key)
+                .filter(|c| c.generation == generation)
+            else {
+                continue;
+            };
+            conn.state.starved = false;
+            self.on_readable(key);
+        }
+    }
+
+    fn begin_drain(&mut self) {
+        self.drain_deadline = Some(Instant::now() + self.shared.config.drain_timeout);
+        if !self.accept_paused {
+            let _ = self.poller.delete(self.listener.as_raw_fd());
+            self.accept_paused = true;
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.conns[key].state.draining = true;
+            self.maybe_finish(key);
+        }
+    }
+}

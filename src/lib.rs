@@ -1,0 +1,29 @@
+//! uring-echo: an RFC 862 TCP echo server on io_uring, with an epoll baseline.
+//!
+//! Layout (one idea per module):
+//! - [`config`]: the validated configuration both backends run from.
+//! - [`server`]: binds the listeners, starts one worker per thread, joins them.
+//! - [`uring`]: the io_uring backend (ring setup and probe, buffer ring, user_data, event loop).
+//! - [`epoll`]: the epoll backend, the same design on readiness notifications.
+//! - [`echo_queue`]: the per-connection queue of received-but-not-yet-echoed buffers and
+//!   the back-pressure rules both backends share.
+//! - [`stats`]: per-worker counters and their periodic/summary reports.
+//! - [`net`]: socket setup (SO_REUSEPORT listeners), the only place that creates sockets.
+//! - [`shutdown`]: SIGINT/SIGTERM handling and waking the workers.
+//! - [`sys`]: the `syscall!` wrapper every raw libc call goes through.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("uring-echo is Linux-only: it is built on io_uring (Linux 6.0+) and epoll");
+
+#[macro_use]
+pub mod sys;
+
+pub mod cli;
+pub mod config;
+pub mod echo_queue;
+pub mod epoll;
+pub mod net;
+pub mod server;
+pub mod shutdown;
+pub mod stats;
+pub mod uring;

@@ -1,0 +1,121 @@
+//! The one wrapper every raw libc call goes through, plus the few syscalls the
+//! rest of the crate needs (eventfd, rlimit). Nothing here knows about echo.
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+/// Calls a libc function and turns its `-1` into `io::Error::last_os_error()`.
+///
+/// Every call site passes plain values or pointers derived from live Rust
+/// references (slices, `&mut` locals) sized by the same reference, which is what
+/// makes the call sound; the macro only converts the C error convention.
+macro_rules! syscall {
+    ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
+        #[allow(unused_unsafe)]
+        // SAFETY: see the macro's doc: arguments are values or pointers from live
+        // references with matching lengths.
+        let res = unsafe { libc::$fn($($arg, )*) };
+        if res == -1 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(res)
+        }
+    }};
+}
+
+/// A non-blocking eventfd, used to wake a worker blocked in the kernel.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    let fd = syscall!(eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC))?;
+    // SAFETY: `eventfd` just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds 1 to an eventfd's counter, waking whoever waits on it.
+pub fn eventfd_signal(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let one: u64 = 1;
+    use std::os::fd::AsRawFd;
+    syscall!(write(fd.as_raw_fd(), (&one as *const u64).cast(), 8))?;
+    Ok(())
+}
+
+/// Reads (and so resets) an eventfd's counter; `Ok(None)` when nothing was signalled.
+pub fn eventfd_drain(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    let mut value: u64 = 0;
+    use std::os::fd::AsRawFd;
+    match syscall!(read(fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8)) {
+        Ok(_) => Ok(Some(value)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The soft limit on open files (RLIMIT_NOFILE). The kernel also caps a ring's
+/// table of direct descriptors at this value, per ring.
+pub fn open_files_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    match syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut lim)) {
+        Ok(_) => lim.rlim_cur,
+        Err(_) => 1024,
+    }
+}
+
+/// Ignores SIGPIPE process-wide: a write to a peer that reset must be an `EPIPE`
+/// for the one connection, not a signal that kills the server.
+pub fn ignore_sigpipe() {
+    // SAFETY: SIG_IGN is a valid disposition for SIGPIPE and installing it has no
+    // preconditions; it races with nothing because it is done before threads start.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+/// Number of CPUs this process may run on (its affinity mask), at least 1.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// `recv(2)` into a slice, MSG_DONTWAIT.
+pub fn recv_into(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    let n = syscall!(recv(
+        fd,
+        buf.as_mut_ptr().cast(),
+        buf.len(),
+        libc::MSG_DONTWAIT
+    ))?;
+    Ok(n as usize)
+}
+
+/// `send(2)` from a slice, MSG_DONTWAIT | MSG_NOSIGNAL: a reset peer is an
+/// error for this connection, not a SIGPIPE for the process.
+pub fn send_from(fd: std::os::fd::RawFd, buf: &[u8]) -> io::Result<usize> {
+    let n = syscall!(send(
+        fd,
+        buf.as_ptr().cast(),
+        buf.len(),
+        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
+    ))?;
+    Ok(n as usize)
+}
+
+/// `shutdown(fd, SHUT_WR)`: sends FIN, keeps reading possible.
+pub fn shutdown_write(fd: std::os::fd::RawFd) -> io::Result<()> {
+    syscall!(shutdown(fd, libc::SHUT_WR))?;
+    Ok(())
+}
+
+/// `accept4` with SOCK_NONBLOCK | SOCK_CLOEXEC.
+pub fn accept_nonblocking(listener: std::os::fd::RawFd) -> io::Result<OwnedFd> {
+    let fd = syscall!(accept4(
+        listener,
+        std::ptr::null_mut(),
+        std::ptr::null_mut(),
+        libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC
+    ))?;
+    // SAFETY: accept4 just returned this descriptor and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

@@ -1,0 +1,99 @@
+//! One connection's state in the io_uring backend: its direct descriptor, the
+//! generation its operations carry, what it has queued to echo, and which of its
+//! operations are in flight. Kept small: an idle connection costs this struct and
+//! a slab slot, nothing else (no receive buffer).
+#![forbid(unsafe_code)]
+
+use crate::echo_queue::EchoQueue;
+
+/// State bits. Each `*_IN_FLIGHT`/`ARMED` bit is set when the operation is
+/// submitted and cleared by its final completion; the slot is freed only when
+/// none is left.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags(u16);
+
+impl Flags {
+    /// A multishot receive is armed (cleared by a completion without F_MORE).
+    pub const RECV_ARMED: Flags = Flags(1 << 0);
+    /// A cancel of the armed receive was submitted.
+    pub const RECV_CANCELLING: Flags = Flags(1 << 1);
+    pub const SEND_IN_FLIGHT: Flags = Flags(1 << 2);
+    /// The peer sent FIN: nothing more will arrive.
+    pub const PEER_EOF: Flags = Flags(1 << 3);
+    /// Over its buffer budget: receiving paused until sends drain.
+    pub const PAUSED: Flags = Flags(1 << 4);
+    /// Waiting in the worker's queue for free buffers (after ENOBUFS).
+    pub const STARVED: Flags = Flags(1 << 5);
+    /// Graceful stop: stop receiving, echo what is queued, then shut down writes.
+    pub const DRAINING: Flags = Flags(1 << 6);
+    pub const SHUTDOWN_IN_FLIGHT: Flags = Flags(1 << 7);
+    /// Our FIN is sent: received bytes are now discarded until the peer's FIN.
+    pub const WRITE_SHUT: Flags = Flags(1 << 8);
+    /// Close submitted.
+    pub const CLOSING: Flags = Flags(1 << 9);
+    /// Close completed: the descriptor slot is free again.
+    pub const CLOSED: Flags = Flags(1 << 10);
+
+    pub fn has(self, f: Flags) -> bool {
+        self.0 & f.0 != 0
+    }
+
+    pub fn set(&mut self, f: Flags) {
+        self.0 |= f.0;
+    }
+
+    pub fn clear(&mut self, f: Flags) {
+        self.0 &= !f.0;
+    }
+}
+
+#[derive(Debug)]
+pub struct Conn {
+    /// Index in the ring's table of direct descriptors.
+    pub fixed: u32,
+    pub generation: u32,
+    pub flags: Flags,
+    pub queue: EchoQueue,
+}
+
+impl Conn {
+    pub fn new(fixed: u32, generation: u32) -> Conn {
+        Conn {
+            fixed,
+            generation,
+            flags: Flags::default(),
+            queue: EchoQueue::default(),
+        }
+    }
+
+    /// Nothing of this connection is left in the kernel: its slot may be reused.
+    pub fn is_finished(&self) -> bool {
+        self.flags.has(Flags::CLOSED)
+            && !self.flags.has(Flags::RECV_ARMED)
+            && !self.flags.has(Flags::SEND_IN_FLIGHT)
+            && !self.flags.has(Flags::SHUTDOWN_IN_FLIGHT)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_finished_only_when_nothing_is_in_flight() {
+        let mut c = Conn::new(0, 1);
+        c.flags.set(Flags::SEND_IN_FLIGHT);
+        c.flags.set(Flags::CLOSED);
+        assert!(!c.is_finished());
+        c.flags.clear(Flags::SEND_IN_FLIGHT);
+        assert!(c.is_finished());
+        c.flags.set(Flags::RECV_ARMED);
+        assert!(!c.is_finished());
+    }
+
+    #[test]
+    fn an_idle_connection_is_small() {
+        // The budget is 256 bytes per idle connection beyond the buffer pool.
+        assert!(std::mem::size_of::<Conn>() <= 64);
+    }
+}

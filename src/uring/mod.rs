@@ -1,0 +1,90 @@
+//! The io_uring backend: one ring per worker thread, multishot accept straight
+//! into the ring's table of direct descriptors, multishot receive from a
+//! registered provided-buffer ring, and the received buffer sent back as is.
+//!
+//! - [`setup`]: builds the ring with the best flags the kernel takes, probes features.
+//! - [`buf_ring`]: the provided buffer ring and its memory.
+//! - [`user_data`]: the 64-bit tag on every operation.
+//! - [`conn`]: one connection's state.
+//! - [`worker`]: the event loop.
+//!
+//! Terms used in this module: SQE/CQE are submission/completion queue entries;
+//! a *direct descriptor* is a slot in the ring's own file table (not the
+//! process's fd table); *bgid* is the id of a provided-buffer group.
+
+pub mod buf_ring;
+pub mod conn;
+pub mod setup;
+pub mod user_data;
+pub mod worker;
+
+use std::io;
+
+use io_uring::IoUring;
+
+pub use setup::{RingFlags, SetupError};
+
+use crate::config::Config;
+
+/// Submission queue entries per ring. Bursts beyond it wait in the worker's backlog.
+pub const SQ_ENTRIES: u32 = 4096;
+/// Completion queue entries per ring: the most the kernel allows (clamped).
+pub const CQ_ENTRIES: u32 = 65536;
+/// The buffer group every receive names.
+pub const BGID: u16 = 0;
+
+/// A worker's ring, buffers and descriptor table, set up in the thread that runs
+/// them (SINGLE_ISSUER and the registered ring fd bind the ring to that thread).
+pub struct RingParts {
+    pub ring: IoUring,
+    pub bufs: buf_ring::BufRing,
+    pub flags: RingFlags,
+    /// Slots in the direct-descriptor table: the most connections this worker holds.
+    pub table_slots: u32,
+}
+
+/// Builds and registers everything one worker needs.
+pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
+    let (ring, flags) = setup::build_ring(SQ_ENTRIES, CQ_ENTRIES)?;
+    setup::check_features(&ring)?;
+    let table_slots = direct_table_slots(config);
+    ring.submitter()
+        .register_files_sparse(table_slots)
+        .map_err(|err| SetupError::Io {
+            what: "registering the direct-descriptor table",
+            err,
+        })?;
+    let bufs = buf_ring::BufRing::register(&ring, BGID, config.buf_count, config.buf_size_bytes)
+        .map_err(|err| match err.raw_os_error() {
+            Some(libc::EINVAL) => SetupError::UnsupportedKernel {
+                feature: "provided buffer rings",
+                needs: "5.19",
+                running: setup::kernel_version()
+                    .map(|(a, b)| format!("{a}.{b}"))
+                    .unwrap_or_default(),
+            },
+            _ => SetupError::Io {
+                what: "registering the buffer ring",
+                err,
+            },
+        })?;
+    Ok(RingParts {
+        ring,
+        bufs,
+        flags,
+        table_slots,
+    })
+}
+
+/// The kernel caps a ring's direct-descriptor table at RLIMIT_NOFILE (per ring,
+/// not per process), so each worker can hold up to that many connections while
+/// the process's own fd table stays nearly empty.
+fn direct_table_slots(config: &Config) -> u32 {
+    let limit = crate::sys::open_files_limit().min(1 << 20);
+    limit.min(config.max_conns as u64).max(1) as u32
+}
+
+/// Turns a setup failure into the io::Error the server reports.
+pub fn setup_error(err: SetupError) -> io::Error {
+    io::Error::other(err)
+}

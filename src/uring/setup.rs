@@ -1,0 +1,233 @@
+//! Ring setup and the kernel feature probe: which ring flags this kernel takes,
+//! whether the operations the event loop uses exist, and what to tell the user
+//! when io_uring is missing or blocked.
+
+use std::fmt;
+use std::io;
+
+use io_uring::{IoUring, Probe, opcode};
+
+/// Why the io_uring backend cannot run here.
+#[derive(Debug)]
+pub enum SetupError {
+    /// io_uring_setup itself failed: the kernel lacks io_uring or it is blocked.
+    Unavailable { err: io::Error, cause: String },
+    /// The kernel has io_uring but not a feature the event loop needs.
+    UnsupportedKernel {
+        feature: &'static str,
+        needs: &'static str,
+        running: String,
+    },
+    /// Anything else (memory, limits) while setting the ring up.
+    Io { what: &'static str, err: io::Error },
+}
+
+impl fmt::Display for SetupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetupError::Unavailable { err, cause } => write!(
+                f,
+                "io_uring is not available: io_uring_setup failed: {err}. Likely cause: {cause}. \
+                 Run with --backend epoll to use the epoll backend instead"
+            ),
+            SetupError::UnsupportedKernel {
+                feature,
+                needs,
+                running,
+            } => write!(
+                f,
+                "this kernel ({running}) lacks io_uring {feature}, which needs Linux {needs} or newer. \
+                 Upgrade the kernel, or run with --backend epoll"
+            ),
+            SetupError::Io { what, err } => write!(f, "io_uring setup: {what}: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+/// The ring flags this kernel took, reported in the start-up line.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RingFlags {
+    /// IORING_SETUP_SINGLE_ISSUER (6.0): only this thread submits, so the kernel
+    /// skips the locking that sharing a ring between threads would need.
+    pub single_issuer: bool,
+    /// IORING_SETUP_DEFER_TASKRUN (6.1): completion work runs when we wait for
+    /// completions, in batches, instead of interrupting us after every syscall.
+    pub defer_taskrun: bool,
+    /// IORING_SETUP_COOP_TASKRUN (5.19): the fallback when DEFER_TASKRUN is missing;
+    /// no IPI to interrupt the thread for each completion.
+    pub coop_taskrun: bool,
+    /// The ring fd is registered (5.18), sparing a file lookup on every enter.
+    pub registered_ring_fd: bool,
+}
+
+impl fmt::Display for RingFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names = Vec::new();
+        if self.single_issuer {
+            names.push("single_issuer");
+        }
+        if self.defer_taskrun {
+            names.push("defer_taskrun");
+        }
+        if self.coop_taskrun {
+            names.push("coop_taskrun");
+        }
+        if self.registered_ring_fd {
+            names.push("registered_ring_fd");
+        }
+        write!(f, "{}", names.join(","))
+    }
+}
+
+/// Builds a ring with the best flags the kernel takes, falling back step by step.
+pub fn build_ring(sq_entries: u32, cq_entries: u32) -> Result<(IoUring, RingFlags), SetupError> {
+    // DEFER_TASKRUN requires SINGLE_ISSUER; both need a kernel the fallbacks do not.
+    type Attempt = (RingFlags, fn(&mut io_uring::Builder));
+    let attempts: [Attempt; 3] = [
+        (
+            RingFlags {
+                single_issuer: true,
+                defer_taskrun: true,
+                ..RingFlags::default()
+            },
+            |b| {
+                b.setup_single_issuer().setup_defer_taskrun();
+            },
+        ),
+        (
+            RingFlags {
+                coop_taskrun: true,
+                ..RingFlags::default()
+            },
+            |b| {
+                b.setup_coop_taskrun();
+            },
+        ),
+        (RingFlags::default(), |_| {}),
+    ];
+    let mut last_err = None;
+    for (flags, apply) in attempts {
+        let mut builder = IoUring::builder();
+        // CQ far larger than SQ: multishot receives post many completions per
+        // submission. If it still overflows, the kernel (FEAT_NODROP, 5.5)
+        // keeps the extra completions and ends the multishot ops, which the
+        // event loop re-arms.
+        builder.setup_cqsize(cq_entries).setup_clamp();
+        apply(&mut builder);
+        match builder.build(sq_entries) {
+            Ok(ring) => {
+                let mut flags = flags;
+                flags.registered_ring_fd = ring.submitter().register_ring_fd().is_ok();
+                return Ok((ring, flags));
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => last_err = Some(err),
+            Err(err) => return Err(unavailable(err)),
+        }
+    }
+    Err(unavailable(last_err.expect("at least one attempt")))
+}
+
+fn unavailable(err: io::Error) -> SetupError {
+    let cause = match err.raw_os_error() {
+        Some(libc::ENOSYS) => "the kernel was built without io_uring (CONFIG_IO_URING), or a \
+                               seccomp filter (a container runtime's profile) answers ENOSYS for it"
+            .to_string(),
+        Some(libc::EPERM) => {
+            let sysctl = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".into());
+            format!(
+                "kernel.io_uring_disabled is {sysctl} (1 allows only the io_uring_group, 2 disables it), \
+                 or a seccomp filter blocks io_uring_setup (Docker's default profile does since 25.0)"
+            )
+        }
+        Some(libc::ENOMEM) => "not enough locked memory: kernels before 5.12 charge rings to \
+                               RLIMIT_MEMLOCK (raise `ulimit -l`)"
+            .to_string(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "the open-files limit is reached".to_string(),
+        _ => "unexpected error from io_uring_setup".to_string(),
+    };
+    SetupError::Unavailable { err, cause }
+}
+
+/// The running kernel's release, e.g. (6, 18) from "6.18.44-...".
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    parse_release(&release)
+}
+
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.trim().split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// Checks that the kernel has every operation and flag the event loop uses.
+/// Opcodes are probed; the multishot flags cannot be probed, so they are
+/// checked against the kernel version that introduced them.
+pub fn check_features(ring: &IoUring) -> Result<(), SetupError> {
+    let running = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let mut probe = Probe::new();
+    ring.submitter()
+        .register_probe(&mut probe)
+        .map_err(|_| SetupError::UnsupportedKernel {
+            feature: "opcode probing",
+            needs: "5.6",
+            running: running.clone(),
+        })?;
+    let needed: [(u8, &str, &str); 8] = [
+        (opcode::AcceptMulti::CODE, "accept", "5.5"),
+        (opcode::RecvMulti::CODE, "recv", "5.6"),
+        (opcode::Send::CODE, "send", "5.6"),
+        (opcode::Close::CODE, "close", "5.6"),
+        (opcode::Shutdown::CODE, "shutdown", "5.11"),
+        (opcode::AsyncCancel::CODE, "async cancel", "5.5"),
+        (opcode::Read::CODE, "read", "5.6"),
+        (opcode::Timeout::CODE, "timeout", "5.4"),
+    ];
+    for (code, feature, needs) in needed {
+        if !probe.is_supported(code) {
+            return Err(SetupError::UnsupportedKernel {
+                feature,
+                needs,
+                running,
+            });
+        }
+    }
+    // Multishot receive (6.0) is the newest thing we need; multishot accept into
+    // direct descriptors and buffer rings came in 5.19.
+    if kernel_version().is_some_and(|v| v < (6, 0)) {
+        return Err(SetupError::UnsupportedKernel {
+            feature: "multishot receive",
+            needs: "6.0",
+            running,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_parse_with_distro_suffixes() {
+        assert_eq!(parse_release("6.18.44-fc-v595\n"), Some((6, 18)));
+        assert_eq!(parse_release("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(parse_release("6.1-rc3"), Some((6, 1)));
+        assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn unavailable_names_the_sysctl_and_the_fallback() {
+        let e = unavailable(io::Error::from_raw_os_error(libc::EPERM));
+        let msg = e.to_string();
+        assert!(msg.contains("io_uring_disabled"), "{msg}");
+        assert!(msg.contains("--backend epoll"), "{msg}");
+    }
+}

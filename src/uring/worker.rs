@@ -1,0 +1,597 @@
+//! The io_uring event loop of one worker thread: submit and wait → for each
+//! completion, dispatch on its kind → publish recycled buffers once per batch.
+//!
+//! Operations a connection can have in flight: one multishot receive, at most one
+//! send, a shutdown, a close. Every transition goes through the handlers below;
+//! the slot is freed by `try_free` once nothing is left in the kernel.
+//! This module does not set the ring up (`setup`) or own buffer memory (`buf_ring`).
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use slab::Slab;
+use socket2::Socket;
+
+use super::buf_ring::BufRing;
+use super::conn::{Conn, Flags};
+use super::user_data::{GENERATION_MASK, OpKind, UserData};
+use crate::config::Config;
+use crate::echo_queue::{BufId, Chunk};
+use crate::shutdown::Shutdown;
+use crate::stats::WorkerStats;
+
+/// How often a draining worker checks its drain deadline.
+const DRAIN_TICK: Duration = Duration::from_millis(50);
+
+/// Everything a worker shares with the others, by reference.
+pub struct Shared<'a> {
+    pub config: &'a Config,
+    pub stats: &'a WorkerStats,
+    pub shutdown: &'a Shutdown,
+    /// Connections open in all workers, for `--max-conns`.
+    pub open_conns: &'a AtomicUsize,
+    pub worker_id: usize,
+}
+
+pub struct Worker<'a> {
+    // Field order is a safety invariant: `ring` is dropped (closed) first, and
+    // only then the memory its operations point into (`bufs`, `wake_buf`,
+    // `tick`, `listener`).
+    ring: IoUring,
+    bufs: BufRing,
+    /// The eventfd Wake reads land here.
+    wake_buf: Box<u64>,
+    tick: Box<types::Timespec>,
+    listener: Socket,
+    shared: Shared<'a>,
+    conns: Slab<Conn>,
+    next_generation: u32,
+    /// Buffers the kernel may still pick; a hint for re-arming starved receives.
+    free_bufs: u32,
+    /// Connections whose receive ended with ENOBUFS, oldest first, as (key, generation).
+    starved: std::collections::VecDeque<(usize, u32)>,
+    /// SQEs that did not fit the submission queue; pushed before the next submit.
+    backlog: Vec<squeue::Entry>,
+    /// Operations submitted whose final completion has not arrived.
+    in_flight: usize,
+    accept_armed: bool,
+    /// Accepting stopped because the descriptor table or the open-files limit was
+    /// full; resumed by the next close instead of retried in a loop.
+    accept_paused: bool,
+    drain_deadline: Option<Instant>,
+    tick_armed: bool,
+    cqes: Vec<(u64, i32, u32)>,
+}
+
+impl<'a> Worker<'a> {
+    pub fn new(ring: IoUring, bufs: BufRing, listener: Socket, shared: Shared<'a>) -> Worker<'a> {
+        let free_bufs = shared.config.buf_count;
+        Worker {
+            ring,
+            bufs,
+            wake_buf: Box::new(0),
+            tick: Box::new(types::Timespec::from(DRAIN_TICK)),
+            listener,
+            shared,
+            conns: Slab::new(),
+            next_generation: 1,
+            free_bufs,
+            starved: Default::default(),
+            backlog: Vec::new(),
+            in_flight: 0,
+            accept_armed: false,
+            accept_paused: false,
+            drain_deadline: None,
+            tick_armed: false,
+            cqes: Vec::with_capacity(1024),
+        }
+    }
+
+    /// Runs until a graceful stop has drained every connection.
+    pub fn run(mut self) -> io::Result<()> {
+        self.arm_accept();
+        self.arm_wake();
+        while !(self.drain_deadline.is_some() && self.conns.is_empty() && self.in_flight == 0) {
+            self.flush_backlog();
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                // EINTR: a signal; EBUSY/EAGAIN: completions must be reaped first.
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+            self.reap();
+            self.bufs.publish();
+            self.rearm_starved();
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self) {
+        self.cqes.clear();
+        self.cqes.extend(
+            self.ring
+                .completion()
+                .map(|c| (c.user_data(), c.result(), c.flags())),
+        );
+        for i in 0..self.cqes.len() {
+            let (ud, res, flags) = self.cqes[i];
+            self.handle_cqe(UserData::from_raw(ud), res, flags);
+        }
+    }
+
+    fn handle_cqe(&mut self, ud: UserData, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        if !more {
+            self.in_flight -= 1;
+        }
+        match ud.kind() {
+            Some(OpKind::Accept) => self.handle_accept(res, more),
+            Some(OpKind::Wake) => self.handle_wake(),
+            Some(OpKind::Tick) => self.handle_tick(),
+            Some(OpKind::CloseRejected) | Some(OpKind::Cancel) => {}
+            Some(kind) => {
+                let key = ud.key();
+                match self.conns.get(key) {
+                    Some(c) if c.generation == ud.generation() => {}
+                    _ => {
+                        debug_assert!(false, "completion for a freed connection: {ud:?}");
+                        if let Some(id) = cqueue::buffer_select(flags) {
+                            self.bufs.recycle(BufId(id));
+                        }
+                        return;
+                    }
+                }
+                match kind {
+                    OpKind::Recv => self.handle_recv(key, res, flags, more),
+                    OpKind::Send => self.handle_send(key, res),
+                    OpKind::Shutdown => self.handle_shutdown(key),
+                    OpKind::Close => self.handle_close(key),
+                    _ => unreachable!("worker ops handled above"),
+                }
+                self.try_free(key);
+            }
+            None => debug_assert!(false, "unknown user_data {ud:?}"),
+        }
+    }
+
+    // ---- submission -------------------------------------------------------
+
+    /// Queues an operation. Never blocks and never drops: what does not fit the
+    /// SQ waits in `backlog` until the next submit.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` must stay valid until its final completion.
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        self.in_flight += 1;
+        if !self.backlog.is_empty() {
+            self.backlog.push(entry);
+            return;
+        }
+        // SAFETY: the caller guarantees the entry's pointers outlive the operation.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.backlog.push(entry);
+        }
+    }
+
+    fn flush_backlog(&mut self) {
+        while !self.backlog.is_empty() {
+            let mut sq = self.ring.submission();
+            let room = sq.capacity() - sq.len();
+            if room == 0 {
+                drop(sq);
+                if self.ring.submit().is_err() {
+                    return;
+                }
+                continue;
+            }
+            let n = room.min(self.backlog.len());
+            for entry in self.backlog.drain(..n) {
+                // SAFETY: the pointers were vouched for when the entry was queued by `push`.
+                unsafe { sq.push(&entry) }.expect("room was checked");
+            }
+        }
+    }
+
+    fn arm_accept(&mut self) {
+        let entry = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
+            .allocate_file_index(true)
+            .build()
+            .user_data(UserData::worker_op(OpKind::Accept).raw());
+        // SAFETY: no pointers; the listener outlives the ring (field order).
+        unsafe { self.push(entry) };
+        self.accept_armed = true;
+        self.accept_paused = false;
+    }
+
+    fn arm_wake(&mut self) {
+        let fd = self
+            .shared
+            .shutdown
+            .waker(self.shared.worker_id)
+            .as_raw_fd();
+        let buf: *mut u64 = &mut *self.wake_buf;
+        let entry = opcode::Read::new(types::Fd(fd), buf.cast(), 8)
+            .build()
+            .user_data(UserData::worker_op(OpKind::Wake).raw());
+        // SAFETY: `wake_buf` is boxed (never moves) and outlives the ring (field order).
+        unsafe { self.push(entry) };
+    }
+
+    fn arm_tick(&mut self) {
+        let entry = opcode::Timeout::new(&*self.tick)
+            .build()
+            .user_data(UserData::worker_op(OpKind::Tick).raw());
+        // SAFETY: `tick` is boxed and outlives the ring (field order).
+        unsafe { self.push(entry) };
+        self.tick_armed = true;
+    }
+
+    fn conn_op(&self, kind: OpKind, key: usize) -> u64 {
+        UserData::new(kind, key as u32, self.conns[key].generation).raw()
+    }
+
+    fn arm_recv(&mut self, key: usize) {
+        let conn = &self.conns[key];
+        let entry = opcode::RecvMulti::new(types::Fixed(conn.fixed), self.bufs.bgid())
+            .build()
+            .user_data(self.conn_op(OpKind::Recv, key));
+        // SAFETY: no pointers: the kernel picks buffers from the ring, which
+        // outlives the ring's operations (field order).
+        unsafe { self.push(entry) };
+        self.conns[key].flags.set(Flags::RECV_ARMED);
+    }
+
+    fn cancel_recv(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if !conn.flags.has(Flags::RECV_ARMED) || conn.flags.has(Flags::RECV_CANCELLING) {
+            return;
+        }
+        conn.flags.set(Flags::RECV_CANCELLING);
+        let target = self.conn_op(OpKind::Recv, key);
+        let entry = opcode::AsyncCancel::new(target)
+            .build()
+            .user_data(UserData::worker_op(OpKind::Cancel).raw());
+        // SAFETY: no pointers.
+        unsafe { self.push(entry) };
+    }
+
+    /// Sends the unsent part of the front chunk, if no send is in flight.
+    fn send_next(&mut self, key: usize) {
+        let conn = &self.conns[key];
+        if conn.flags.has(Flags::SEND_IN_FLIGHT) || conn.flags.has(Flags::CLOSING) {
+            return;
+        }
+        let Some(unsent) = conn.queue.next_unsent() else {
+            return;
+        };
+        let ptr = self.bufs.ptr(unsent.buf, unsent.offset);
+        let entry = opcode::Send::new(types::Fixed(conn.fixed), ptr, unsent.len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(self.conn_op(OpKind::Send, key));
+        // SAFETY: `ptr` points into `bufs`, which outlives the ring (field order),
+        // and the buffer stays queued on the connection (not recycled) until this
+        // send's completion: `drain(keep_front)` in `begin_close` keeps it.
+        unsafe { self.push(entry) };
+        self.conns[key].flags.set(Flags::SEND_IN_FLIGHT);
+    }
+
+    // ---- completions ------------------------------------------------------
+
+    fn handle_accept(&mut self, res: i32, more: bool) {
+        if !more {
+            self.accept_armed = false;
+        }
+        if res >= 0 {
+            self.admit(res as u32);
+        } else {
+            match -res {
+                libc::ECANCELED => {}
+                // Table or open-files limit full, or no memory: the kernel has
+                // already dropped this connection. Retrying now would spin, so
+                // accepting waits for the next close.
+                libc::ENFILE | libc::EMFILE | libc::ENOMEM | libc::ENOBUFS => {
+                    WorkerStats::add(&self.shared.stats.rejected, 1);
+                    self.accept_paused = true;
+                }
+                // The client gave up before we accepted it: harmless.
+                libc::ECONNABORTED | libc::EPERM | libc::EPROTO => {}
+                errno => {
+                    eprintln!(
+                        "uring-echo: worker {}: accept failed: {}; accepting paused until a connection closes",
+                        self.shared.worker_id,
+                        io::Error::from_raw_os_error(errno)
+                    );
+                    self.accept_paused = true;
+                }
+            }
+        }
+        if !self.accept_armed && !self.accept_paused && self.drain_deadline.is_none() {
+            self.arm_accept();
+        }
+    }
+
+    /// A connection arrived as direct descriptor `fixed`: keep it or refuse it.
+    fn admit(&mut self, fixed: u32) {
+        let max = self.shared.config.max_conns;
+        let over_limit = self.shared.open_conns.fetch_add(1, Ordering::Relaxed) >= max;
+        if over_limit || self.drain_deadline.is_some() {
+            self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+            WorkerStats::add(&self.shared.stats.rejected, 1);
+            let entry = opcode::Close::new(types::Fixed(fixed))
+                .build()
+                .user_data(UserData::worker_op(OpKind::CloseRejected).raw());
+            // SAFETY: no pointers.
+            unsafe { self.push(entry) };
+            return;
+        }
+        WorkerStats::add(&self.shared.stats.accepted, 1);
+        let generation = self.next_generation;
+        self.next_generation = (self.next_generation + 1) & GENERATION_MASK;
+        let key = self.conns.insert(Conn::new(fixed, generation));
+        debug_assert!(key <= u32::MAX as usize);
+        self.arm_recv(key);
+    }
+
+    fn handle_recv(&mut self, key: usize, res: i32, flags: u32, more: bool) {
+        let buf = cqueue::buffer_select(flags).map(BufId);
+        if buf.is_some() {
+            self.free_bufs -= 1;
+        }
+        let conn = &mut self.conns[key];
+        if !more {
+            conn.flags.clear(Flags::RECV_ARMED);
+            conn.flags.clear(Flags::RECV_CANCELLING);
+        }
+        match res {
+            len if len > 0 => {
+                let buf = buf.expect("a receive from the buffer ring names its buffer");
+                WorkerStats::add(&self.shared.stats.bytes_in, len as u64);
+                if conn.flags.has(Flags::WRITE_SHUT) || conn.flags.has(Flags::CLOSING) {
+                    // Draining after our FIN, or closing: nothing more is echoed.
+                    self.give_back(buf);
+                } else {
+                    conn.queue.push(Chunk {
+                        buf,
+                        len: len as u32,
+                    });
+                    self.send_next(key);
+                    let budget = self.shared.config.conn_buffers;
+                    let conn = &mut self.conns[key];
+                    if conn.queue.is_over_budget(budget) && !conn.flags.has(Flags::PAUSED) {
+                        conn.flags.set(Flags::PAUSED);
+                        WorkerStats::add(&self.shared.stats.backpressured, 1);
+                        self.cancel_recv(key);
+                    }
+                }
+            }
+            0 => {
+                conn.flags.set(Flags::PEER_EOF);
+                if let Some(buf) = buf {
+                    self.give_back(buf);
+                }
+            }
+            err => {
+                if let Some(buf) = buf {
+                    self.give_back(buf);
+                }
+                match -err {
+                    libc::ENOBUFS => {
+                        WorkerStats::add(&self.shared.stats.buffer_starved, 1);
+                        let conn = &mut self.conns[key];
+                        if !conn.flags.has(Flags::STARVED) {
+                            conn.flags.set(Flags::STARVED);
+                            self.starved.push_back((key, conn.generation));
+                        }
+                    }
+                    libc::ECANCELED => {}
+                    _ => {
+                        WorkerStats::add(&self.shared.stats.errors, 1);
+                        self.begin_close(key);
+                    }
+                }
+            }
+        }
+        self.advance(key);
+    }
+
+    fn handle_send(&mut self, key: usize, res: i32) {
+        let conn = &mut self.conns[key];
+        conn.flags.clear(Flags::SEND_IN_FLIGHT);
+        if res < 0 {
+            self.recycle_queue(key);
+            if !self.conns[key].flags.has(Flags::CLOSING) {
+                WorkerStats::add(&self.shared.stats.errors, 1);
+                self.begin_close(key);
+            }
+            return;
+        }
+        WorkerStats::add(&self.shared.stats.bytes_out, res as u64);
+        if let Some(buf) = conn.queue.advance(res as u32) {
+            self.give_back(buf);
+        }
+        if self.conns[key].flags.has(Flags::CLOSING) {
+            self.recycle_queue(key);
+            return;
+        }
+        self.send_next(key);
+        self.advance(key);
+    }
+
+    fn handle_shutdown(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        conn.flags.clear(Flags::SHUTDOWN_IN_FLIGHT);
+        conn.flags.set(Flags::WRITE_SHUT);
+        self.advance(key);
+    }
+
+    fn handle_close(&mut self, key: usize) {
+        self.conns[key].flags.set(Flags::CLOSED);
+    }
+
+    fn handle_wake(&mut self) {
+        if self.shared.shutdown.is_requested() {
+            self.begin_drain();
+        } else {
+            self.arm_wake();
+        }
+    }
+
+    fn handle_tick(&mut self) {
+        self.tick_armed = false;
+        let expired = self.drain_deadline.is_some_and(|d| Instant::now() >= d);
+        if expired {
+            // Whatever has not drained by now is closed as it stands.
+            let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for key in keys {
+                self.begin_close(key);
+                self.try_free(key);
+            }
+        }
+        if !self.conns.is_empty() {
+            self.arm_tick();
+        }
+    }
+
+    // ---- transitions ------------------------------------------------------
+
+    /// Decides a connection's next step after any completion: resume receiving,
+    /// shut down writes, or close. The one place these rules live.
+    fn advance(&mut self, key: usize) {
+        let resume_at = self.shared.config.conn_buffers_resume();
+        let conn = &mut self.conns[key];
+        let f = conn.flags;
+        if f.has(Flags::CLOSING) {
+            return;
+        }
+        let idle = conn.queue.is_empty() && !f.has(Flags::SEND_IN_FLIGHT);
+        if f.has(Flags::PEER_EOF) {
+            if idle && !f.has(Flags::RECV_ARMED) {
+                self.begin_close(key);
+            }
+            return;
+        }
+        if f.has(Flags::DRAINING) {
+            if f.has(Flags::WRITE_SHUT) {
+                // Lingering: read (and discard) until the peer's FIN, so that
+                // closing does not turn unread bytes into a reset.
+                if !f.has(Flags::RECV_ARMED) && !f.has(Flags::STARVED) {
+                    self.arm_recv(key);
+                }
+            } else if idle && !f.has(Flags::RECV_ARMED) && !f.has(Flags::SHUTDOWN_IN_FLIGHT) {
+                self.shutdown_write(key);
+            }
+            return;
+        }
+        if f.has(Flags::PAUSED) && conn.queue.held() <= resume_at {
+            conn.flags.clear(Flags::PAUSED);
+        }
+        let f = conn.flags;
+        if !f.has(Flags::RECV_ARMED) && !f.has(Flags::PAUSED) && !f.has(Flags::STARVED) {
+            self.arm_recv(key);
+        }
+    }
+
+    fn shutdown_write(&mut self, key: usize) {
+        let entry = opcode::Shutdown::new(types::Fixed(self.conns[key].fixed), libc::SHUT_WR)
+            .build()
+            .user_data(self.conn_op(OpKind::Shutdown, key));
+        // SAFETY: no pointers.
+        unsafe { self.push(entry) };
+        self.conns[key].flags.set(Flags::SHUTDOWN_IN_FLIGHT);
+    }
+
+    /// Starts closing: stop receiving, drop what is queued (except a buffer a
+    /// send still uses), close the descriptor. The slot is freed by `try_free`.
+    fn begin_close(&mut self, key: usize) {
+        if self.conns[key].flags.has(Flags::CLOSING) {
+            return;
+        }
+        self.conns[key].flags.set(Flags::CLOSING);
+        self.cancel_recv(key);
+        self.recycle_queue(key);
+        let entry = opcode::Close::new(types::Fixed(self.conns[key].fixed))
+            .build()
+            .user_data(self.conn_op(OpKind::Close, key));
+        // SAFETY: no pointers. Operations still in flight hold their own
+        // reference to the socket, so closing the slot does not pull it from under them.
+        unsafe { self.push(entry) };
+    }
+
+    /// Gives back every queued buffer except one a send in flight still uses.
+    fn recycle_queue(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        let keep_front = conn.flags.has(Flags::SEND_IN_FLIGHT);
+        let freed: Vec<BufId> = conn.queue.drain(keep_front).collect();
+        for buf in freed {
+            self.give_back(buf);
+        }
+    }
+
+    fn try_free(&mut self, key: usize) {
+        if !self.conns.get(key).is_some_and(Conn::is_finished) {
+            return;
+        }
+        let conn = self.conns.remove(key);
+        debug_assert!(conn.queue.is_empty());
+        WorkerStats::add(&self.shared.stats.closed, 1);
+        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+        if self.accept_paused && self.drain_deadline.is_none() {
+            self.arm_accept();
+        }
+    }
+
+    fn give_back(&mut self, buf: BufId) {
+        self.bufs.recycle(buf);
+        self.free_bufs += 1;
+    }
+
+    /// Re-arms receives that ran out of buffers, oldest first, as many as there
+    /// are free buffers: arming all of them would only earn most another ENOBUFS.
+    fn rearm_starved(&mut self) {
+        let mut budget = self.free_bufs;
+        while budget > 0 {
+            let Some((key, generation)) = self.starved.pop_front() else {
+                return;
+            };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.generation != generation {
+                continue;
+            }
+            conn.flags.clear(Flags::STARVED);
+            self.advance(key);
+            budget -= 1;
+        }
+    }
+
+    /// Graceful stop: no more accepts; every connection echoes what it has,
+    /// sends FIN, and is closed after the peer's FIN or at the drain deadline.
+    fn begin_drain(&mut self) {
+        self.drain_deadline = Some(Instant::now() + self.shared.config.drain_timeout);
+        if self.accept_armed {
+            let entry = opcode::AsyncCancel::new(UserData::worker_op(OpKind::Accept).raw())
+                .build()
+                .user_data(UserData::worker_op(OpKind::Cancel).raw());
+            // SAFETY: no pointers.
+            unsafe { self.push(entry) };
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            self.conns[key].flags.set(Flags::DRAINING);
+            self.cancel_recv(key);
+            self.advance(key);
+        }
+        if !self.conns.is_empty() {
+            self.arm_tick();
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Helpers shared by the integration tests: start the real `uring-echo` binary on
+//! port 0, stop it with a signal and read its summary, drive many non-blocking
+//! client sockets at once, and make deterministic payloads.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_uring-echo");
+
+/// Generates one `#[test]` per backend from one body: `mod uring { fn name }`
+/// and `mod epoll { fn name }`, the body receiving the backend's name.
+#[macro_export]
+macro_rules! for_each_backend {
+    ($( $(#[$meta:meta])* fn $name:ident($backend:ident) $body:block )*) => {
+        mod uring {
+            #[allow(unused_imports)]
+            use super::*;
+            $( $(#[$meta])* #[test] fn $name() { let $backend = "uring"; $body } )*
+        }
+        mod epoll {
+            #[allow(unused_imports)]
+            use super::*;
+            $( $(#[$meta])* #[test] fn $name() { let $backend = "epoll"; $body } )*
+        }
+    };
+}
+
+/// Tests that open thousands of sockets hold this while they run: `cargo test`
+/// runs a binary's tests as threads of one process, which share one open-files
+/// limit (20,000 on CI). Under nextest each test is its own process anyway.
+pub fn many_sockets_guard() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A running `uring-echo` child process.
+pub struct Server {
+    /// Taken by `signal_and_wait`; `Drop` kills whatever is left.
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    /// Lines the server printed after its start-up line.
+    lines: Receiver<String>,
+    stderr: Receiver<String>,
+}
+
+/// How a server run ended.
+#[derive(Debug)]
+pub struct Stopped {
+    pub status: ExitStatus,
+    /// `key=value` pairs of the summary line.
+    pub summary: HashMap<String, u64>,
+    pub stdout: Vec<String>,
+    pub stderr: String,
+}
+
+impl Server {
+    /// Starts the server on 127.0.0.1, port 0, with 2 workers unless `extra` says otherwise.
+    pub fn start(backend: &str, extra: &[&str]) -> Server {
+        let mut args = vec!["--port", "0", "--addr", "127.0.0.1", "--backend", backend];
+        if !extra.contains(&"--workers") {
+            args.extend(["--workers", "2"]);
+        }
+        args.extend(extra);
+        Server::start_with_args(&args)
+    }
+
+    pub fn start_with_args(args: &[&str]) -> Server {
+        let mut child = Command::new(SERVER_BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn uring-echo");
+        let lines = lines_of(child.stdout.take().unwrap());
+        let stderr = lines_of(child.stderr.take().unwrap());
+        let first = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err: Vec<String> = stderr.try_iter().collect();
+                panic!("uring-echo printed no start-up line; stderr: {err:?}")
+            });
+        let addr = first
+            .split_whitespace()
+            .skip_while(|w| *w != "on")
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in start-up line: {first}"));
+        Server {
+            child: Some(child),
+            addr,
+            lines,
+            stderr,
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("connect to uring-echo");
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    /// Waits (up to `timeout`) for a `--stats` line whose counters satisfy `pred`.
+    pub fn wait_for_stats(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&HashMap<String, u64>) -> bool,
+    ) -> HashMap<String, u64> {
+        let deadline = Instant::now() + timeout;
+        let mut last = HashMap::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("uring-echo: stats ") => {
+                    last = parse_counters(&line);
+                    if pred(&last) {
+                        return last;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("stats never matched within {timeout:?}; last: {last:?}");
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Sends SIGTERM and waits for the exit (graceful stop).
+    pub fn stop(self) -> Stopped {
+        self.signal_and_wait(libc::SIGTERM, Duration::from_secs(30))
+    }
+
+    pub fn signal_and_wait(mut self, signal: i32, timeout: Duration) -> Stopped {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = tx.send(child.wait());
+        });
+        let status = match rx.recv_timeout(timeout) {
+            Ok(s) => s.expect("wait for uring-echo"),
+            Err(_) => panic!("uring-echo did not exit within {timeout:?} of signal {signal}"),
+        };
+        let stdout: Vec<String> = self.lines.iter().collect();
+        let stderr: Vec<String> = self.stderr.iter().collect();
+        let summary = stdout
+            .iter()
+            .find(|l| l.contains("stopped after"))
+            .map(|l| parse_counters(l))
+            .unwrap_or_default();
+        Stopped {
+            status,
+            summary,
+            stdout,
+            stderr: stderr.join("\n"),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn lines_of(r: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// `key=value` words of a line, numbers only.
+pub fn parse_counters(line: &str) -> HashMap<String, u64> {
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+/// Runs the server binary to completion with `args` (for flag errors).
+pub fn run_server_expecting_exit(args: &[&str]) -> (ExitStatus, String) {
+    let out = Command::new(SERVER_BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run uring-echo");
+    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), different per seed.
+pub fn payload(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// One client connection driven by [`drive`]: sends `payload` in writes of at
+/// most `write_size` bytes, optionally half-closes, and collects the echo.
+pub struct EchoClient {
+    pub stream: TcpStream,
+    pub payload: Vec<u8>,
+    pub sent: usize,
+    pub received: Vec<u8>,
+    pub write_size: usize,
+    /// Shut down writing once everything is sent (the server then closes after echoing).
+    pub half_close: bool,
+    pub eof: bool,
+}
+
+impl EchoClient {
+    pub fn new(stream: TcpStream, payload: Vec<u8>, write_size: usize, half_close: bool) -> Self {
+        stream.set_nonblocking(true).unwrap();
+        EchoClient {
+            stream,
+            received: Vec::with_capacity(payload.len()),
+            payload,
+            sent: 0,
+            write_size,
+            half_close,
+            eof: false,
+        }
+    }
+
+    fn done(&self) -> bool {
+        if self.half_close {
+            self.eof
+        } else {
+            self.received.len() >= self.payload.len()
+        }
+    }
+}
+
+/// Drives every client with poll(2) until each has its whole echo back (and its
+/// EOF, for half-closing clients), or panics at `timeout`. Writing and reading
+/// interleave, so payloads far larger than socket buffers cannot deadlock.
+pub fn drive(clients: &mut [EchoClient], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(clients.len());
+    let mut index: Vec<usize> = Vec::with_capacity(clients.len());
+    loop {
+        pfds.clear();
+        index.clear();
+        for (i, c) in clients.iter().enumerate() {
+            if c.done() {
+                continue;
+            }
+            let mut events = libc::POLLIN;
+            if c.sent < c.payload.len() {
+                events |= libc::POLLOUT;
+            }
+            pfds.push(libc::pollfd {
+                fd: c.stream.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+            index.push(i);
+        }
+        if pfds.is_empty() {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let stuck = index.len();
+            let c = &clients[index[0]];
+            panic!(
+                "{stuck} connections unfinished at the deadline; first: sent {}/{} received {}",
+                c.sent,
+                c.payload.len(),
+                c.received.len()
+            );
+        }
+        // SAFETY: `pfds` is a live, correctly sized array of pollfd for the call.
+        let n = unsafe {
+            libc::poll(
+                pfds.as_mut_ptr(),
+                pfds.len() as libc::nfds_t,
+                left.as_millis().min(1000) as i32 + 1,
+            )
+        };
+        assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+        for (p, &i) in pfds.iter().zip(&index) {
+            if p.revents == 0 {
+                continue;
+            }
+            let c = &mut clients[i];
+            if p.revents & libc::POLLOUT != 0 && c.sent < c.payload.len() {
+                let end = (c.sent + c.write_size).min(c.payload.len());
+                match c.stream.write(&c.payload[c.sent..end]) {
+                    Ok(n) => c.sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("write: {e}"),
+                }
+                if c.sent == c.payload.len() && c.half_close {
+                    c.stream.shutdown(Shutdown::Write).unwrap();
+                }
+            }
+            if p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                loop {
+                    match c.stream.read(&mut buf) {
+                        Ok(0) => {
+                            c.eof = true;
+                            break;
+                        }
+                        Ok(n) => c.received.extend_from_slice(&buf[..n]),
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => panic!("read: {e}"),
+                    }
+                }
+                assert!(
+                    c.received.len() <= c.payload.len(),
+                    "server echoed more bytes than were sent"
+                );
+                if c.eof && !c.half_close {
+                    panic!(
+                        "server closed a connection early: {} of {} bytes echoed",
+                        c.received.len(),
+                        c.payload.len()
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Asserts every client got exactly its payload back, naming the first difference.
+pub fn assert_all_echoed(clients: &[EchoClient]) {
+    for (i, c) in clients.iter().enumerate() {
+        if c.received != c.payload {
+            let at = c
+                .received
+                .iter()
+                .zip(&c.payload)
+                .position(|(a, b)| a != b)
+                .unwrap_or(c.received.len().min(c.payload.len()));
+            panic!(
+                "connection {i}: echo differs at byte {at} (received {} of {} bytes)",
+                c.received.len(),
+                c.payload.len()
+            );
+        }
+    }
+}
+
+/// Opens `n` connections, retrying while the accept backlog is momentarily full.
+pub fn connect_many(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                .expect("connect to uring-echo");
+            s.set_nodelay(true).unwrap();
+            s
+        })
+        .collect()
+}

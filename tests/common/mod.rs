@@ -207,7 +207,10 @@ pub fn run_server_expecting_exit(args: &[&str]) -> (ExitStatus, String) {
         .stdin(Stdio::null())
         .output()
         .expect("run uring-echo");
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), different per seed.
@@ -381,4 +384,24 @@ pub fn connect_many(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
             s
         })
         .collect()
+}
+
+/// Shrinks a socket's receive buffer (SO_RCVBUF), so the peer's sends to it are short.
+pub fn set_recv_buffer(stream: &TcpStream, bytes: i32) {
+    // SAFETY: a valid socket fd and a pointer to a live i32 of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt SO_RCVBUF: {}",
+        std::io::Error::last_os_error()
+    );
 }

@@ -12,6 +12,8 @@ pub enum Backend {
     Uring,
     /// epoll: the baseline, edge-triggered, the same buffer budget and back-pressure.
     Epoll,
+    /// tokio-uring: a task per connection on an io_uring runtime.
+    TokioUring,
 }
 
 impl Backend {
@@ -19,6 +21,7 @@ impl Backend {
         match self {
             Backend::Uring => "uring",
             Backend::Epoll => "epoll",
+            Backend::TokioUring => "tokio-uring",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`server`]: binds the listeners, starts one worker per thread, joins them.
 //! - [`uring`]: the io_uring backend (ring setup and probe, buffer ring, user_data, event loop).
 //! - [`epoll`]: the epoll backend, the same design on readiness notifications.
+//! - [`tokio_uring_rt`]: a tokio-uring runtime backend, a task per connection.
 //! - [`echo_queue`]: the per-connection queue of received-but-not-yet-echoed buffers and
 //!   the back-pressure rules both backends share.
 //! - [`stats`]: per-worker counters and their periodic/summary reports.
@@ -26,4 +27,5 @@ pub mod net;
 pub mod server;
 pub mod shutdown;
 pub mod stats;
+pub mod tokio_uring_rt;
 pub mod uring;

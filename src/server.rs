@@ -6,9 +6,9 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use socket2::Socket;
 use crate::config::{Backend, Config};
 use crate::shutdown::{Shutdown, SignalThread};
 use crate::stats::{Snapshot, Stats};
-use crate::{epoll, net, uring};
+use crate::{epoll, net, tokio_uring_rt, uring};
 
 /// What a finished run served, for the summary line.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
     let stats = Stats::new(config.workers);
     let shutdown = Shutdown::new(config.workers).context("creating the workers' eventfds")?;
     let _signals = SignalThread::spawn(shutdown.clone()).context("installing signal handlers")?;
-    let open_conns = AtomicUsize::new(0);
+    let open_conns = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -64,6 +64,9 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
                         Backend::Epoll => {
                             run_epoll(id, listener, config, stats, shutdown, open_conns, &ready_tx)
                         }
+                        Backend::TokioUring => run_tokio_uring(
+                            id, listener, config, stats, shutdown, open_conns, &ready_tx,
+                        ),
                     };
                     if let Err(e) = result {
                         failures.lock().unwrap().push(format!("worker {id}: {e}"));
@@ -192,6 +195,26 @@ fn run_epoll(
     };
     let _ = ready.send(Ok("edge_triggered".to_string()));
     worker.run().context("epoll event loop")
+}
+
+fn run_tokio_uring(
+    id: usize,
+    listener: Socket,
+    config: &Config,
+    stats: &Arc<Stats>,
+    shutdown: &Shutdown,
+    open_conns: &Arc<AtomicUsize>,
+    ready: &mpsc::Sender<Ready>,
+) -> anyhow::Result<()> {
+    let _ = ready.send(Ok("tokio_uring_runtime,task_per_connection".to_string()));
+    let shared = tokio_uring_rt::Shared {
+        config,
+        stats: stats.clone(),
+        shutdown,
+        open_conns: open_conns.clone(),
+        worker_id: id,
+    };
+    tokio_uring_rt::run(listener, shared).context("tokio-uring runtime")
 }
 
 impl Summary {

@@ -13,6 +13,8 @@ pub enum BackendArg {
     Uring,
     /// epoll, edge-triggered: the baseline (any Linux)
     Epoll,
+    /// tokio-uring runtime, a task per connection: what a runtime costs over a raw ring
+    TokioUring,
 }
 
 /// An RFC 862 TCP echo server on io_uring, with an epoll baseline.
@@ -90,6 +92,7 @@ impl ServerArgs {
             backend: match self.backend {
                 BackendArg::Uring => Backend::Uring,
                 BackendArg::Epoll => Backend::Epoll,
+                BackendArg::TokioUring => Backend::TokioUring,
             },
             buf_size_bytes: self.buf_size,
             buf_count: self.buf_count,

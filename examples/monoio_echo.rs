@@ -22,16 +22,24 @@ fn main() {
     let first = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
     let addr = first.local_addr().expect("local addr");
     drop(first);
+    let (bound_tx, bound_rx) = std::sync::mpsc::channel();
     let handles: Vec<_> = (0..threads)
-        .map(|_| std::thread::spawn(move || run_thread(addr)))
+        .map(|_| {
+            let bound = bound_tx.clone();
+            std::thread::spawn(move || run_thread(addr, bound))
+        })
         .collect();
+    // Announce only once every thread listens, so no client is refused.
+    for _ in 0..threads {
+        bound_rx.recv().expect("a thread failed to bind");
+    }
     println!("monoio-echo listening on {addr}");
     for h in handles {
         h.join().expect("thread");
     }
 }
 
-fn run_thread(addr: SocketAddr) {
+fn run_thread(addr: SocketAddr, bound: std::sync::mpsc::Sender<()>) {
     let mut rt = monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
         .enable_timer()
         .build()
@@ -39,6 +47,7 @@ fn run_thread(addr: SocketAddr) {
     rt.block_on(async move {
         let opts = ListenerOpts::new().reuse_port(true).reuse_addr(true);
         let listener = TcpListener::bind_with_config(addr, &opts).expect("bind");
+        bound.send(()).expect("main thread waits");
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;

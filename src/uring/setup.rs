@@ -143,8 +143,9 @@ fn unavailable(err: io::Error) -> SetupError {
                  or a seccomp filter blocks io_uring_setup (Docker's default profile does since 25.0)"
             )
         }
-        Some(libc::ENOMEM) => "not enough locked memory: kernels before 5.12 charge rings to \
-                               RLIMIT_MEMLOCK (raise `ulimit -l`)"
+        Some(libc::ENOMEM) => "not enough locked memory: kernels before 5.12, and again from \
+                               about 6.14, charge ring memory to RLIMIT_MEMLOCK per user unless the \
+                               process has CAP_IPC_LOCK (raise `ulimit -l`, or use fewer --workers)"
             .to_string(),
         Some(libc::EMFILE) | Some(libc::ENFILE) => "the open-files limit is reached".to_string(),
         _ => "unexpected error from io_uring_setup".to_string(),

@@ -49,11 +49,20 @@ pub struct Config {
     pub backlog: u32,
     /// How long a graceful stop waits for connections to drain before closing them.
     pub drain_timeout: Duration,
+    /// Serve UDP echo on the same port too (off by default: UDP echo can be
+    /// abused for reflection on the open internet).
+    pub udp: bool,
+    /// Largest UDP datagram echoed; larger ones are counted and dropped.
+    /// Invariant: 1..=MAX_UDP_DATAGRAM.
+    pub udp_max_datagram: u32,
     /// Print a stats line at this interval.
     pub stats_interval: Option<Duration>,
     /// Print nothing but errors.
     pub quiet: bool,
 }
+
+/// The largest UDP payload: 65,535 minus the UDP header (IPv6; IPv4's is 20 bytes less).
+pub const MAX_UDP_DATAGRAM: u32 = 65_527;
 
 /// The kernel's limit on a provided buffer ring's entries.
 pub const MAX_BUF_COUNT: u32 = 32768;
@@ -74,6 +83,8 @@ impl Default for Config {
             max_conns: 1_000_000,
             backlog: 4096,
             drain_timeout: Duration::from_secs(5),
+            udp: false,
+            udp_max_datagram: MAX_UDP_DATAGRAM,
             stats_interval: None,
             quiet: false,
         }

@@ -59,3 +59,18 @@ pub fn describe_bind_error(addr: SocketAddr, err: &io::Error) -> String {
     };
     format!("bind {addr}: {err}{hint}")
 }
+
+/// A UDP socket for one worker, on the TCP listeners' address and port, with
+/// SO_REUSEPORT so every worker has its own and the kernel spreads datagrams
+/// across them by source.
+pub fn bind_udp(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket)
+}

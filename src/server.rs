@@ -36,6 +36,15 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
     let listeners = net::bind_listeners(config.socket_addr(), config.backlog, config.workers)
         .map_err(|e| anyhow!(net::describe_bind_error(config.socket_addr(), &e)))?;
     let local = local_addr(&listeners[0])?;
+    let mut udp_sockets: Vec<Option<Socket>> = (0..config.workers).map(|_| None).collect();
+    if config.udp {
+        for slot in &mut udp_sockets {
+            *slot = Some(
+                net::bind_udp(local)
+                    .map_err(|e| anyhow!("UDP {}", net::describe_bind_error(local, &e)))?,
+            );
+        }
+    }
     let stats = Stats::new(config.workers);
     let shutdown = Shutdown::new(config.workers).context("creating the workers' eventfds")?;
     let _signals = SignalThread::spawn(shutdown.clone()).context("installing signal handlers")?;
@@ -48,7 +57,7 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
         // Each worker holds a clone; when the last one ends, the stats printer's
         // receive reports Disconnected and it stops at once.
         let (alive_tx, alive_rx) = mpsc::channel::<()>();
-        for (id, listener) in listeners.into_iter().enumerate() {
+        for (id, (listener, udp)) in listeners.into_iter().zip(udp_sockets).enumerate() {
             let ready_tx = ready_tx.clone();
             let alive_tx = alive_tx.clone();
             let (config, stats, shutdown, open_conns, failures) =
@@ -58,12 +67,12 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
                 .spawn_scoped(scope, move || {
                     let _alive = alive_tx;
                     let result = match config.backend {
-                        Backend::Uring => {
-                            run_uring(id, listener, config, stats, shutdown, open_conns, &ready_tx)
-                        }
-                        Backend::Epoll => {
-                            run_epoll(id, listener, config, stats, shutdown, open_conns, &ready_tx)
-                        }
+                        Backend::Uring => run_uring(
+                            id, listener, udp, config, stats, shutdown, open_conns, &ready_tx,
+                        ),
+                        Backend::Epoll => run_epoll(
+                            id, listener, udp, config, stats, shutdown, open_conns, &ready_tx,
+                        ),
                         Backend::TokioUring => run_tokio_uring(
                             id, listener, config, stats, shutdown, open_conns, &ready_tx,
                         ),
@@ -126,7 +135,7 @@ fn local_addr(listener: &Socket) -> anyhow::Result<SocketAddr> {
 fn banner(config: &Config, local: SocketAddr, features: &str) -> String {
     format!(
         "uring-echo listening on {local} backend={} workers={} buffers={}x{}B/worker ({} KiB) \
-         conn_buffers={} max_conns={} features={features}",
+         conn_buffers={} max_conns={} udp={} features={features}",
         config.backend.name(),
         config.workers,
         config.buf_count,
@@ -134,12 +143,15 @@ fn banner(config: &Config, local: SocketAddr, features: &str) -> String {
         config.pool_bytes_per_worker() / 1024,
         config.conn_buffers,
         config.max_conns,
+        if config.udp { "on" } else { "off" },
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_uring(
     id: usize,
     listener: Socket,
+    udp: Option<Socket>,
     config: &Config,
     stats: &Stats,
     shutdown: &Shutdown,
@@ -153,9 +165,25 @@ fn run_uring(
             return Ok(());
         }
     };
+    let udp = match udp
+        .map(|socket| uring::udp::UdpEcho::new(&parts.ring, socket, config.udp_max_datagram))
+        .transpose()
+    {
+        Ok(udp) => udp,
+        Err(e) => {
+            let _ = ready.send(Err(format!("io_uring setup: UDP buffer ring: {e}")));
+            return Ok(());
+        }
+    };
     let features = format!(
-        "{},multishot_accept,multishot_recv,buf_ring,direct_descriptors({}/worker)",
-        parts.flags, parts.table_slots
+        "{},multishot_accept,multishot_recv,buf_ring,direct_descriptors({}/worker){}",
+        parts.flags,
+        parts.table_slots,
+        if udp.is_some() {
+            ",udp_multishot_recvmsg"
+        } else {
+            ""
+        }
     );
     let _ = ready.send(Ok(features));
     let shared = uring::worker::Shared {
@@ -165,14 +193,16 @@ fn run_uring(
         open_conns,
         worker_id: id,
     };
-    uring::worker::Worker::new(parts.ring, parts.bufs, listener, shared)
+    uring::worker::Worker::new(parts.ring, parts.bufs, udp, listener, shared)
         .run()
         .context("io_uring event loop")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_epoll(
     id: usize,
     listener: Socket,
+    udp: Option<Socket>,
     config: &Config,
     stats: &Stats,
     shutdown: &Shutdown,
@@ -186,14 +216,20 @@ fn run_epoll(
         open_conns,
         worker_id: id,
     };
-    let worker = match epoll::worker::Worker::new(listener, shared) {
+    let udp = udp.map(|socket| epoll::udp::UdpEcho::new(socket, config.udp_max_datagram));
+    let worker = match epoll::worker::Worker::new(listener, udp, shared) {
         Ok(w) => w,
         Err(e) => {
             let _ = ready.send(Err(format!("epoll setup: {e}")));
             return Ok(());
         }
     };
-    let _ = ready.send(Ok("edge_triggered".to_string()));
+    let _ = ready.send(Ok(if config.udp {
+        "edge_triggered,udp"
+    } else {
+        "edge_triggered"
+    }
+    .to_string()));
     worker.run().context("epoll event loop")
 }
 

@@ -22,6 +22,13 @@ pub struct WorkerStats {
     pub buffer_starved: AtomicU64,
     /// Times a connection hit its buffer budget and its receives were paused.
     pub backpressured: AtomicU64,
+    /// UDP datagrams received and echoed.
+    pub udp_in: AtomicU64,
+    pub udp_out: AtomicU64,
+    /// UDP datagrams larger than --udp-max-datagram: dropped, never echoed cut short.
+    pub udp_truncated: AtomicU64,
+    /// UDP datagrams whose reply could not be sent (socket buffer full, error).
+    pub udp_dropped: AtomicU64,
 }
 
 impl WorkerStats {
@@ -60,6 +67,10 @@ impl Stats {
             s.bytes_out += w.bytes_out.load(Relaxed);
             s.buffer_starved += w.buffer_starved.load(Relaxed);
             s.backpressured += w.backpressured.load(Relaxed);
+            s.udp_in += w.udp_in.load(Relaxed);
+            s.udp_out += w.udp_out.load(Relaxed);
+            s.udp_truncated += w.udp_truncated.load(Relaxed);
+            s.udp_dropped += w.udp_dropped.load(Relaxed);
         }
         s
     }
@@ -76,6 +87,10 @@ pub struct Snapshot {
     pub bytes_out: u64,
     pub buffer_starved: u64,
     pub backpressured: u64,
+    pub udp_in: u64,
+    pub udp_out: u64,
+    pub udp_truncated: u64,
+    pub udp_dropped: u64,
 }
 
 impl Snapshot {
@@ -91,7 +106,8 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "open={} accepted={} closed={} rejected={} errors={} bytes_in={} bytes_out={} buffer_starved={} backpressured={}",
+            "open={} accepted={} closed={} rejected={} errors={} bytes_in={} bytes_out={} buffer_starved={} backpressured={} \
+             udp_in={} udp_out={} udp_truncated={} udp_dropped={}",
             self.open(),
             self.accepted,
             self.closed,
@@ -100,7 +116,11 @@ impl fmt::Display for Snapshot {
             self.bytes_in,
             self.bytes_out,
             self.buffer_starved,
-            self.backpressured
+            self.backpressured,
+            self.udp_in,
+            self.udp_out,
+            self.udp_truncated,
+            self.udp_dropped
         )
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::config::{Backend, Config, MAX_BUF_COUNT, MAX_BUF_SIZE_BYTES};
+use crate::config::{Backend, Config, MAX_BUF_COUNT, MAX_BUF_SIZE_BYTES, MAX_UDP_DATAGRAM};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BackendArg {
@@ -65,6 +65,15 @@ pub struct ServerArgs {
     #[arg(long, default_value = "5", value_parser = crate::cli::seconds(0.0, 3600.0))]
     pub drain_timeout: Duration,
 
+    /// Also serve UDP echo (RFC 862) on the same port. Off by default: an open
+    /// UDP echo port can be used to reflect traffic at a spoofed source
+    #[arg(long)]
+    pub udp: bool,
+
+    /// Largest UDP datagram echoed; larger ones are counted and dropped
+    #[arg(long, default_value_t = MAX_UDP_DATAGRAM, value_parser = clap::value_parser!(u32).range(1..=MAX_UDP_DATAGRAM as i64))]
+    pub udp_max_datagram: u32,
+
     /// Print a stats line (connections, bytes) every SECONDS
     #[arg(long, value_name = "SECONDS", value_parser = crate::cli::seconds(0.01, 86400.0))]
     pub stats: Option<Duration>,
@@ -77,6 +86,11 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// Cross-flag checks clap cannot express; the error names the flags.
     pub fn into_config(self) -> Result<Config, String> {
+        if self.udp && matches!(self.backend, BackendArg::TokioUring) {
+            return Err(
+                "--udp is served by the uring and epoll backends, not --backend tokio-uring".into(),
+            );
+        }
         if self.conn_buffers > self.buf_count {
             return Err(format!(
                 "--conn-buffers ({}) must not exceed --buf-count ({}): one connection could hold the whole pool",
@@ -100,6 +114,8 @@ impl ServerArgs {
             max_conns: self.max_conns as usize,
             backlog: self.backlog,
             drain_timeout: self.drain_timeout,
+            udp: self.udp,
+            udp_max_datagram: self.udp_max_datagram,
             stats_interval: self.stats,
             quiet: self.quiet,
         })

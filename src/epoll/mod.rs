@@ -5,6 +5,7 @@
 //!
 //! - [`poller`]: the epoll instance.
 //! - [`buf_pool`]: the receive buffers.
+//! - [`udp`]: UDP echo on the same port.
 //! - [`worker`]: the event loop.
 //!
 //! Unlike io_uring's direct descriptors, every connection here is a file
@@ -12,4 +13,5 @@
 
 pub mod buf_pool;
 pub mod poller;
+pub mod udp;
 pub mod worker;

@@ -16,6 +16,7 @@ use socket2::Socket;
 
 use super::buf_pool::BufPool;
 use super::poller::{CONN_INTEREST, LEVEL_READ, Poller};
+use super::udp::UdpEcho;
 use crate::config::Config;
 use crate::echo_queue::{Chunk, EchoQueue};
 use crate::shutdown::Shutdown;
@@ -23,6 +24,7 @@ use crate::stats::WorkerStats;
 
 const LISTENER: u64 = u64::MAX;
 const WAKER: u64 = u64::MAX - 1;
+const UDP: u64 = u64::MAX - 2;
 /// Reads one connection may do per wakeup before others get a turn.
 const READS_PER_TURN: usize = 16;
 /// Connections accepted per wakeup; the level-triggered listener reports the rest.
@@ -63,6 +65,7 @@ struct Conn {
 pub struct Worker<'a> {
     poller: Poller,
     listener: Socket,
+    udp: Option<UdpEcho>,
     pool: BufPool,
     conns: Slab<Conn>,
     shared: Shared<'a>,
@@ -80,15 +83,23 @@ fn token(key: usize, generation: u32) -> u64 {
 }
 
 impl<'a> Worker<'a> {
-    pub fn new(listener: Socket, shared: Shared<'a>) -> io::Result<Worker<'a>> {
+    pub fn new(
+        listener: Socket,
+        udp: Option<UdpEcho>,
+        shared: Shared<'a>,
+    ) -> io::Result<Worker<'a>> {
         let poller = Poller::new()?;
         poller.add(listener.as_raw_fd(), LEVEL_READ, LISTENER)?;
+        if let Some(udp) = &udp {
+            poller.add(udp.socket().as_raw_fd(), LEVEL_READ, UDP)?;
+        }
         let waker = shared.shutdown.waker(shared.worker_id).as_raw_fd();
         poller.add(waker, LEVEL_READ, WAKER)?;
         let pool = BufPool::new(shared.config.buf_count, shared.config.buf_size_bytes);
         Ok(Worker {
             poller,
             listener,
+            udp,
             pool,
             conns: Slab::new(),
             shared,
@@ -119,6 +130,11 @@ impl<'a> Worker<'a> {
                 match tok {
                     LISTENER => self.accept_some(),
                     WAKER => self.handle_wake(),
+                    UDP => {
+                        if let Some(udp) = &mut self.udp {
+                            udp.on_readable(self.shared.stats);
+                        }
+                    }
                     _ => self.handle_conn_event(tok, flags),
                 }
             }
@@ -420,6 +436,10 @@ impl<'a> Worker<'a> {
         if !self.accept_paused {
             let _ = self.poller.delete(self.listener.as_raw_fd());
             self.accept_paused = true;
+        }
+        // UDP has no connection to drain: stop echoing datagrams.
+        if let Some(udp) = self.udp.take() {
+            let _ = self.poller.delete(udp.socket().as_raw_fd());
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {

@@ -6,6 +6,7 @@
 //! - [`buf_ring`]: the provided buffer ring and its memory.
 //! - [`user_data`]: the 64-bit tag on every operation.
 //! - [`conn`]: one connection's state.
+//! - [`udp`]: UDP echo on the same ring.
 //! - [`worker`]: the event loop.
 //!
 //! Terms used in this module: SQE/CQE are submission/completion queue entries;
@@ -15,6 +16,7 @@
 pub mod buf_ring;
 pub mod conn;
 pub mod setup;
+pub mod udp;
 pub mod user_data;
 pub mod worker;
 

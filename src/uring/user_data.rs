@@ -42,6 +42,10 @@ pub enum OpKind {
     Wake = 8,
     /// A timer tick while draining, to check the drain deadline.
     Tick = 9,
+    /// Multishot recvmsg on the worker's UDP socket.
+    UdpRecv = 10,
+    /// A datagram's reply; the key is its buffer id.
+    UdpSend = 11,
 }
 
 impl OpKind {
@@ -57,6 +61,8 @@ impl OpKind {
             7 => Cancel,
             8 => Wake,
             9 => Tick,
+            10 => UdpRecv,
+            11 => UdpSend,
             _ => return None,
         })
     }
@@ -108,7 +114,13 @@ mod tests {
 
     #[test]
     fn every_field_survives_a_round_trip() {
-        for kind in [OpKind::Accept, OpKind::Recv, OpKind::Send, OpKind::Tick] {
+        for kind in [
+            OpKind::Accept,
+            OpKind::Recv,
+            OpKind::Send,
+            OpKind::Tick,
+            OpKind::UdpSend,
+        ] {
             for key in [0u32, 1, 12345, u32::MAX] {
                 for generation in [0u32, 1, 0xabcdef, GENERATION_MASK] {
                     let ud = UserData::from_raw(UserData::new(kind, key, generation).raw());

@@ -17,6 +17,7 @@ use socket2::Socket;
 
 use super::buf_ring::BufRing;
 use super::conn::{Conn, Flags};
+use super::udp::{Received, UdpEcho};
 use super::user_data::{GENERATION_MASK, OpKind, UserData};
 use crate::config::Config;
 use crate::echo_queue::{BufId, Chunk};
@@ -42,6 +43,8 @@ pub struct Worker<'a> {
     // `tick`, `listener`).
     ring: IoUring,
     bufs: BufRing,
+    /// UDP echo on the same port, with `--udp`.
+    udp: Option<UdpEcho>,
     /// The eventfd Wake reads land here.
     wake_buf: Box<u64>,
     tick: Box<types::Timespec>,
@@ -63,15 +66,25 @@ pub struct Worker<'a> {
     accept_paused: bool,
     drain_deadline: Option<Instant>,
     tick_armed: bool,
+    udp_armed: bool,
+    /// The UDP receive ended with ENOBUFS: re-armed when a reply gives a buffer back.
+    udp_starved: bool,
     cqes: Vec<(u64, i32, u32)>,
 }
 
 impl<'a> Worker<'a> {
-    pub fn new(ring: IoUring, bufs: BufRing, listener: Socket, shared: Shared<'a>) -> Worker<'a> {
+    pub fn new(
+        ring: IoUring,
+        bufs: BufRing,
+        udp: Option<UdpEcho>,
+        listener: Socket,
+        shared: Shared<'a>,
+    ) -> Worker<'a> {
         let free_bufs = shared.config.buf_count;
         Worker {
             ring,
             bufs,
+            udp,
             wake_buf: Box::new(0),
             tick: Box::new(types::Timespec::from(DRAIN_TICK)),
             listener,
@@ -86,6 +99,8 @@ impl<'a> Worker<'a> {
             accept_paused: false,
             drain_deadline: None,
             tick_armed: false,
+            udp_armed: false,
+            udp_starved: false,
             cqes: Vec::with_capacity(1024),
         }
     }
@@ -94,6 +109,7 @@ impl<'a> Worker<'a> {
     pub fn run(mut self) -> io::Result<()> {
         self.arm_accept();
         self.arm_wake();
+        self.arm_udp();
         while !(self.drain_deadline.is_some() && self.conns.is_empty() && self.in_flight == 0) {
             self.flush_backlog();
             match self.ring.submit_and_wait(1) {
@@ -108,6 +124,9 @@ impl<'a> Worker<'a> {
             }
             self.reap();
             self.bufs.publish();
+            if let Some(udp) = &mut self.udp {
+                udp.publish();
+            }
             self.rearm_starved();
         }
         Ok(())
@@ -135,6 +154,8 @@ impl<'a> Worker<'a> {
             Some(OpKind::Accept) => self.handle_accept(res, more),
             Some(OpKind::Wake) => self.handle_wake(),
             Some(OpKind::Tick) => self.handle_tick(),
+            Some(OpKind::UdpRecv) => self.handle_udp_recv(res, flags, more),
+            Some(OpKind::UdpSend) => self.handle_udp_sent(ud.key(), res),
             Some(OpKind::CloseRejected) | Some(OpKind::Cancel) => {}
             Some(kind) => {
                 let key = ud.key();
@@ -460,6 +481,69 @@ impl<'a> Worker<'a> {
         }
     }
 
+    fn arm_udp(&mut self) {
+        let Some(udp) = &self.udp else {
+            return;
+        };
+        if self.udp_armed || self.drain_deadline.is_some() {
+            return;
+        }
+        let entry = udp.recv_entry();
+        // SAFETY: the entry points at the UDP receive template, boxed inside
+        // `udp`, which outlives the ring's operations (field order).
+        unsafe { self.push(entry) };
+        self.udp_armed = true;
+        self.udp_starved = false;
+    }
+
+    fn handle_udp_recv(&mut self, res: i32, flags: u32, more: bool) {
+        if !more {
+            self.udp_armed = false;
+        }
+        let udp = self
+            .udp
+            .as_mut()
+            .expect("UDP completions only come with --udp");
+        let stats = self.shared.stats;
+        match udp.on_recv(res, flags) {
+            Received::Reply { entry, len } => {
+                WorkerStats::add(&stats.udp_in, 1);
+                WorkerStats::add(&stats.bytes_in, u64::from(len));
+                // SAFETY: the reply points into `udp`'s buffer ring and reply
+                // table, which outlive the ring's operations (field order); the
+                // buffer is recycled only by `handle_udp_sent`.
+                unsafe { self.push(entry) };
+            }
+            Received::Truncated => WorkerStats::add(&stats.udp_truncated, 1),
+            Received::Failed(libc::ENOBUFS) => {
+                WorkerStats::add(&stats.buffer_starved, 1);
+                self.udp_starved = true;
+            }
+            Received::Failed(libc::ECANCELED) => {}
+            Received::Failed(_) => WorkerStats::add(&stats.udp_dropped, 1),
+        }
+        if !self.udp_armed && !self.udp_starved {
+            self.arm_udp();
+        }
+    }
+
+    fn handle_udp_sent(&mut self, buf: usize, res: i32) {
+        let stats = self.shared.stats;
+        if res < 0 {
+            WorkerStats::add(&stats.udp_dropped, 1);
+        } else {
+            WorkerStats::add(&stats.udp_out, 1);
+            WorkerStats::add(&stats.bytes_out, res as u64);
+        }
+        self.udp
+            .as_mut()
+            .expect("UDP completions only come with --udp")
+            .on_sent(buf);
+        if self.udp_starved {
+            self.arm_udp();
+        }
+    }
+
     // ---- transitions ------------------------------------------------------
 
     /// Decides a connection's next step after any completion: resume receiving,
@@ -577,6 +661,13 @@ impl<'a> Worker<'a> {
     /// sends FIN, and is closed after the peer's FIN or at the drain deadline.
     fn begin_drain(&mut self) {
         self.drain_deadline = Some(Instant::now() + self.shared.config.drain_timeout);
+        if self.udp_armed {
+            let entry = opcode::AsyncCancel::new(UserData::worker_op(OpKind::UdpRecv).raw())
+                .build()
+                .user_data(UserData::worker_op(OpKind::Cancel).raw());
+            // SAFETY: no pointers.
+            unsafe { self.push(entry) };
+        }
         if self.accept_armed {
             let entry = opcode::AsyncCancel::new(UserData::worker_op(OpKind::Accept).raw())
                 .build()

@@ -55,6 +55,13 @@ pub struct Config {
     /// Largest UDP datagram echoed; larger ones are counted and dropped.
     /// Invariant: 1..=MAX_UDP_DATAGRAM.
     pub udp_max_datagram: u32,
+    /// io_uring submission queue entries per ring; bursts beyond wait in the
+    /// worker's backlog. Invariant: a power of two, <= cq_entries.
+    pub sq_entries: u32,
+    /// io_uring completion queue entries per ring. Multishot operations post
+    /// many completions per submission, hence far more than `sq_entries`.
+    /// Invariant: a power of two, <= MAX_CQ_ENTRIES.
+    pub cq_entries: u32,
     /// Print a stats line at this interval.
     pub stats_interval: Option<Duration>,
     /// Print nothing but errors.
@@ -63,6 +70,9 @@ pub struct Config {
 
 /// The largest UDP payload: 65,535 minus the UDP header (IPv6; IPv4's is 20 bytes less).
 pub const MAX_UDP_DATAGRAM: u32 = 65_527;
+
+/// The kernel's limit on a ring's completion queue (IORING_MAX_CQ_ENTRIES).
+pub const MAX_CQ_ENTRIES: u32 = 65536;
 
 /// The kernel's limit on a provided buffer ring's entries.
 pub const MAX_BUF_COUNT: u32 = 32768;
@@ -83,6 +93,8 @@ impl Default for Config {
             max_conns: 1_000_000,
             backlog: 4096,
             drain_timeout: Duration::from_secs(5),
+            sq_entries: 4096,
+            cq_entries: MAX_CQ_ENTRIES,
             udp: false,
             udp_max_datagram: MAX_UDP_DATAGRAM,
             stats_interval: None,

@@ -22,6 +22,9 @@ pub struct WorkerStats {
     pub buffer_starved: AtomicU64,
     /// Times a connection hit its buffer budget and its receives were paused.
     pub backpressured: AtomicU64,
+    /// Batches after which the kernel held completions that did not fit the
+    /// CQ (IORING_SQ_CQ_OVERFLOW): nothing is lost, but --cq-entries is too small.
+    pub cq_overflowed: AtomicU64,
     /// UDP datagrams received and echoed.
     pub udp_in: AtomicU64,
     pub udp_out: AtomicU64,
@@ -67,6 +70,7 @@ impl Stats {
             s.bytes_out += w.bytes_out.load(Relaxed);
             s.buffer_starved += w.buffer_starved.load(Relaxed);
             s.backpressured += w.backpressured.load(Relaxed);
+            s.cq_overflowed += w.cq_overflowed.load(Relaxed);
             s.udp_in += w.udp_in.load(Relaxed);
             s.udp_out += w.udp_out.load(Relaxed);
             s.udp_truncated += w.udp_truncated.load(Relaxed);
@@ -87,6 +91,7 @@ pub struct Snapshot {
     pub bytes_out: u64,
     pub buffer_starved: u64,
     pub backpressured: u64,
+    pub cq_overflowed: u64,
     pub udp_in: u64,
     pub udp_out: u64,
     pub udp_truncated: u64,
@@ -107,7 +112,7 @@ impl fmt::Display for Snapshot {
         write!(
             f,
             "open={} accepted={} closed={} rejected={} errors={} bytes_in={} bytes_out={} buffer_starved={} backpressured={} \
-             udp_in={} udp_out={} udp_truncated={} udp_dropped={}",
+             cq_overflowed={} udp_in={} udp_out={} udp_truncated={} udp_dropped={}",
             self.open(),
             self.accepted,
             self.closed,
@@ -117,6 +122,7 @@ impl fmt::Display for Snapshot {
             self.bytes_out,
             self.buffer_starved,
             self.backpressured,
+            self.cq_overflowed,
             self.udp_in,
             self.udp_out,
             self.udp_truncated,

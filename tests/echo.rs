@@ -183,6 +183,32 @@ for_each_backend! {
 }
 
 #[test]
+fn uring_stays_byte_exact_when_its_completion_queue_overflows() {
+    let _guard = many_sockets_guard();
+    // A 16-entry CQ for 500 busy connections: completions overflow into the
+    // kernel's backlog, multishot receives end and must be re-armed.
+    let server = Server::start(
+        "uring",
+        &["--sq-entries", "8", "--cq-entries", "16", "--workers", "1"],
+    );
+    let mut clients: Vec<EchoClient> = connect_many(server.addr, 500)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| EchoClient::new(s, payload(i as u64, 20_000), 4096, true))
+        .collect();
+    drive(&mut clients, Duration::from_secs(60));
+    assert_all_echoed(&clients);
+    drop(clients);
+    let stopped = server.stop();
+    assert!(
+        stopped.summary["cq_overflowed"] > 0,
+        "the CQ never overflowed: {stopped:?}"
+    );
+    assert_eq!(stopped.summary["errors"], 0, "{stopped:?}");
+    assert_eq!(stopped.summary["bytes_out"], 500 * 20_000);
+}
+
+#[test]
 fn bad_flags_exit_2_and_name_the_flag() {
     let cases: &[(&[&str], &str)] = &[
         (&["--port", "70000"], "--port"),

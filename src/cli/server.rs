@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::config::{Backend, Config, MAX_BUF_COUNT, MAX_BUF_SIZE_BYTES, MAX_UDP_DATAGRAM};
+use crate::config::{
+    Backend, Config, MAX_BUF_COUNT, MAX_BUF_SIZE_BYTES, MAX_CQ_ENTRIES, MAX_UDP_DATAGRAM,
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum BackendArg {
@@ -65,6 +67,16 @@ pub struct ServerArgs {
     #[arg(long, default_value = "5", value_parser = crate::cli::seconds(0.0, 3600.0))]
     pub drain_timeout: Duration,
 
+    /// io_uring submission queue entries per ring (a power of two, at most --cq-entries)
+    #[arg(long, default_value_t = 4096, value_parser = crate::cli::power_of_two_u32(8, 32768))]
+    pub sq_entries: u32,
+
+    /// io_uring completion queue entries per ring (a power of two). If it
+    /// overflows, the kernel keeps the completions and the server re-arms
+    /// what ended; nothing is lost, it is only slower
+    #[arg(long, default_value_t = MAX_CQ_ENTRIES, value_parser = crate::cli::power_of_two_u32(16, MAX_CQ_ENTRIES))]
+    pub cq_entries: u32,
+
     /// Also serve UDP echo (RFC 862) on the same port. Off by default: an open
     /// UDP echo port can be used to reflect traffic at a spoofed source
     #[arg(long)]
@@ -86,6 +98,12 @@ pub struct ServerArgs {
 impl ServerArgs {
     /// Cross-flag checks clap cannot express; the error names the flags.
     pub fn into_config(self) -> Result<Config, String> {
+        if self.sq_entries > self.cq_entries {
+            return Err(format!(
+                "--sq-entries ({}) must not exceed --cq-entries ({})",
+                self.sq_entries, self.cq_entries
+            ));
+        }
         if self.udp && matches!(self.backend, BackendArg::TokioUring) {
             return Err(
                 "--udp is served by the uring and epoll backends, not --backend tokio-uring".into(),
@@ -114,6 +132,8 @@ impl ServerArgs {
             max_conns: self.max_conns as usize,
             backlog: self.backlog,
             drain_timeout: self.drain_timeout,
+            sq_entries: self.sq_entries,
+            cq_entries: self.cq_entries,
             udp: self.udp,
             udp_max_datagram: self.udp_max_datagram,
             stats_interval: self.stats,

@@ -28,10 +28,6 @@ pub use setup::{RingFlags, SetupError};
 
 use crate::config::Config;
 
-/// Submission queue entries per ring. Bursts beyond it wait in the worker's backlog.
-pub const SQ_ENTRIES: u32 = 4096;
-/// Completion queue entries per ring: the most the kernel allows (clamped).
-pub const CQ_ENTRIES: u32 = 65536;
 /// The buffer group every receive names.
 pub const BGID: u16 = 0;
 
@@ -47,7 +43,7 @@ pub struct RingParts {
 
 /// Builds and registers everything one worker needs.
 pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
-    let (ring, flags) = setup::build_ring(SQ_ENTRIES, CQ_ENTRIES)?;
+    let (ring, flags) = setup::build_ring(config.sq_entries, config.cq_entries)?;
     setup::check_features(&ring)?;
     let table_slots = direct_table_slots(config);
     ring.submitter()

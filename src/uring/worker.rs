@@ -133,6 +133,9 @@ impl<'a> Worker<'a> {
     }
 
     fn reap(&mut self) {
+        if self.ring.submission().cq_overflow() {
+            WorkerStats::add(&self.shared.stats.cq_overflowed, 1);
+        }
         self.cqes.clear();
         self.cqes.extend(
             self.ring

@@ -7,8 +7,10 @@
 //! - [`epoll`]: the epoll backend, the same design on readiness notifications.
 //! - [`echo_queue`]: the per-connection queue of received-but-not-yet-echoed buffers and
 //!   the back-pressure rules both backends share.
+//! - [`loadgen`]: the load generator behind the `loadgen` binary.
 //! - [`stats`]: per-worker counters and their periodic/summary reports.
-//! - [`net`]: socket setup (SO_REUSEPORT listeners), the only place that creates sockets.
+//! - [`net`]: the server's socket setup (SO_REUSEPORT listeners); client sockets are
+//!   `loadgen::connect`'s.
 //! - [`shutdown`]: SIGINT/SIGTERM handling and waking the workers.
 //! - [`sys`]: the `syscall!` wrapper every raw libc call goes through.
 
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod echo_queue;
 pub mod epoll;
+pub mod loadgen;
 pub mod net;
 pub mod server;
 pub mod shutdown;

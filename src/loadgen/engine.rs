@@ -429,7 +429,7 @@ impl<'a> Engine<'a> {
         conn.state = State::Lost;
         let abandoned = conn.abandon() as u64;
         self.outstanding -= abandoned;
-        self.result.counters.unfinished += abandoned;
+        self.result.counters.abandoned += abandoned;
         self.result.lost += 1;
         self.result.error(kind);
         self.ring.close(key);

@@ -87,6 +87,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         out.messages.sent += r.messages.sent;
         out.messages.received += r.messages.received;
         out.messages.unfinished += r.messages.unfinished;
+        out.messages.abandoned += r.messages.abandoned;
         out.bytes.sent += r.bytes.sent;
         out.bytes.received += r.bytes.received;
         out.verify.enabled &= r.verify.enabled;
@@ -172,6 +173,7 @@ mod tests {
                     bytes_received: n * 64,
                     mismatches: 0,
                     unfinished: 0,
+                    abandoned: 0,
                 },
                 latency,
                 connect: new_histogram(),

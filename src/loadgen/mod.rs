@@ -222,6 +222,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         c.bytes_received += t.bytes_received;
         c.mismatches += t.mismatches;
         c.unfinished += t.unfinished;
+        c.abandoned += t.abandoned;
         msgs_all += r.msgs_all;
         let _ = latency.add(&r.latency);
         let _ = connect.add(&r.connect);

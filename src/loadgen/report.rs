@@ -79,8 +79,10 @@ impl Connections {
 pub struct Messages {
     pub sent: u64,
     pub received: u64,
-    /// Created but not echoed by the end of the drain timeout.
+    /// Created but not echoed by the end of the drain timeout, on held connections.
     pub unfinished: u64,
+    /// Outstanding on connections that were lost.
+    pub abandoned: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -204,6 +206,7 @@ impl Report {
                 sent: c.msgs_sent,
                 received: c.msgs_received,
                 unfinished: c.unfinished,
+                abandoned: c.abandoned,
             },
             bytes: Bytes {
                 sent: c.bytes_sent,
@@ -227,6 +230,13 @@ impl Report {
             out.push(format!(
                 "{} echoed messages differed from what was sent",
                 self.verify.mismatches
+            ));
+        }
+        if self.messages.unfinished > 0 {
+            out.push(format!(
+                "{} messages on held connections were never echoed (lost by the server, \
+                 or it stopped answering)",
+                self.messages.unfinished
             ));
         }
         let held = self.connections.held();
@@ -268,11 +278,12 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "  {:.2} s: {} msgs sent, {} echoed, {} unfinished; {:.0} msgs/s, {:.2} MiB/s",
+            "  {:.2} s: {} msgs sent, {} echoed, {} unfinished, {} abandoned; {:.0} msgs/s, {:.2} MiB/s",
             self.duration_s,
             self.messages.sent,
             self.messages.received,
             self.messages.unfinished,
+            self.messages.abandoned,
             self.throughput.msgs_per_s,
             self.throughput.mib_per_s
         );

@@ -30,8 +30,10 @@ pub struct Counters {
     pub bytes_received: u64,
     /// Messages whose echo differed from what was sent (or came back unasked).
     pub mismatches: u64,
-    /// Messages still unanswered when the drain timeout ended the run.
+    /// Messages still unanswered on held connections when the drain timeout ended the run.
     pub unfinished: u64,
+    /// Messages outstanding on connections that were lost (counted there).
+    pub abandoned: u64,
 }
 
 /// One thread's result.

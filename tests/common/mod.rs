@@ -207,7 +207,10 @@ pub fn run_server_expecting_exit(args: &[&str]) -> (ExitStatus, String) {
         .stdin(Stdio::null())
         .output()
         .expect("run uring-echo");
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*), different per seed.

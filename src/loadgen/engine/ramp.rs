@@ -97,7 +97,10 @@ impl Engine<'_> {
         }
         conn.state = State::Established;
         conn.recv_armed = true;
-        record_ns(&mut self.result.connect, now - conn.connect_started);
+        record_ns(
+            &mut self.result.connect,
+            now.saturating_sub(conn.connect_started),
+        );
         self.settled += 1;
         self.result.established += 1;
         self.ring.recv(key, Tag::new(OpKind::Recv, key));

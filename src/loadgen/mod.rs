@@ -30,7 +30,7 @@ pub mod report;
 pub mod ring;
 pub mod stats;
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, OnceLock, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -95,9 +95,13 @@ pub fn run(config: &Config) -> Result<Report, String> {
             Stop::After(_) => None,
         },
         progress: (0..threads).map(|_| Default::default()).collect(),
+        interrupt: interrupt_flag(),
     };
     let results = run_threads(&plans, &shared)?;
     let cpu_end = crate::sys::cpu_time();
+    if shared.interrupted() {
+        note("interrupted: the report covers the run up to the signal".to_string());
+    }
     let totals = sum(&results, &shared, cpu_end);
     if totals.connections.established == 0 {
         let (kind, n) = totals
@@ -111,6 +115,19 @@ pub fn run(config: &Config) -> Result<Report, String> {
         ));
     }
     Ok(Report::new(run_config, totals))
+}
+
+/// A flag SIGINT/SIGTERM set: the first ends the run early with a report, a
+/// second one exits at once (in case the drain itself is what the user wants
+/// to escape).
+fn interrupt_flag() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone());
+        let _ = signal_hook::flag::register(signal, flag.clone());
+    }
+    flag
 }
 
 /// Splits connections evenly; the first threads take the remainder.

@@ -18,7 +18,7 @@ impl Engine<'_> {
         let config = self.config();
         let start = *self.shared.load_start.get_or_init(|| self.shared.now());
         self.measure_start = start + config.warmup.as_nanos() as Nanos;
-        let stop_at = match config.stop {
+        let mut stop_at = match config.stop {
             Stop::After(d) => self.measure_start + d.as_nanos() as Nanos,
             Stop::Messages(_) => Nanos::MAX,
         };
@@ -47,6 +47,10 @@ impl Engine<'_> {
         let mut drain_deadline = Nanos::MAX;
         loop {
             let now = self.shared.now();
+            if self.shared.interrupted() && stop_at > now {
+                // Ctrl-C: measure up to now, drain, report.
+                stop_at = now;
+            }
             if now >= stop_at {
                 self.creating = false;
             }
@@ -95,6 +99,7 @@ impl Engine<'_> {
         let now = self.shared.now();
         self.result.measure_end = match config.stop {
             Stop::After(_) => stop_at.min(now),
+            Stop::Messages(_) if self.shared.interrupted() => now,
             Stop::Messages(_) if self.result.counters.msgs_received > 0 => self.result.measure_end,
             Stop::Messages(_) => now,
         };

@@ -22,7 +22,7 @@ mod ramp;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -59,9 +59,15 @@ pub struct Shared<'a> {
     /// Messages left to create, with `--messages`.
     pub tickets: Option<AtomicU64>,
     pub progress: Vec<Progress>,
+    /// Set by SIGINT/SIGTERM: stop early, drain, and report what was measured.
+    pub interrupt: Arc<AtomicBool>,
 }
 
 impl Shared<'_> {
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.load(Relaxed)
+    }
+
     pub fn now(&self) -> Nanos {
         self.epoch.elapsed().as_nanos() as Nanos
     }

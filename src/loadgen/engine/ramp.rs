@@ -14,13 +14,17 @@ use crate::loadgen::stats::record_ns;
 impl Engine<'_> {
     pub(super) fn ramp(&mut self) -> Result<(), String> {
         let config = self.config();
-        let n = self.plan.count;
+        let mut n = self.plan.count;
         let rate = f64::from(config.connect_rate) * f64::from(n) / f64::from(config.conns);
         let mut schedule = Schedule::new(self.shared.now(), rate.max(1e-3), self.phase());
         let timeout = config.connect_timeout.as_nanos() as Nanos;
         let mut next = 0u32;
         while self.settled < n {
             let now = self.shared.now();
+            if self.shared.interrupted() {
+                // Open no more; the connects in flight still finish.
+                n = next;
+            }
             while next < n && schedule.take_due(now).is_some() {
                 self.start_connect(next, now, now + timeout);
                 next += 1;

@@ -94,6 +94,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "0", value_parser = crate::cli::seconds(0.0, 3600.0))]
     pub warmup: Duration,
 
+    /// After the measured part, seconds to wait for echoes still in flight;
+    /// messages on held connections not echoed by then fail the run
+    #[arg(long, default_value = "5", value_parser = crate::cli::seconds(0.0, 3600.0))]
+    pub drain_timeout: Duration,
+
     /// Do not check echoed bytes against what was sent
     #[arg(long)]
     pub no_verify: bool,
@@ -151,7 +156,7 @@ impl RunArgs {
             verify: !self.no_verify,
             allow_partial: self.allow_partial,
             quiet: self.quiet,
-            drain_timeout: Duration::from_secs(2),
+            drain_timeout: self.drain_timeout,
         })
     }
 }

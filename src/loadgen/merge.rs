@@ -145,6 +145,7 @@ mod tests {
             duration_s: Some(1.0),
             messages: None,
             warmup_s: 0.0,
+            drain_timeout_s: 5.0,
             verify: true,
         }
     }

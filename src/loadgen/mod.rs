@@ -308,6 +308,7 @@ fn run_config(
             Stop::After(_) => None,
         },
         warmup_s: config.warmup.as_secs_f64(),
+        drain_timeout_s: config.drain_timeout.as_secs_f64(),
         verify: config.verify,
     }
 }

@@ -56,6 +56,7 @@ pub struct RunConfig {
     pub duration_s: Option<f64>,
     pub messages: Option<u64>,
     pub warmup_s: f64,
+    pub drain_timeout_s: f64,
     pub verify: bool,
 }
 

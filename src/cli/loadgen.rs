@@ -17,8 +17,9 @@ const MAX_MSGS_PER_SLOT_PER_S: f64 = 100_000.0;
 /// Load generator for uring-echo: many connections, closed or open loop, every
 /// echoed byte verified, latency percentiles and its own CPU per message.
 ///
-/// Exit status: 0 on success; 1 on a failed run (a mismatched echo, fewer
-/// connections held than asked, no connection at all); 2 on bad flags.
+/// Exit status: 0 on success; 1 on a failed run (a mismatched echo, an echo that
+/// never came, fewer connections held than asked, no connection at all); 2 on
+/// bad flags.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, args_conflicts_with_subcommands = true)]
 pub struct LoadgenArgs {
@@ -49,7 +50,9 @@ pub struct RunArgs {
     #[arg(short, long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub conns: u32,
 
-    /// Engine threads, one io_uring each [default: number of CPUs, raised to what --conns needs]
+    /// Engine threads, one io_uring each [default: number of CPUs]. Raised, with
+    /// a note, when --conns needs more: a ring holds at most the open-files
+    /// limit's worth of connections
     #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 

@@ -379,7 +379,7 @@ impl<'a> Worker<'a> {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
-        for buf in conn.queue.drain(false) {
+        for buf in conn.queue.drain(0) {
             self.pool.give_back(buf);
         }
         // Closing the descriptor removes it from the epoll set.

@@ -212,6 +212,21 @@ pub fn check_features(ring: &IoUring) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// Sets an SQE's `len` field, which the io-uring crate's `RecvMultiBundle`
+/// builder does not expose. For a receive bundle it caps the bytes one
+/// completion may take, and so the buffers (6.10+: `sr->len` bounds the bundle).
+pub fn with_len(entry: io_uring::squeue::Entry, len: u32) -> io_uring::squeue::Entry {
+    /// Offset of `len` in `struct io_uring_sqe`: after opcode (1), flags (1),
+    /// ioprio (2), fd (4), off (8) and addr (8).
+    const LEN_OFFSET: usize = 24;
+    // SAFETY: `Entry` is `#[repr(C)]` around the 64-byte `io_uring_sqe`, plain
+    // data with no invalid bit patterns; transmute checks the sizes match.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(entry) };
+    raw[LEN_OFFSET..LEN_OFFSET + 4].copy_from_slice(&len.to_ne_bytes());
+    // SAFETY: as above; only the `len` field changed.
+    unsafe { std::mem::transmute::<[u8; 64], io_uring::squeue::Entry>(raw) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +237,20 @@ mod tests {
         assert_eq!(parse_release("5.15.0-91-generic"), Some((5, 15)));
         assert_eq!(parse_release("6.1-rc3"), Some((6, 1)));
         assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn with_len_sets_only_the_len_field() {
+        let entry = opcode::RecvMultiBundle::new(io_uring::types::Fixed(7), 3)
+            .build()
+            .user_data(99);
+        // SAFETY: Entry is a 64-byte repr(C) plain-data struct.
+        let before: [u8; 64] = unsafe { std::mem::transmute(entry.clone()) };
+        // SAFETY: as above.
+        let after: [u8; 64] = unsafe { std::mem::transmute(with_len(entry, 0x0102_0304)) };
+        assert_eq!(&after[24..28], &0x0102_0304u32.to_ne_bytes());
+        assert_eq!(before[..24], after[..24]);
+        assert_eq!(before[28..], after[28..]);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use socket2::Socket;
 use super::buf_ring::BufRing;
 use super::conn::{Conn, Flags};
 use super::send_vec::{MAX_SEND_IOVECS, SendVecPool};
+use super::setup::{SQE_LEN_OFFSET, SQE_OPTLEN_OFFSET, with_sqe_u32};
 use super::udp::{Received, UdpEcho};
 use super::user_data::{GENERATION_MASK, OpKind, UserData};
 use crate::config::Config;
@@ -76,6 +77,9 @@ pub struct Worker<'a> {
     discarded: Vec<BufId>,
     /// Receive bundles (6.10+): one completion for several buffers.
     recv_bundle: bool,
+    /// Multishot receives carry a total byte limit (6.17+); switched off at the
+    /// first EINVAL from an older kernel.
+    recv_limit: bool,
 }
 
 impl<'a> Worker<'a> {
@@ -112,6 +116,7 @@ impl<'a> Worker<'a> {
             send_vecs: SendVecPool::default(),
             discarded: Vec::new(),
             recv_bundle,
+            recv_limit: true,
         }
     }
 
@@ -277,18 +282,24 @@ impl<'a> Worker<'a> {
     fn arm_recv(&mut self, key: usize) {
         let conn = &self.conns[key];
         let fd = types::Fixed(conn.fixed);
-        let entry = if self.recv_bundle {
+        let buf_size = self.bufs.buf_size();
+        let budget = self.shared.config.conn_buffers;
+        let mut entry = if self.recv_bundle {
             // A bundle may take many buffers in one completion: cap it at the
             // connection's budget, or one client could take the whole pool.
-            let cap = self.shared.config.conn_buffers * self.bufs.buf_size();
-            super::setup::with_len(
-                opcode::RecvMultiBundle::new(fd, self.bufs.bgid()).build(),
-                cap,
-            )
+            let bundle = opcode::RecvMultiBundle::new(fd, self.bufs.bgid()).build();
+            with_sqe_u32(bundle, SQE_LEN_OFFSET, budget * buf_size)
         } else {
             opcode::RecvMulti::new(fd, self.bufs.bgid()).build()
+        };
+        if self.recv_limit {
+            // The receive ends itself once it has taken what is left of the
+            // budget: a client that sends without reading cannot pull more
+            // into our buffers while a cancel is on its way.
+            let room = budget.saturating_sub(conn.queue.held()).max(1);
+            entry = with_sqe_u32(entry, SQE_OPTLEN_OFFSET, room * buf_size);
         }
-        .user_data(self.conn_op(OpKind::Recv, key));
+        let entry = entry.user_data(self.conn_op(OpKind::Recv, key));
         // SAFETY: no pointers: the kernel picks buffers from the ring, which
         // outlives the ring's operations (field order).
         unsafe { self.push(entry) };
@@ -432,6 +443,10 @@ impl<'a> Worker<'a> {
                     }
                 }
                 libc::ECANCELED => {}
+                // A kernel before 6.17 refuses a multishot receive's total
+                // limit (the field was checked as zero): do without it, and
+                // keep the connection.
+                libc::EINVAL if self.recv_limit => self.recv_limit = false,
                 _ => {
                     WorkerStats::add(&self.shared.stats.errors, 1);
                     self.begin_close(key);

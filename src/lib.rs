@@ -8,8 +8,10 @@
 //! - [`tokio_uring_rt`]: a tokio-uring runtime backend, a task per connection.
 //! - [`echo_queue`]: the per-connection queue of received-but-not-yet-echoed buffers and
 //!   the back-pressure rules both backends share.
+//! - [`loadgen`]: the load generator behind the `loadgen` binary.
 //! - [`stats`]: per-worker counters and their periodic/summary reports.
-//! - [`net`]: socket setup (SO_REUSEPORT listeners), the only place that creates sockets.
+//! - [`net`]: the server's socket setup (SO_REUSEPORT listeners); client sockets are
+//!   `loadgen::connect`'s.
 //! - [`shutdown`]: SIGINT/SIGTERM handling and waking the workers.
 //! - [`sys`]: the `syscall!` wrapper every raw libc call goes through.
 
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod echo_queue;
 pub mod epoll;
+pub mod loadgen;
 pub mod net;
 pub mod server;
 pub mod shutdown;

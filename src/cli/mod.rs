@@ -3,6 +3,7 @@
 //! the flag and the accepted range. No I/O here.
 #![forbid(unsafe_code)]
 
+pub mod loadgen;
 pub mod server;
 
 /// A clap value parser for a u32 that must be a power of two within a range.

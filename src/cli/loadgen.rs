@@ -1,0 +1,307 @@
+//! `loadgen`'s flags, and their conversion to a [`Config`]: value parsers that
+//! name the flag and the accepted range, and the cross-flag checks clap cannot
+//! express. Resolving the target is left to the run (it is I/O).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::loadgen::config::{Config, Load, MAX_MESSAGE_BYTES, SizeRange, Stop};
+
+/// The fastest round trip a pipeline slot is assumed to manage (10 µs): an
+/// open-loop rate that needs faster ones per connection cannot be met.
+const MAX_MSGS_PER_SLOT_PER_S: f64 = 100_000.0;
+
+/// Load generator for uring-echo: many connections, closed or open loop, every
+/// echoed byte verified, latency percentiles and its own CPU per message.
+///
+/// Exit status: 0 on success; 1 on a failed run (a mismatched echo, fewer
+/// connections held than asked, no connection at all); 2 on bad flags.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", version, args_conflicts_with_subcommands = true)]
+pub struct LoadgenArgs {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Combine JSON results of runs from several load hosts (sums counters and
+    /// histograms, recomputes percentiles and throughput) and print the result
+    Merge {
+        /// Result files written by `loadgen --json`
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Server to load, HOST:PORT
+    #[arg(long, default_value = "127.0.0.1:9999", value_parser = host_port)]
+    pub target: String,
+
+    /// Connections to open and hold
+    #[arg(short, long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub conns: u32,
+
+    /// Engine threads, one io_uring each [default: number of CPUs, raised to what --conns needs]
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+
+    /// Source addresses to spread connections over, comma-separated
+    /// [default: 127.0.0.1, 127.0.0.2, ... (one per 10,000 connections) for a loopback target]
+    #[arg(long, value_delimiter = ',')]
+    pub source_addrs: Vec<IpAddr>,
+
+    /// Connections opened per second during the ramp. The default keeps a
+    /// server's accept backlog (4096) from overflowing unless it stalls for
+    /// 200 ms, and opens 50,000 connections in 2.5 s
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub connect_rate: u32,
+
+    /// Seconds a connect may take before it counts as failed
+    #[arg(long, default_value = "5", value_parser = crate::cli::seconds(0.001, 3600.0))]
+    pub connect_timeout: Duration,
+
+    /// Messages in flight per connection (closed loop: kept in flight;
+    /// open loop: the most on the wire, later ones wait and their wait counts)
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub pipeline: Option<u32>,
+
+    /// Open loop: messages per second, all connections together; latency is
+    /// measured from each message's intended send time
+    #[arg(short, long, value_name = "MSGS_PER_SEC", value_parser = rate)]
+    pub rate: Option<f64>,
+
+    /// Message size in bytes, or an inclusive range MIN..MAX drawn uniformly
+    #[arg(short, long, default_value = "64", value_parser = size_range)]
+    pub size: SizeRange,
+
+    /// Seconds of measured load (after the warm-up) [default: 10]
+    #[arg(short, long, value_parser = crate::cli::seconds(0.01, 86400.0), conflicts_with = "messages")]
+    pub duration: Option<Duration>,
+
+    /// Stop after this many messages echoed in total (after the warm-up)
+    #[arg(short = 'n', long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub messages: Option<u64>,
+
+    /// Seconds of load before measuring starts, excluded from the results
+    #[arg(long, default_value = "0", value_parser = crate::cli::seconds(0.0, 3600.0))]
+    pub warmup: Duration,
+
+    /// After the measured part, seconds to wait for echoes still in flight;
+    /// messages on held connections not echoed by then fail the run
+    #[arg(long, default_value = "5", value_parser = crate::cli::seconds(0.0, 3600.0))]
+    pub drain_timeout: Duration,
+
+    /// Do not check echoed bytes against what was sent
+    #[arg(long)]
+    pub no_verify: bool,
+
+    /// Exit 0 even when fewer connections than --conns were held
+    #[arg(long)]
+    pub allow_partial: bool,
+
+    /// Write the result as JSON to PATH (`-` for stdout; the summary then goes to stderr)
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<String>,
+
+    /// No progress lines and no summary (errors and --json only)
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+impl RunArgs {
+    /// Cross-flag checks; the error names the flags.
+    pub fn into_config(self) -> Result<Config, String> {
+        let load = match self.rate {
+            None => Load::Closed {
+                pipeline: self.pipeline.unwrap_or(1),
+            },
+            Some(rate) => {
+                let pipeline = self.pipeline.unwrap_or(1);
+                let per_conn = rate / f64::from(self.conns);
+                let most = f64::from(pipeline) * MAX_MSGS_PER_SLOT_PER_S;
+                if per_conn > most {
+                    return Err(format!(
+                        "--rate {rate} over --conns {} is {per_conn:.0} msgs/s per connection, more than \
+                         --pipeline {pipeline} can carry ({most:.0}/s at a 10 us round trip): raise --conns or --pipeline",
+                        self.conns
+                    ));
+                }
+                Load::Open { rate, pipeline }
+            }
+        };
+        let stop = match (self.duration, self.messages) {
+            (_, Some(n)) => Stop::Messages(n),
+            (Some(d), None) => Stop::After(d),
+            (None, None) => Stop::After(Duration::from_secs(10)),
+        };
+        Ok(Config {
+            target: self.target,
+            conns: self.conns,
+            threads: self.threads.map(|t| t as usize),
+            source_addrs: self.source_addrs,
+            connect_rate: self.connect_rate,
+            connect_timeout: self.connect_timeout,
+            load,
+            size: self.size,
+            stop,
+            warmup: self.warmup,
+            verify: !self.no_verify,
+            allow_partial: self.allow_partial,
+            quiet: self.quiet,
+            drain_timeout: self.drain_timeout,
+        })
+    }
+}
+
+/// `HOST:PORT` with a port in 1..=65535; the host is resolved later.
+fn host_port(s: &str) -> Result<String, String> {
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{s}' is not HOST:PORT"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("'{s}' has no host (expected HOST:PORT)"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(s.to_string()),
+        _ => Err(format!("'{port}' is not a port in 1..=65535")),
+    }
+}
+
+fn rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number (expected msgs/s in 1..=1e9)"))?;
+    if !v.is_finite() || !(1.0..=1e9).contains(&v) {
+        return Err(format!("{v} is not in 1..=1e9 msgs/s"));
+    }
+    Ok(v)
+}
+
+fn size_range(s: &str) -> Result<SizeRange, String> {
+    let max_ok = MAX_MESSAGE_BYTES;
+    let one = |t: &str| -> Result<u32, String> {
+        let v: u32 = t
+            .trim()
+            .parse()
+            .map_err(|_| format!("'{t}' is not a size in bytes (expected 1..={max_ok})"))?;
+        if v == 0 || v > max_ok {
+            return Err(format!("{v} is not in 1..={max_ok} bytes"));
+        }
+        Ok(v)
+    };
+    let (min, max) = match s.split_once("..") {
+        Some((a, b)) => (one(a)?, one(b.trim_start_matches('='))?),
+        None => {
+            let v = one(s)?;
+            (v, v)
+        }
+    };
+    if min > max {
+        return Err(format!("{min}..{max} is empty (MIN must not exceed MAX)"));
+    }
+    Ok(SizeRange { min, max })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<LoadgenArgs, String> {
+        LoadgenArgs::try_parse_from(std::iter::once("loadgen").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())
+    }
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        parse(args)?.run.into_config()
+    }
+
+    #[test]
+    fn defaults_are_a_ten_second_closed_loop_against_port_9999() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.target, "127.0.0.1:9999");
+        assert_eq!(c.load, Load::Closed { pipeline: 1 });
+        assert_eq!(c.stop, Stop::After(Duration::from_secs(10)));
+        assert_eq!(c.size, SizeRange { min: 64, max: 64 });
+        assert_eq!(c.connect_rate, 20_000);
+        assert!(c.verify);
+    }
+
+    #[test]
+    fn zero_connections_names_the_flag_and_range() {
+        let e = parse(&["--conns", "0"]).unwrap_err();
+        assert!(e.contains("--conns") && e.contains("1..=10000000"), "{e}");
+    }
+
+    #[test]
+    fn a_size_range_parses_and_an_empty_one_is_refused() {
+        let c = config(&["--size", "64..1024"]).unwrap();
+        assert_eq!(c.size, SizeRange { min: 64, max: 1024 });
+        let e = parse(&["--size", "1024..64"]).unwrap_err();
+        assert!(e.contains("--size") && e.contains("empty"), "{e}");
+        let e = parse(&["--size", "0"]).unwrap_err();
+        assert!(e.contains("--size") && e.contains("1..="), "{e}");
+    }
+
+    #[test]
+    fn a_malformed_target_names_the_flag() {
+        for bad in ["localhost", "127.0.0.1:0", "127.0.0.1:99999", ":80"] {
+            let e = parse(&["--target", bad]).unwrap_err();
+            assert!(e.contains("--target"), "{bad}: {e}");
+        }
+        assert!(parse(&["--target", "[::1]:9999"]).is_ok());
+    }
+
+    #[test]
+    fn a_rate_turns_on_the_open_loop() {
+        let c = config(&["--rate", "20000", "--conns", "50"]).unwrap();
+        assert_eq!(
+            c.load,
+            Load::Open {
+                rate: 20000.0,
+                pipeline: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_rate_one_pipeline_slot_cannot_carry_is_refused() {
+        let e = config(&["--rate", "1000000", "--conns", "1", "--pipeline", "2"]).unwrap_err();
+        assert!(e.contains("--rate") && e.contains("--pipeline"), "{e}");
+        assert!(config(&["--rate", "1000000", "--conns", "100"]).is_ok());
+    }
+
+    #[test]
+    fn duration_and_messages_exclude_each_other() {
+        let e = parse(&["--duration", "1", "--messages", "5"]).unwrap_err();
+        assert!(e.contains("--duration") || e.contains("--messages"), "{e}");
+        let c = config(&["--messages", "5"]).unwrap();
+        assert_eq!(c.stop, Stop::Messages(5));
+    }
+
+    #[test]
+    fn merge_takes_files() {
+        let a = parse(&["merge", "a.json", "b.json"]).unwrap();
+        assert!(matches!(a.command, Some(Command::Merge { files }) if files.len() == 2));
+        assert!(parse(&["merge"]).is_err());
+    }
+
+    #[test]
+    fn source_addresses_are_comma_separated() {
+        let c = config(&["--source-addrs", "127.0.0.2,127.0.0.3"]).unwrap();
+        assert_eq!(c.source_addrs.len(), 2);
+        assert!(
+            parse(&["--source-addrs", "nope"])
+                .unwrap_err()
+                .contains("--source-addrs")
+        );
+    }
+}

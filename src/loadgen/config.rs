@@ -1,0 +1,78 @@
+//! The validated configuration a load run starts from, built by `cli::loadgen`.
+//! Values here are already range-checked; what needs I/O (resolving the target,
+//! the open-files limit) is done by [`super::run`].
+#![forbid(unsafe_code)]
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// How messages are generated.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Load {
+    /// Each connection sends, waits for the full echo, and sends again, with
+    /// `pipeline` messages in flight.
+    Closed { pipeline: u32 },
+    /// Messages are due at `rate` per second in total, whatever the server does;
+    /// latency counts from each message's due time. At most `pipeline` messages
+    /// per connection are on the wire; later ones wait (and their wait counts).
+    Open { rate: f64, pipeline: u32 },
+}
+
+impl Load {
+    pub fn pipeline(&self) -> u32 {
+        match *self {
+            Load::Closed { pipeline } | Load::Open { pipeline, .. } => pipeline,
+        }
+    }
+
+    pub fn rate(&self) -> Option<f64> {
+        match *self {
+            Load::Open { rate, .. } => Some(rate),
+            Load::Closed { .. } => None,
+        }
+    }
+}
+
+/// Message sizes in bytes, drawn uniformly from `min..=max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizeRange {
+    /// Invariant: 1 <= min <= max <= [`MAX_MESSAGE_BYTES`].
+    pub min: u32,
+    pub max: u32,
+}
+
+/// The largest message size accepted.
+pub const MAX_MESSAGE_BYTES: u32 = 16 << 20;
+
+/// When the measured part of a run ends.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Stop {
+    /// After this long (not counting the warm-up).
+    After(Duration),
+    /// Once this many messages (in total, after the warm-up) have been echoed.
+    Messages(u64),
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `HOST:PORT`, as given; resolved by `run`.
+    pub target: String,
+    /// Invariant: >= 1.
+    pub conns: u32,
+    /// `None`: one per CPU, raised to what `conns` needs.
+    pub threads: Option<usize>,
+    /// Empty: picked automatically (spread over 127.0.0.x for a loopback target).
+    pub source_addrs: Vec<IpAddr>,
+    /// Connections opened per second, all threads together. Invariant: >= 1.
+    pub connect_rate: u32,
+    pub connect_timeout: Duration,
+    pub load: Load,
+    pub size: SizeRange,
+    pub stop: Stop,
+    pub warmup: Duration,
+    pub verify: bool,
+    pub allow_partial: bool,
+    pub quiet: bool,
+    /// After the measured part, how long outstanding echoes may take to arrive.
+    pub drain_timeout: Duration,
+}

@@ -1,0 +1,190 @@
+//! Opening connections: resolving the target, choosing source addresses so one
+//! address's ephemeral ports are not the limit, creating and binding each
+//! socket (it is then installed in a ring's direct-descriptor table and its
+//! normal fd closed, by the engine), how many threads the open-files limit
+//! forces, and what to tell the user when a limit stops the ramp.
+//! This module submits nothing to a ring.
+#![forbid(unsafe_code)]
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Connections per loopback source address when spreading automatically. One
+/// address has ~28,000 ephemeral ports per destination (32768-60999); staying
+/// well under leaves room for TIME_WAIT sockets of earlier runs.
+pub const CONNS_PER_SOURCE: u32 = 10_000;
+
+/// Resolves `HOST:PORT`; the error is one line naming the flag.
+pub fn resolve_target(target: &str) -> Result<SocketAddr, String> {
+    let mut addrs = target
+        .to_socket_addrs()
+        .map_err(|e| format!("--target {target}: cannot resolve: {e}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("--target {target}: resolves to no address"))
+}
+
+/// Source addresses to spread connections over: the given ones, or for an IPv4
+/// loopback target 127.0.0.1, 127.0.0.2, ... (all of 127/8 is local on Linux),
+/// one per [`CONNS_PER_SOURCE`] connections; otherwise none (the kernel picks).
+pub fn source_plan(
+    target: SocketAddr,
+    conns: u32,
+    given: &[IpAddr],
+) -> Result<Vec<IpAddr>, String> {
+    if let Some(bad) = given.iter().find(|a| a.is_ipv4() != target.is_ipv4()) {
+        return Err(format!(
+            "--source-addrs {bad} is not of the same family as --target {target}"
+        ));
+    }
+    if !given.is_empty() {
+        return Ok(given.to_vec());
+    }
+    if !target.ip().is_loopback() || !target.is_ipv4() {
+        return Ok(Vec::new());
+    }
+    let n = conns.div_ceil(CONNS_PER_SOURCE).clamp(1, 250);
+    Ok((1..=n)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
+        .collect())
+}
+
+/// Threads needed so that no ring holds more connections than its
+/// direct-descriptor table may have slots (the open-files limit, per ring).
+pub fn threads_needed(conns: u32, per_ring: u64) -> usize {
+    (u64::from(conns).div_ceil(per_ring.max(1))) as usize
+}
+
+/// A TCP socket with its options set and bound to `source` (port chosen at
+/// connect), ready to be installed in a ring and connected there.
+pub fn open_socket(target: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    // Small messages answered at once: Nagle would hold the second of two
+    // pipelined messages back until the first is acknowledged.
+    socket.set_tcp_nodelay(true)?;
+    if let Some(ip) = source {
+        if ip.is_ipv4() {
+            crate::sys::set_bind_address_no_port(socket.as_raw_fd())?;
+        }
+        socket.bind(&SocketAddr::new(ip, 0).into())?;
+    }
+    Ok(socket)
+}
+
+/// A quick blocking connect before the threads start, so that a target with
+/// nothing listening is one clear line at once rather than a ramp of failures.
+pub fn probe(target: SocketAddr, timeout: Duration) -> Result<(), String> {
+    match TcpStream::connect_timeout(&target, timeout) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let kind = e.raw_os_error().map_or("connect_timeout", errno_kind);
+            Err(format!(
+                "cannot connect to --target {target}: {e} ({})",
+                hint_for(kind)
+            ))
+        }
+    }
+}
+
+/// The name the report counts an errno under.
+pub fn errno_kind(errno: i32) -> &'static str {
+    match errno {
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EPIPE => "EPIPE",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EADDRINUSE => "EADDRINUSE",
+        libc::EMFILE => "EMFILE",
+        libc::ENFILE => "ENFILE",
+        libc::ENOBUFS => "ENOBUFS",
+        libc::ENOMEM => "ENOMEM",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        _ => "other_errno",
+    }
+}
+
+/// Which knob to turn for an error kind the report counted.
+pub fn hint_for(kind: &str) -> &'static str {
+    match kind {
+        "ECONNREFUSED" => {
+            "nothing listens at --target, or its accept backlog overflowed: check the server, lower --connect-rate"
+        }
+        "connect_timeout" | "ETIMEDOUT" => {
+            "the server accepts too slowly: lower --connect-rate or raise --connect-timeout"
+        }
+        "EADDRNOTAVAIL" | "EADDRINUSE" => {
+            "out of ephemeral ports: add --source-addrs, or widen net.ipv4.ip_local_port_range"
+        }
+        "EMFILE" | "ENFILE" => {
+            "open-files limit: raise `ulimit -n` (each ring holds at most that many connections) or --threads"
+        }
+        "ENOBUFS" | "ENOMEM" => {
+            "kernel memory for sockets: lower --conns or raise net.ipv4.tcp_mem"
+        }
+        "ECONNRESET" | "EPIPE" | "closed_by_server" => {
+            "the server dropped connections: check its --max-conns and its log"
+        }
+        "unexpected_bytes" => "the server echoed bytes that were never sent",
+        _ => "see the error name",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback() -> SocketAddr {
+        "127.0.0.1:9999".parse().unwrap()
+    }
+
+    #[test]
+    fn a_loopback_target_spreads_over_enough_source_addresses() {
+        let plan = source_plan(loopback(), 50_000, &[]).unwrap();
+        assert_eq!(plan.len(), 5);
+        assert_eq!(plan[0], "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(plan[4], "127.0.0.5".parse::<IpAddr>().unwrap());
+        assert_eq!(source_plan(loopback(), 1, &[]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn given_source_addresses_win_and_must_match_the_family() {
+        let given: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap()];
+        assert_eq!(source_plan(loopback(), 50_000, &given).unwrap(), given);
+        let v6: Vec<IpAddr> = vec!["::1".parse().unwrap()];
+        assert!(
+            source_plan(loopback(), 1, &v6)
+                .unwrap_err()
+                .contains("--source-addrs")
+        );
+    }
+
+    #[test]
+    fn a_remote_target_lets_the_kernel_pick_the_source() {
+        let remote: SocketAddr = "10.1.2.3:9999".parse().unwrap();
+        assert!(source_plan(remote, 50_000, &[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_open_files_limit_sets_the_thread_floor() {
+        assert_eq!(threads_needed(50_000, 20_000), 3);
+        assert_eq!(threads_needed(40_000, 20_000), 2);
+        assert_eq!(threads_needed(1, 20_000), 1);
+    }
+
+    #[test]
+    fn an_unresolvable_target_names_the_flag() {
+        let e = resolve_target("no-such-host.invalid:9999").unwrap_err();
+        assert!(e.starts_with("--target"), "{e}");
+    }
+}

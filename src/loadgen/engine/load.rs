@@ -1,0 +1,252 @@
+//! The load phase of an engine thread: messages created closed-loop (one per
+//! echo) or open-loop (on a [`Schedule`], round-robin over live connections),
+//! until the stop condition, then drained; and the receive and send
+//! completions that move them along.
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::{Engine, TICKET_BATCH, Tally};
+use crate::loadgen::config::{Load, Stop};
+use crate::loadgen::conn::{RecvError, State};
+use crate::loadgen::connect::errno_kind;
+use crate::loadgen::pacing::{Nanos, Schedule};
+use crate::loadgen::ring::{Completion, OpKind, Tag};
+
+impl Engine<'_> {
+    pub(super) fn load(&mut self) -> Result<(), String> {
+        let config = self.config();
+        let start = *self.shared.load_start.get_or_init(|| self.shared.now());
+        self.measure_start = start + config.warmup.as_nanos() as Nanos;
+        let mut stop_at = match config.stop {
+            Stop::After(d) => self.measure_start + d.as_nanos() as Nanos,
+            Stop::Messages(_) => Nanos::MAX,
+        };
+        let mut live: Vec<u32> = (0..self.plan.count)
+            .filter(|&k| self.conns[k as usize].state == State::Established)
+            .collect();
+        self.creating = !live.is_empty();
+        let mut schedule = None;
+        match config.load {
+            Load::Closed { pipeline } => {
+                for &key in &live {
+                    for _ in 0..pipeline {
+                        self.create(key, start);
+                    }
+                }
+            }
+            Load::Open { rate, .. } => {
+                let total = self.shared.established.load(Relaxed).max(1);
+                let share = rate * live.len() as f64 / total as f64;
+                if share > 0.0 {
+                    schedule = Some(Schedule::new(start, share, self.phase()));
+                }
+            }
+        }
+        let mut rr = 0usize;
+        let mut drain_deadline = Nanos::MAX;
+        loop {
+            let now = self.shared.now();
+            if self.shared.interrupted() && stop_at > now {
+                // Ctrl-C: measure up to now, drain, report.
+                stop_at = now;
+            }
+            if now >= stop_at {
+                self.creating = false;
+            }
+            if let Some(s) = schedule.as_mut() {
+                while self.creating {
+                    let Some(due) = s.take_due(now) else { break };
+                    if due >= stop_at {
+                        self.creating = false;
+                        break;
+                    }
+                    // The next live connection, dropping dead ones as they turn up.
+                    while rr < live.len()
+                        && self.conns[live[rr] as usize].state != State::Established
+                    {
+                        live.swap_remove(rr);
+                    }
+                    if rr >= live.len() {
+                        rr = 0;
+                        live.retain(|&k| self.conns[k as usize].state == State::Established);
+                        if live.is_empty() {
+                            self.creating = false;
+                            break;
+                        }
+                    }
+                    self.create(live[rr], due);
+                    rr += 1;
+                }
+            }
+            if self.outstanding == 0 && (!self.creating || schedule.is_none()) {
+                break;
+            }
+            if !self.creating && drain_deadline == Nanos::MAX {
+                drain_deadline = now + config.drain_timeout.as_nanos() as Nanos;
+            }
+            if now >= drain_deadline {
+                self.result.counters.unfinished += self.outstanding;
+                break;
+            }
+            self.flush_progress(now);
+            let mut wake = self.next_flush.min(drain_deadline).min(stop_at);
+            if let (Some(s), true) = (schedule.as_ref(), self.creating) {
+                wake = wake.min(s.next_due());
+            }
+            self.turn(wake)?;
+        }
+        let now = self.shared.now();
+        self.result.measure_end = match config.stop {
+            Stop::After(_) => stop_at.min(now),
+            Stop::Messages(_) if self.shared.interrupted() => now,
+            Stop::Messages(_) if self.result.counters.msgs_received > 0 => self.result.measure_end,
+            Stop::Messages(_) => now,
+        };
+        self.flush_progress(0);
+        Ok(())
+    }
+
+    /// Creates a message on `key` meant to be sent at `intended`, unless the
+    /// run has stopped creating or `--messages` is used up.
+    fn create(&mut self, key: u32, intended: Nanos) {
+        if !self.creating {
+            return;
+        }
+        if intended >= self.measure_start && !self.take_ticket() {
+            self.creating = false;
+            return;
+        }
+        let (min, max) = (self.config().size.min, self.config().size.max);
+        let pipeline = self.config().load.pipeline();
+        let conn = &mut self.conns[key as usize];
+        let len = conn.next_size(min, max);
+        conn.push(intended, len, pipeline);
+        self.outstanding += 1;
+        self.kick_send(key);
+    }
+
+    fn take_ticket(&mut self) -> bool {
+        let Some(pool) = &self.shared.tickets else {
+            return true;
+        };
+        if self.tickets == 0 {
+            let claimed = pool.fetch_update(Relaxed, Relaxed, |left| {
+                (left > 0).then(|| left - left.min(TICKET_BATCH))
+            });
+            self.tickets = claimed.map_or(0, |left| left.min(TICKET_BATCH));
+        }
+        if self.tickets == 0 {
+            return false;
+        }
+        self.tickets -= 1;
+        true
+    }
+
+    /// Submits the next send of `key` if one is due and none is in flight.
+    fn kick_send(&mut self, key: u32) {
+        let max = self.shared.pattern.max_slice();
+        let conn = &mut self.conns[key as usize];
+        if let Some((offset, len)) = conn.next_send(max) {
+            conn.send_in_flight = len;
+            let seed = conn.seed;
+            self.ring
+                .send(key, seed, offset, len, Tag::new(OpKind::Send, key));
+        }
+    }
+
+    /// An established connection ended: counted, its messages abandoned, closed.
+    fn lose(&mut self, key: u32, kind: &str) {
+        let conn = &mut self.conns[key as usize];
+        if conn.state != State::Established {
+            return;
+        }
+        conn.state = State::Lost;
+        let abandoned = conn.abandon() as u64;
+        self.outstanding -= abandoned;
+        self.result.counters.abandoned += abandoned;
+        self.result.lost += 1;
+        self.result.error(kind);
+        self.ring.close(key);
+    }
+
+    pub(super) fn handle_recv(&mut self, key: u32, c: &Completion, now: Nanos) {
+        let Engine {
+            ring,
+            conns,
+            result,
+            interval,
+            shared,
+            ..
+        } = self;
+        let conn = &mut conns[key as usize];
+        if !c.more() {
+            conn.recv_armed = false;
+        }
+        let res = c.result;
+        let mut echoed = 0;
+        let mut outcome = Ok(());
+        if let Some(buf) = c.buffer() {
+            if res > 0 && conn.state == State::Established {
+                let pattern = shared.config.verify.then_some(&*shared.pattern);
+                let mut tally = Tally {
+                    result,
+                    interval,
+                    measure_start: self.measure_start,
+                    now,
+                    echoed: 0,
+                };
+                let bytes = ring.received(buf, res as u32);
+                outcome = conn.on_recv(bytes, pattern, shared.config.load.pipeline(), &mut tally);
+                echoed = tally.echoed;
+            }
+            ring.recycle(buf);
+        }
+        if conn.state != State::Established {
+            return;
+        }
+        self.outstanding -= echoed;
+        if outcome == Err(RecvError::Unexpected) {
+            self.result.counters.mismatches += 1;
+            self.lose(key, "unexpected_bytes");
+            return;
+        }
+        match res {
+            0 => return self.lose(key, "closed_by_server"),
+            r if r < 0 && !matches!(-r, libc::ENOBUFS | libc::ECANCELED) => {
+                return self.lose(key, errno_kind(-r));
+            }
+            _ => {}
+        }
+        if matches!(self.config().load, Load::Closed { .. }) {
+            for _ in 0..echoed {
+                self.create(key, now);
+            }
+        }
+        self.kick_send(key);
+        if !self.conns[key as usize].recv_armed {
+            self.rearm.push(key);
+        }
+    }
+
+    pub(super) fn handle_send(&mut self, key: u32, res: i32, now: Nanos) {
+        let conn = &mut self.conns[key as usize];
+        if conn.state != State::Established {
+            conn.send_in_flight = 0;
+            return;
+        }
+        if res < 0 {
+            conn.send_in_flight = 0;
+            return self.lose(key, errno_kind(-res));
+        }
+        let mut tally = Tally {
+            result: &mut self.result,
+            interval: &mut self.interval,
+            measure_start: self.measure_start,
+            now,
+            echoed: 0,
+        };
+        conn.on_sent(res as u32, &mut tally);
+        self.kick_send(key);
+    }
+}

@@ -1,0 +1,249 @@
+//! One engine thread: its ring, its share of the connections, and its loop.
+//! Two phases. The ramp opens the connections on a schedule (`--connect-rate`),
+//! each socket created and bound by [`super::connect`], installed as a direct
+//! descriptor and connected by the ring, with a deadline (`--connect-timeout`).
+//! Then all threads meet at a barrier and the load phase runs: closed loop
+//! (a message per echo, `pipeline` in flight) or open loop (messages due on a
+//! [`Schedule`](super::pacing::Schedule), handed round-robin to the live connections), until the stop
+//! condition, then a drain of what is still in flight.
+//!
+//! Every loop turn: create what is due → wait for completions or the next
+//! deadline → handle each completion → give the receive buffers back once.
+//! Message bookkeeping is [`Conn`]'s; the submissions are [`Ring`]'s.
+//!
+//! - this file: what threads share, the engine's state, the loop turn and
+//!   completion dispatch, progress flushes.
+//! - `ramp.rs`: the connect phase.
+//! - `load.rs`: the load phase: creating messages, handling receives and sends.
+#![forbid(unsafe_code)]
+
+mod load;
+mod ramp;
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Barrier, OnceLock};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use super::config::Config;
+use super::conn::{Conn, Msg, Sink, State};
+use super::pacing::Nanos;
+use super::pattern::Pattern;
+use super::ring::{Completion, OpKind, Ring, Tag};
+use super::stats::{Progress, ThreadResult, new_histogram, record_ns};
+
+/// How often a thread hands its counters to the progress printer; also the
+/// longest the loop sleeps, so a quiet thread still notices its deadlines.
+const FLUSH_EVERY: Nanos = 100_000_000;
+/// Tickets (for `--messages`) a thread claims from the shared pool at a time.
+const TICKET_BATCH: u64 = 64;
+
+/// What every thread reads, set up by [`super::run`].
+pub struct Shared<'a> {
+    pub config: &'a Config,
+    pub epoch: Instant,
+    pub target: SocketAddr,
+    pub sources: Vec<IpAddr>,
+    pub pattern: Arc<Pattern>,
+    pub threads: usize,
+    /// The ramp ends here for every thread before the load starts together.
+    pub barrier: Barrier,
+    /// Connections established by all threads, complete once past the barrier.
+    pub established: AtomicU64,
+    pub load_start: OnceLock<Nanos>,
+    /// CPU time (user, sys) when the load started.
+    pub cpu_at_load_start: OnceLock<(f64, f64)>,
+    /// Messages left to create, with `--messages`.
+    pub tickets: Option<AtomicU64>,
+    pub progress: Vec<Progress>,
+    /// Set by SIGINT/SIGTERM: stop early, drain, and report what was measured.
+    pub interrupt: Arc<AtomicBool>,
+}
+
+impl Shared<'_> {
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.load(Relaxed)
+    }
+
+    pub fn now(&self) -> Nanos {
+        self.epoch.elapsed().as_nanos() as Nanos
+    }
+}
+
+/// A thread's share: connections `first .. first + count` of the run.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    pub id: usize,
+    pub first: u64,
+    pub count: u32,
+}
+
+/// Runs one engine thread to the end. Always reaches the barrier, even when
+/// its own setup fails, so the other threads are never left waiting.
+pub fn run_thread(plan: Plan, shared: &Shared<'_>) -> Result<ThreadResult, String> {
+    let mut engine = match Engine::new(plan, shared) {
+        Ok(e) => e,
+        Err(e) => {
+            shared.barrier.wait();
+            return Err(e);
+        }
+    };
+    let ramp = engine.ramp();
+    shared
+        .established
+        .fetch_add(engine.result.established - engine.result.lost, Relaxed);
+    if shared.barrier.wait().is_leader() {
+        let _ = shared.cpu_at_load_start.set(crate::sys::cpu_time());
+    }
+    ramp?;
+    engine.load()?;
+    Ok(engine.result)
+}
+
+/// Counts what [`Conn`] reports as sent or echoed.
+struct Tally<'r> {
+    result: &'r mut ThreadResult,
+    interval: &'r mut Histogram<u64>,
+    measure_start: Nanos,
+    now: Nanos,
+    echoed: u64,
+}
+
+impl Sink for Tally<'_> {
+    fn sent(&mut self, msg: &Msg) {
+        if msg.intended >= self.measure_start {
+            let c = &mut self.result.counters;
+            c.msgs_sent += 1;
+            c.bytes_sent += u64::from(msg.len);
+        }
+    }
+
+    fn echoed(&mut self, msg: &Msg) {
+        self.echoed += 1;
+        self.result.msgs_all += 1;
+        let latency = self.now.saturating_sub(msg.intended);
+        record_ns(self.interval, latency);
+        // A corrupted echo fails the run even during the warm-up.
+        if msg.corrupt {
+            self.result.counters.mismatches += 1;
+        }
+        if msg.intended >= self.measure_start {
+            let c = &mut self.result.counters;
+            c.msgs_received += 1;
+            c.bytes_received += u64::from(msg.len);
+            record_ns(&mut self.result.latency, latency);
+            self.result.measure_end = self.now;
+        }
+    }
+}
+
+struct Engine<'a> {
+    ring: Ring,
+    shared: &'a Shared<'a>,
+    plan: Plan,
+    conns: Vec<Conn>,
+    result: ThreadResult,
+    /// Latencies since the last flush to the progress printer.
+    interval: Histogram<u64>,
+    cqes: Vec<Completion>,
+    /// Connections whose receive ended and must be re-armed after the buffers
+    /// are given back (re-arming before would only earn another ENOBUFS).
+    rearm: Vec<u32>,
+    /// Connects in flight with their deadlines, oldest first (one timeout for all).
+    connecting: VecDeque<(u32, Nanos)>,
+    /// Connections whose connect has finished, either way.
+    settled: u32,
+    /// Messages created and not yet echoed, all connections.
+    outstanding: u64,
+    /// `--messages` tickets claimed and not yet used.
+    tickets: u64,
+    /// The load phase still creates messages.
+    creating: bool,
+    measure_start: Nanos,
+    next_flush: Nanos,
+}
+
+impl<'a> Engine<'a> {
+    fn new(plan: Plan, shared: &'a Shared<'a>) -> Result<Engine<'a>, String> {
+        let ring = Ring::new(plan.count, shared.target, shared.pattern.clone())
+            .map_err(|e| format!("thread {}: {e}", plan.id))?;
+        let conns = (0..u64::from(plan.count))
+            .map(|i| Conn::new(Pattern::seed_for(plan.first + i)))
+            .collect();
+        Ok(Engine {
+            ring,
+            shared,
+            plan,
+            conns,
+            result: ThreadResult::new(u64::from(plan.count)),
+            interval: new_histogram(),
+            cqes: Vec::with_capacity(4096),
+            rearm: Vec::new(),
+            connecting: VecDeque::new(),
+            settled: 0,
+            outstanding: 0,
+            tickets: 0,
+            creating: false,
+            measure_start: u64::MAX,
+            next_flush: 0,
+        })
+    }
+
+    fn config(&self) -> &'a Config {
+        self.shared.config
+    }
+
+    /// Where this thread's schedules sit within an interval, so threads interleave.
+    fn phase(&self) -> f64 {
+        self.plan.id as f64 / self.shared.threads as f64
+    }
+
+    // ---- the loop turn ----------------------------------------------------
+
+    /// Waits until a completion arrives or `wake` passes, then handles every completion.
+    fn turn(&mut self, wake: Nanos) -> Result<(), String> {
+        let now = self.shared.now();
+        let timeout = Duration::from_nanos(wake.saturating_sub(now).min(FLUSH_EVERY));
+        self.ring
+            .wait(timeout)
+            .map_err(|e| format!("thread {}: io_uring wait: {e}", self.plan.id))?;
+        self.ring.completions(&mut self.cqes);
+        let now = self.shared.now();
+        let cqes = std::mem::take(&mut self.cqes);
+        for c in &cqes {
+            let key = c.tag.conn();
+            match c.tag.kind() {
+                Some(OpKind::Connect) => self.handle_connect(key, c.result, now),
+                Some(OpKind::Recv) => self.handle_recv(key, c, now),
+                Some(OpKind::Send) => self.handle_send(key, c.result, now),
+                Some(OpKind::Close | OpKind::Cancel) | None => {}
+            }
+        }
+        self.cqes = cqes;
+        self.ring.publish();
+        for key in std::mem::take(&mut self.rearm) {
+            let conn = &mut self.conns[key as usize];
+            if conn.state == State::Established && !conn.recv_armed {
+                conn.recv_armed = true;
+                self.ring.recv(key, Tag::new(OpKind::Recv, key));
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes this thread's progress every [`FLUSH_EVERY`]; `now == 0` forces it.
+    fn flush_progress(&mut self, now: Nanos) {
+        if now != 0 && now < self.next_flush {
+            return;
+        }
+        self.next_flush = self.shared.now() + FLUSH_EVERY;
+        let p = &self.shared.progress[self.plan.id];
+        p.conns_up
+            .store(self.result.established - self.result.lost, Relaxed);
+        p.conns_failed.store(self.result.failed, Relaxed);
+        p.flush(&mut self.interval, self.result.msgs_all);
+    }
+}

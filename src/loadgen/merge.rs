@@ -1,0 +1,233 @@
+//! Combining runs from several load hosts exactly: `loadgen merge A.json B.json`
+//! sums the counters and the latency histograms (carried in each report as
+//! hdrhistogram V2 + deflate, base64) and recomputes percentiles, throughput and
+//! CPU per message from the sums. Reading files is the binary's job.
+#![forbid(unsafe_code)]
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
+
+use super::report::{
+    Bytes, Connections, Cpu, Histograms, Messages, Percentiles, Rate, Report, SCHEMA_VERSION,
+    Verify, throughput,
+};
+use super::stats::new_histogram;
+
+/// V2 + deflate, base64.
+pub fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    V2DeflateSerializer::new()
+        .serialize(h, &mut bytes)
+        .expect("serialising into a Vec cannot fail");
+    STANDARD.encode(bytes)
+}
+
+pub fn decode_histogram(s: &str) -> Result<Histogram<u64>, String> {
+    let bytes = STANDARD
+        .decode(s)
+        .map_err(|e| format!("histogram is not base64: {e}"))?;
+    let h: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("histogram does not decode: {e:?}"))?;
+    // Re-home the counts in our own bounds so sums never overflow a narrower one.
+    let mut out = new_histogram();
+    out.add(&h)
+        .map_err(|e| format!("histogram out of range: {e:?}"))?;
+    Ok(out)
+}
+
+/// Sums reports of runs made at the same time from several hosts. Durations
+/// may differ slightly: throughput is the summed messages over the longest one.
+pub fn merge(reports: &[Report]) -> Result<Report, String> {
+    let first = reports.first().ok_or("nothing to merge")?;
+    let mut latency = new_histogram();
+    let mut connect = new_histogram();
+    let mut out = Report {
+        schema: SCHEMA_VERSION,
+        hosts: 0,
+        config: first.config.clone(),
+        connections: Connections::default(),
+        errors: Default::default(),
+        duration_s: 0.0,
+        messages: Messages::default(),
+        bytes: Bytes::default(),
+        throughput: Default::default(),
+        rate: None,
+        latency_us: Percentiles::default(),
+        connect_us: Percentiles::default(),
+        verify: Verify {
+            enabled: true,
+            mismatches: 0,
+        },
+        cpu: Cpu::default(),
+        histograms: Histograms::default(),
+    };
+    let (mut user_s, mut sys_s, mut cpu_msgs) = (0.0, 0.0, 0);
+    let mut asked: Option<f64> = None;
+    for (i, r) in reports.iter().enumerate() {
+        if r.schema != SCHEMA_VERSION {
+            return Err(format!(
+                "input {}: schema {} (this loadgen reads {SCHEMA_VERSION})",
+                i + 1,
+                r.schema
+            ));
+        }
+        out.hosts += r.hosts;
+        let c = &mut out.connections;
+        c.requested += r.connections.requested;
+        c.established += r.connections.established;
+        c.failed += r.connections.failed;
+        c.lost += r.connections.lost;
+        for (kind, n) in &r.errors {
+            *out.errors.entry(kind.clone()).or_default() += n;
+        }
+        out.duration_s = out.duration_s.max(r.duration_s);
+        out.messages.sent += r.messages.sent;
+        out.messages.received += r.messages.received;
+        out.messages.unfinished += r.messages.unfinished;
+        out.messages.abandoned += r.messages.abandoned;
+        out.bytes.sent += r.bytes.sent;
+        out.bytes.received += r.bytes.received;
+        out.verify.enabled &= r.verify.enabled;
+        out.verify.mismatches += r.verify.mismatches;
+        user_s += r.cpu.user_s;
+        sys_s += r.cpu.sys_s;
+        cpu_msgs += r.cpu.msgs;
+        if let Some(rate) = &r.rate {
+            *asked.get_or_insert(0.0) += rate.asked;
+        }
+        let add = |into: &mut Histogram<u64>, what: &str, s: &str| {
+            let h = decode_histogram(s).map_err(|e| format!("input {}: {what}: {e}", i + 1))?;
+            into.add(&h)
+                .map_err(|e| format!("input {}: {what}: {e:?}", i + 1))
+        };
+        add(&mut latency, "latency_us", &r.histograms.latency_us)?;
+        add(&mut connect, "connect_us", &r.histograms.connect_us)?;
+    }
+    out.config.conns = out.connections.requested;
+    out.config.rate = asked;
+    out.throughput = throughput(out.messages.received, out.bytes.received, out.duration_s);
+    out.rate = asked.map(|asked| Rate {
+        asked,
+        achieved: out.throughput.msgs_per_s,
+    });
+    out.latency_us = Percentiles::of(&latency);
+    out.connect_us = Percentiles::of(&connect);
+    out.cpu = Cpu::new(user_s, sys_s, cpu_msgs);
+    out.histograms = Histograms {
+        latency_us: encode_histogram(&latency),
+        connect_us: encode_histogram(&connect),
+    };
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadgen::report::{RunConfig, Totals};
+    use crate::loadgen::stats::Counters;
+
+    fn config() -> RunConfig {
+        RunConfig {
+            target: "127.0.0.1:9999".into(),
+            conns: 10,
+            threads: 1,
+            source_addrs: vec![],
+            connect_rate: 20000,
+            connect_timeout_s: 5.0,
+            mode: "closed".into(),
+            pipeline: 1,
+            rate: None,
+            size_min: 64,
+            size_max: 64,
+            duration_s: Some(1.0),
+            messages: None,
+            warmup_s: 0.0,
+            drain_timeout_s: 5.0,
+            verify: true,
+        }
+    }
+
+    fn report(latencies_us: &[u64], duration_s: f64) -> Report {
+        let mut latency = new_histogram();
+        for &v in latencies_us {
+            latency.record(v).unwrap();
+        }
+        let n = latencies_us.len() as u64;
+        Report::new(
+            config(),
+            Totals {
+                connections: Connections {
+                    requested: 10,
+                    established: 10,
+                    failed: 0,
+                    lost: 0,
+                },
+                errors: [("ECONNRESET".to_string(), 1)].into(),
+                duration_s,
+                counters: Counters {
+                    msgs_sent: n,
+                    msgs_received: n,
+                    bytes_sent: n * 64,
+                    bytes_received: n * 64,
+                    mismatches: 0,
+                    unfinished: 0,
+                    abandoned: 0,
+                },
+                latency,
+                connect: new_histogram(),
+                cpu: Cpu::new(0.5, 0.25, n),
+            },
+        )
+    }
+
+    #[test]
+    fn a_histogram_survives_encoding() {
+        let mut h = new_histogram();
+        for v in [1, 10, 100, 1000, 123_456] {
+            h.record(v).unwrap();
+        }
+        let back = decode_histogram(&encode_histogram(&h)).unwrap();
+        assert_eq!(back, h);
+    }
+
+    #[test]
+    fn merging_equals_the_histogram_of_both_runs() {
+        let a: Vec<u64> = (1..=1000).collect();
+        let b: Vec<u64> = (5000..=5999).collect();
+        let merged = merge(&[report(&a, 1.0), report(&b, 1.0)]).unwrap();
+        let mut both = new_histogram();
+        for &v in a.iter().chain(&b) {
+            both.record(v).unwrap();
+        }
+        assert_eq!(merged.latency_us, Percentiles::of(&both));
+        assert_eq!(merged.latency_us.count, 2000);
+        assert_eq!(merged.messages.received, 2000);
+        assert_eq!(merged.connections.requested, 20);
+        assert_eq!(merged.errors["ECONNRESET"], 2);
+        assert_eq!(merged.hosts, 2);
+        assert!((merged.throughput.msgs_per_s - 2000.0).abs() < 1e-9);
+        assert!((merged.cpu.user_s - 1.0).abs() < 1e-9);
+        assert_eq!(
+            decode_histogram(&merged.histograms.latency_us).unwrap(),
+            both
+        );
+    }
+
+    #[test]
+    fn merging_one_report_changes_nothing_measured() {
+        let r = report(&[3, 4, 5], 2.0);
+        let m = merge(std::slice::from_ref(&r)).unwrap();
+        assert_eq!(m.latency_us, r.latency_us);
+        assert_eq!(m.throughput, r.throughput);
+    }
+
+    #[test]
+    fn a_foreign_schema_is_refused() {
+        let mut r = report(&[1], 1.0);
+        r.schema = 99;
+        assert!(merge(&[r]).unwrap_err().contains("schema 99"));
+    }
+}

@@ -1,0 +1,327 @@
+//! `loadgen`: the load generator for uring-echo. Opens many connections (as
+//! io_uring direct descriptors, so the open-files limit does not cap them),
+//! drives them closed- or open-loop, checks every echoed byte, and reports
+//! latency percentiles, throughput and its own CPU per message.
+//!
+//! - [`config`]: the validated configuration (built by `cli::loadgen`).
+//! - [`connect`]: target resolution, source-address spreading, socket setup, limit hints.
+//! - [`engine`]: one thread's ring loop: the connection ramp, then the load.
+//! - [`ring`]: the io_uring plumbing, and the module's only unsafe code.
+//! - [`conn`]: one connection's state and message bookkeeping.
+//! - [`pacing`]: fixed-rate schedules (open-loop messages, connection ramp).
+//! - [`pattern`]: the shared byte pattern that sends come from and echoes are checked against.
+//! - [`stats`]: per-thread counters and histograms, and what progress reads.
+//! - [`report`]: the JSON result, the human summary, the exit checks.
+//! - [`merge`]: histogram serialisation and merging results from several hosts.
+//!
+//! This file wires them together: plan the threads, start them, print progress,
+//! sum their results. It does not parse flags or write files (the binary does).
+//! Every file but `ring.rs` says `#![forbid(unsafe_code)]` (here it would
+//! forbid it in `ring` too).
+
+pub mod config;
+pub mod conn;
+pub mod connect;
+pub mod engine;
+pub mod merge;
+pub mod pacing;
+pub mod pattern;
+pub mod report;
+pub mod ring;
+pub mod stats;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Barrier, OnceLock, mpsc};
+use std::thread;
+use std::time::Duration;
+
+use config::{Config, Load, Stop};
+use engine::{Plan, Shared};
+use pattern::Pattern;
+use report::{Connections, Cpu, Report, RunConfig, Totals};
+use stats::{Counters, ThreadResult, new_histogram};
+
+/// Longest send, and so the pattern's tail beyond its period.
+const MAX_SEND_BYTES: usize = 64 * 1024;
+
+/// Runs the load and returns its report. The error is one line, for a run that
+/// could not start or got no connection at all.
+pub fn run(config: &Config) -> Result<Report, String> {
+    crate::sys::ignore_sigpipe();
+    let per_ring = crate::sys::raise_open_files_limit().clamp(1, 1 << 20);
+    let target = connect::resolve_target(&config.target)?;
+    let sources = connect::source_plan(target, config.conns, &config.source_addrs)?;
+    let base = config.threads.unwrap_or_else(crate::sys::available_cpus);
+    let needed = connect::threads_needed(config.conns, per_ring);
+    let threads = base.max(needed).min(config.conns as usize).max(1);
+    let note = |msg: String| {
+        if !config.quiet {
+            eprintln!("loadgen: {msg}");
+        }
+    };
+    if threads > base {
+        note(format!(
+            "note: --threads raised from {base} to {threads}: a ring holds at most {per_ring} \
+             connections (the open-files limit), and {} were asked",
+            config.conns
+        ));
+    }
+    connect::probe(target, config.connect_timeout)?;
+    let run_config = run_config(config, &target.to_string(), threads, &sources);
+    note(format!(
+        "{} -> {target}: {} conns on {threads} threads, sources [{}], {}",
+        run_config.mode,
+        config.conns,
+        run_config.source_addrs.join(","),
+        describe_load(config)
+    ));
+
+    let plans = plan_threads(config.conns, threads);
+    let shared = Shared {
+        config,
+        epoch: std::time::Instant::now(),
+        target,
+        sources,
+        pattern: Arc::new(Pattern::new(
+            MAX_SEND_BYTES.max(ring::RECV_BUF_BYTES as usize),
+        )),
+        threads,
+        barrier: Barrier::new(threads),
+        established: AtomicU64::new(0),
+        load_start: OnceLock::new(),
+        cpu_at_load_start: OnceLock::new(),
+        tickets: match config.stop {
+            Stop::Messages(n) => Some(AtomicU64::new(n)),
+            Stop::After(_) => None,
+        },
+        progress: (0..threads).map(|_| Default::default()).collect(),
+        interrupt: interrupt_flag(),
+    };
+    let results = run_threads(&plans, &shared)?;
+    let cpu_end = crate::sys::cpu_time();
+    if shared.interrupted() {
+        note("interrupted: the report covers the run up to the signal".to_string());
+    }
+    let totals = sum(&results, &shared, cpu_end);
+    if totals.connections.established == 0 {
+        let (kind, n) = totals
+            .errors
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map_or(("none", &0), |(k, n)| (k.as_str(), n));
+        return Err(format!(
+            "no connection to {target} could be established: {kind} x{n} ({})",
+            connect::hint_for(kind)
+        ));
+    }
+    Ok(Report::new(run_config, totals))
+}
+
+/// A flag SIGINT/SIGTERM set: the first ends the run early with a report, a
+/// second one exits at once (in case the drain itself is what the user wants
+/// to escape).
+fn interrupt_flag() -> Arc<AtomicBool> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [SIGINT, SIGTERM] {
+        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone());
+        let _ = signal_hook::flag::register(signal, flag.clone());
+    }
+    flag
+}
+
+/// Splits connections evenly; the first threads take the remainder.
+fn plan_threads(conns: u32, threads: usize) -> Vec<Plan> {
+    let (each, extra) = (conns / threads as u32, conns % threads as u32);
+    let mut first = 0u64;
+    (0..threads)
+        .map(|id| {
+            let count = each + u32::from((id as u32) < extra);
+            let plan = Plan { id, first, count };
+            first += u64::from(count);
+            plan
+        })
+        .collect()
+}
+
+fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>, String> {
+    thread::scope(|scope| {
+        let (tx, rx) = mpsc::channel();
+        for &plan in plans {
+            let tx = tx.clone();
+            thread::Builder::new()
+                .name(format!("loadgen-{}", plan.id))
+                .spawn_scoped(scope, move || {
+                    let _ = tx.send(engine::run_thread(plan, shared));
+                })
+                .map_err(|e| format!("spawning a thread: {e}"))?;
+        }
+        drop(tx);
+        let mut results = Vec::new();
+        let mut first_error = None;
+        let mut printer = ProgressPrinter::default();
+        loop {
+            match rx.recv_timeout(Duration::from_secs(1)) {
+                Ok(Ok(r)) => results.push(r),
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if !shared.config.quiet {
+                        printer.print(shared);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(results),
+        }
+    })
+}
+
+/// The once-a-second line on stderr.
+#[derive(Default)]
+struct ProgressPrinter {
+    seconds: u64,
+    last_msgs: u64,
+}
+
+impl ProgressPrinter {
+    fn print(&mut self, shared: &Shared<'_>) {
+        self.seconds += 1;
+        let mut interval = new_histogram();
+        let (mut up, mut failed, mut msgs) = (0, 0, 0);
+        for p in &shared.progress {
+            up += p.conns_up.load(Relaxed);
+            failed += p.conns_failed.load(Relaxed);
+            msgs += p.msgs.load(Relaxed);
+            if let Ok(mut h) = p.interval.lock() {
+                let _ = interval.add(&*h);
+                h.reset();
+            }
+        }
+        let rate = msgs - self.last_msgs;
+        self.last_msgs = msgs;
+        let p99 = if interval.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{} us", interval.value_at_quantile(0.99))
+        };
+        eprintln!(
+            "loadgen: {:>4}s conns {up} up, {failed} failed; {rate} msgs/s; p99 {p99}",
+            self.seconds
+        );
+    }
+}
+
+fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> Totals {
+    let mut connections = Connections::default();
+    let mut errors = std::collections::BTreeMap::new();
+    let mut c = Counters::default();
+    let mut latency = new_histogram();
+    let mut connect = new_histogram();
+    let mut msgs_all = 0;
+    let mut end = 0;
+    for r in results {
+        connections.requested += r.requested;
+        connections.established += r.established;
+        connections.failed += r.failed;
+        connections.lost += r.lost;
+        for (k, n) in &r.errors {
+            *errors.entry(k.clone()).or_default() += n;
+        }
+        let t = &r.counters;
+        c.msgs_sent += t.msgs_sent;
+        c.msgs_received += t.msgs_received;
+        c.bytes_sent += t.bytes_sent;
+        c.bytes_received += t.bytes_received;
+        c.mismatches += t.mismatches;
+        c.unfinished += t.unfinished;
+        c.abandoned += t.abandoned;
+        msgs_all += r.msgs_all;
+        let _ = latency.add(&r.latency);
+        let _ = connect.add(&r.connect);
+        end = end.max(r.measure_end);
+    }
+    let measure_start =
+        shared.load_start.get().copied().unwrap_or(0) + shared.config.warmup.as_nanos() as u64;
+    let (u0, s0) = shared.cpu_at_load_start.get().copied().unwrap_or(cpu_end);
+    Totals {
+        connections,
+        errors,
+        duration_s: end.saturating_sub(measure_start) as f64 / 1e9,
+        counters: c,
+        latency,
+        connect,
+        cpu: Cpu::new(cpu_end.0 - u0, cpu_end.1 - s0, msgs_all),
+    }
+}
+
+fn describe_load(config: &Config) -> String {
+    let load = match config.load {
+        Load::Closed { pipeline } => format!("closed loop, pipeline {pipeline}"),
+        Load::Open { rate, pipeline } => format!("open loop at {rate} msgs/s, pipeline {pipeline}"),
+    };
+    let stop = match config.stop {
+        Stop::After(d) => format!("{:.1} s", d.as_secs_f64()),
+        Stop::Messages(n) => format!("{n} messages"),
+    };
+    format!(
+        "{load}, {}..={} bytes, {stop} after {:.1} s warm-up, verify {}",
+        config.size.min,
+        config.size.max,
+        config.warmup.as_secs_f64(),
+        if config.verify { "on" } else { "off" }
+    )
+}
+
+fn run_config(
+    config: &Config,
+    target: &str,
+    threads: usize,
+    sources: &[std::net::IpAddr],
+) -> RunConfig {
+    RunConfig {
+        target: target.to_string(),
+        conns: u64::from(config.conns),
+        threads: threads as u64,
+        source_addrs: sources.iter().map(|a| a.to_string()).collect(),
+        connect_rate: u64::from(config.connect_rate),
+        connect_timeout_s: config.connect_timeout.as_secs_f64(),
+        mode: match config.load {
+            Load::Closed { .. } => "closed",
+            Load::Open { .. } => "open",
+        }
+        .to_string(),
+        pipeline: config.load.pipeline(),
+        rate: config.load.rate(),
+        size_min: config.size.min,
+        size_max: config.size.max,
+        duration_s: match config.stop {
+            Stop::After(d) => Some(d.as_secs_f64()),
+            Stop::Messages(_) => None,
+        },
+        messages: match config.stop {
+            Stop::Messages(n) => Some(n),
+            Stop::After(_) => None,
+        },
+        warmup_s: config.warmup.as_secs_f64(),
+        drain_timeout_s: config.drain_timeout.as_secs_f64(),
+        verify: config.verify,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_split_connections_evenly() {
+        let plans = plan_threads(50_000, 3);
+        let counts: Vec<u32> = plans.iter().map(|p| p.count).collect();
+        assert_eq!(counts, vec![16_667, 16_667, 16_666]);
+        assert_eq!(plans[2].first, 33_334);
+    }
+}

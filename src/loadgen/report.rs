@@ -1,0 +1,336 @@
+//! The result of a run: the JSON document (`docs/loadgen-json.md` is its
+//! schema), built from the threads' results, its human summary, and the checks
+//! that decide the exit status. Serialising histograms and merging reports from
+//! several load hosts live in [`super::merge`]. No I/O here.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::connect::hint_for;
+use super::merge::encode_histogram;
+
+/// Bumped when a field changes meaning; `merge` refuses mixed versions.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub schema: u32,
+    /// Load hosts (runs) this report sums: 1, or more after `merge`.
+    pub hosts: u32,
+    pub config: RunConfig,
+    pub connections: Connections,
+    pub errors: BTreeMap<String, u64>,
+    /// Length of the measured part (warm-up excluded), seconds.
+    pub duration_s: f64,
+    pub messages: Messages,
+    pub bytes: Bytes,
+    pub throughput: Throughput,
+    /// Open loop only: the asked rate and the achieved one (messages echoed per second).
+    pub rate: Option<Rate>,
+    pub latency_us: Percentiles,
+    pub connect_us: Percentiles,
+    pub verify: Verify,
+    pub cpu: Cpu,
+    pub histograms: Histograms,
+}
+
+/// The effective configuration (after defaults and automatic adjustments).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunConfig {
+    pub target: String,
+    pub conns: u64,
+    pub threads: u64,
+    pub source_addrs: Vec<String>,
+    pub connect_rate: u64,
+    pub connect_timeout_s: f64,
+    /// "closed" or "open".
+    pub mode: String,
+    pub pipeline: u32,
+    pub rate: Option<f64>,
+    pub size_min: u32,
+    pub size_max: u32,
+    pub duration_s: Option<f64>,
+    pub messages: Option<u64>,
+    pub warmup_s: f64,
+    pub drain_timeout_s: f64,
+    pub verify: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Connections {
+    pub requested: u64,
+    pub established: u64,
+    pub failed: u64,
+    /// Established, then ended by an error or by the server before the run ended.
+    pub lost: u64,
+}
+
+impl Connections {
+    /// Connections held to the end.
+    pub fn held(&self) -> u64 {
+        self.established - self.lost
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Messages {
+    pub sent: u64,
+    pub received: u64,
+    /// Created but not echoed by the end of the drain timeout, on held connections.
+    pub unfinished: u64,
+    /// Outstanding on connections that were lost.
+    pub abandoned: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Bytes {
+    pub sent: u64,
+    pub received: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Throughput {
+    pub msgs_per_s: f64,
+    pub mib_per_s: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Rate {
+    pub asked: f64,
+    pub achieved: f64,
+}
+
+/// Microseconds; 0 when nothing was recorded.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Percentiles {
+    pub count: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        Percentiles {
+            count: h.len(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+            p50: h.value_at_quantile(0.50),
+            p90: h.value_at_quantile(0.90),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Verify {
+    pub enabled: bool,
+    /// Messages whose echo differed from what was sent.
+    pub mismatches: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Cpu {
+    /// loadgen's own CPU time during the load phase (warm-up and drain included).
+    pub user_s: f64,
+    pub sys_s: f64,
+    /// (user + sys) per message echoed in the load phase, nanoseconds.
+    pub ns_per_msg: f64,
+    /// Messages echoed in the load phase (the divisor of `ns_per_msg`).
+    pub msgs: u64,
+}
+
+impl Cpu {
+    pub fn new(user_s: f64, sys_s: f64, msgs: u64) -> Cpu {
+        Cpu {
+            user_s,
+            sys_s,
+            ns_per_msg: if msgs == 0 {
+                0.0
+            } else {
+                ((user_s + sys_s) * 1e9 / msgs as f64 * 10.0).round() / 10.0
+            },
+            msgs,
+        }
+    }
+}
+
+/// hdrhistogram V2 + deflate, base64 (standard alphabet, padded).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Histograms {
+    pub latency_us: String,
+    pub connect_us: String,
+}
+
+/// Everything a run measured, before it becomes a [`Report`].
+pub struct Totals {
+    pub connections: Connections,
+    pub errors: BTreeMap<String, u64>,
+    pub duration_s: f64,
+    pub counters: super::stats::Counters,
+    pub latency: Histogram<u64>,
+    pub connect: Histogram<u64>,
+    pub cpu: Cpu,
+}
+
+impl Report {
+    pub fn new(config: RunConfig, t: Totals) -> Report {
+        let c = &t.counters;
+        let throughput = throughput(c.msgs_received, c.bytes_received, t.duration_s);
+        Report {
+            schema: SCHEMA_VERSION,
+            hosts: 1,
+            rate: config.rate.map(|asked| Rate {
+                asked,
+                achieved: throughput.msgs_per_s,
+            }),
+            verify: Verify {
+                enabled: config.verify,
+                mismatches: c.mismatches,
+            },
+            config,
+            connections: t.connections,
+            errors: t.errors,
+            duration_s: t.duration_s,
+            messages: Messages {
+                sent: c.msgs_sent,
+                received: c.msgs_received,
+                unfinished: c.unfinished,
+                abandoned: c.abandoned,
+            },
+            bytes: Bytes {
+                sent: c.bytes_sent,
+                received: c.bytes_received,
+            },
+            throughput,
+            latency_us: Percentiles::of(&t.latency),
+            connect_us: Percentiles::of(&t.connect),
+            cpu: t.cpu,
+            histograms: Histograms {
+                latency_us: encode_histogram(&t.latency),
+                connect_us: encode_histogram(&t.connect),
+            },
+        }
+    }
+
+    /// Why this run must exit non-zero, one line each; empty when it passed.
+    pub fn failures(&self, allow_partial: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.verify.mismatches > 0 {
+            out.push(format!(
+                "{} echoed messages differed from what was sent",
+                self.verify.mismatches
+            ));
+        }
+        if self.messages.unfinished > 0 {
+            out.push(format!(
+                "{} messages on held connections were never echoed (lost by the server, \
+                 or it stopped answering)",
+                self.messages.unfinished
+            ));
+        }
+        let held = self.connections.held();
+        if held < self.connections.requested && !allow_partial {
+            out.push(format!(
+                "held {held} of {} connections{} (--allow-partial accepts this)",
+                self.connections.requested,
+                self.limit_note()
+            ));
+        }
+        out
+    }
+
+    /// ": stopped by ECONNREFUSED x3 (hint)" for the most frequent error, or "".
+    fn limit_note(&self) -> String {
+        match self.errors.iter().max_by_key(|(_, n)| **n) {
+            Some((kind, n)) => format!(": mostly {kind} x{n}; {}", hint_for(kind)),
+            None => String::new(),
+        }
+    }
+
+    /// The human summary, several lines.
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let c = &self.connections;
+        let _ = writeln!(
+            s,
+            "loadgen: {} -> {}: {} connections held of {} ({} established, {} failed, {} lost)",
+            self.config.mode,
+            self.config.target,
+            c.held(),
+            c.requested,
+            c.established,
+            c.failed,
+            c.lost
+        );
+        for (kind, n) in &self.errors {
+            let _ = writeln!(s, "  error {kind}: {n} ({})", hint_for(kind));
+        }
+        let _ = writeln!(
+            s,
+            "  {:.2} s: {} msgs sent, {} echoed, {} unfinished, {} abandoned; {:.0} msgs/s, {:.2} MiB/s",
+            self.duration_s,
+            self.messages.sent,
+            self.messages.received,
+            self.messages.unfinished,
+            self.messages.abandoned,
+            self.throughput.msgs_per_s,
+            self.throughput.mib_per_s
+        );
+        if let Some(r) = &self.rate {
+            let _ = writeln!(
+                s,
+                "  rate: asked {:.0}/s, achieved {:.0}/s ({:+.1}%)",
+                r.asked,
+                r.achieved,
+                (r.achieved / r.asked - 1.0) * 100.0
+            );
+        }
+        let l = &self.latency_us;
+        let _ = writeln!(
+            s,
+            "  latency us: p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.1})",
+            l.p50, l.p90, l.p99, l.p999, l.max, l.mean
+        );
+        let k = &self.connect_us;
+        let _ = writeln!(
+            s,
+            "  connect us: p50 {} p90 {} p99 {} max {}",
+            k.p50, k.p90, k.p99, k.max
+        );
+        let _ = writeln!(
+            s,
+            "  verify: {}; loadgen cpu: user {:.2} s, sys {:.2} s, {:.0} ns/msg",
+            if self.verify.enabled {
+                format!("{} mismatches", self.verify.mismatches)
+            } else {
+                "off".to_string()
+            },
+            self.cpu.user_s,
+            self.cpu.sys_s,
+            self.cpu.ns_per_msg
+        );
+        s
+    }
+}
+
+pub fn throughput(msgs: u64, bytes: u64, duration_s: f64) -> Throughput {
+    if duration_s <= 0.0 {
+        return Throughput::default();
+    }
+    Throughput {
+        msgs_per_s: msgs as f64 / duration_s,
+        mib_per_s: bytes as f64 / duration_s / (1 << 20) as f64,
+    }
+}

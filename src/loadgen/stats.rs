@@ -1,0 +1,113 @@
+//! What the engine threads count: each thread's own result (returned when it
+//! ends, merged by [`super::run`]), and the few shared values the once-a-second
+//! progress line reads while the run goes on. No I/O, no formatting.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use hdrhistogram::Histogram;
+
+use super::pacing::Nanos;
+
+/// Latencies are recorded in microseconds, from 1 µs to an hour, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// Records `ns` nanoseconds as microseconds (at least 1, so sub-µs echoes count).
+pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
+    h.saturating_record((ns / 1000).max(1));
+}
+
+/// Counters of the measured part of the run (after the warm-up).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub msgs_sent: u64,
+    pub msgs_received: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    /// Messages whose echo differed from what was sent (or came back unasked).
+    pub mismatches: u64,
+    /// Messages still unanswered on held connections when the drain timeout ended the run.
+    pub unfinished: u64,
+    /// Messages outstanding on connections that were lost (counted there).
+    pub abandoned: u64,
+}
+
+/// One thread's result.
+#[derive(Debug)]
+pub struct ThreadResult {
+    pub requested: u64,
+    pub established: u64,
+    pub failed: u64,
+    /// Established, then lost to an error or the server's close.
+    pub lost: u64,
+    /// Failures by kind (errno name or a word), connects and established connections alike.
+    pub errors: BTreeMap<String, u64>,
+    pub counters: Counters,
+    /// Echoed messages in the whole load phase, warm-up included: the divisor of CPU per message.
+    pub msgs_all: u64,
+    pub latency: Histogram<u64>,
+    pub connect: Histogram<u64>,
+    /// When this thread's measured part ended.
+    pub measure_end: Nanos,
+}
+
+impl ThreadResult {
+    pub fn new(requested: u64) -> ThreadResult {
+        ThreadResult {
+            requested,
+            established: 0,
+            failed: 0,
+            lost: 0,
+            errors: BTreeMap::new(),
+            counters: Counters::default(),
+            msgs_all: 0,
+            latency: new_histogram(),
+            connect: new_histogram(),
+            measure_end: 0,
+        }
+    }
+
+    pub fn error(&mut self, kind: &str) {
+        *self.errors.entry(kind.to_string()).or_default() += 1;
+    }
+}
+
+/// What one thread shares with the progress printer while it runs.
+pub struct Progress {
+    /// Connections established and not lost.
+    pub conns_up: AtomicU64,
+    pub conns_failed: AtomicU64,
+    /// Echoes received so far (warm-up included).
+    pub msgs: AtomicU64,
+    /// Latencies since the printer last took them.
+    pub interval: Mutex<Histogram<u64>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            conns_up: AtomicU64::new(0),
+            conns_failed: AtomicU64::new(0),
+            msgs: AtomicU64::new(0),
+            interval: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+impl Progress {
+    /// Hands a thread's recent latencies to the printer and clears them.
+    pub fn flush(&self, local: &mut Histogram<u64>, msgs: u64) {
+        self.msgs.store(msgs, Relaxed);
+        if local.is_empty() {
+            return;
+        }
+        if let Ok(mut h) = self.interval.lock() {
+            let _ = h.add(&*local);
+        }
+        local.reset();
+    }
+}

@@ -189,88 +189,109 @@ def execute(env: Env, run: Run, client: str = "loadgen", server_extra: tuple = (
     if run.status == "skipped":
         return run
     duration = env.duration if duration is None else duration
-    stem = run.file_stem
+    build = loadgen_argv if client == "loadgen" else pingpong_argv
     argv = server_argv(env, run.backend, run.workers, server_extra)
     run.commands["server"] = shlex.join(map(str, argv))
     if env.dry_run:
-        run.commands["client"] = shlex.join(map(str, (
-            loadgen_argv if client == "loadgen" else pingpong_argv)(env, "ADDR", run.cell, duration)))
-        run.status = "skipped"
-        run.reason = "dry run"
+        run.commands["client"] = shlex.join(map(str, build(env, "ADDR", run.cell, duration)))
+        run.status, run.reason = "skipped", "dry run"
         return run
     run.metrics["tcp_sockets_before"] = settle()
     t0 = time.monotonic()
     try:
-        server = Server(argv, env.runs_dir / f"{stem}.server.log", env.repo)
+        server = Server(argv, env.runs_dir / f"{run.file_stem}.server.log", env.repo)
     except RuntimeError as e:
         run.status, run.reason = "failed", str(e)
         return run
-    build = loadgen_argv if client == "loadgen" else pingpong_argv
-    cargv = build(env, server.addr, run.cell, duration)
-    run.commands["client"] = shlex.join(map(str, cargv))
-    if warm_cell is not None:
-        run.metrics["rss_fresh_kib"] = host.memory_kib(server.pid).get("VmRSS")
-        wargv = loadgen_argv(env, server.addr, warm_cell, warm_s)
-        run.commands["warmup"] = shlex.join(map(str, wargv))
-        with open(env.runs_dir / f"{stem}.warmup.log", "wb") as err:
-            subprocess.run(wargv, cwd=env.repo, stdout=subprocess.DEVNULL, stderr=err,
-                           timeout=client_timeout_s(warm_cell, warm_s, env.warmup))
-        # Let the server finish closing the warm-up connections.
-        time.sleep(1.0)
+    try:
+        if warm_cell is not None:
+            warm_up(env, run, server, warm_cell, warm_s)
+        seen = observe(env, run, server, build(env, server.addr, run.cell, duration),
+                       duration, keep_rss_series)
+    except RuntimeError as e:
+        run.status, run.reason = "failed", str(e)
+        return run
+    finally:
+        run.metrics["server_exit"] = server.stop()
+        run.wall_s = round(time.monotonic() - t0, 2)
+    record(run, client, seen, server.log_path, keep_rss_series)
+    return run
 
-    rss_before = host.memory_kib(server.pid)
-    cpu_before = host.cpu_seconds(server.pid)
-    net_before = host.net_counters()
+
+def warm_up(env: Env, run: Run, server: Server, cell: Cell, seconds: float) -> None:
+    """An unmeasured loadgen run against the server, then a pause while the
+    server closes its connections."""
+    run.metrics["rss_fresh_kib"] = host.memory_kib(server.pid).get("VmRSS")
+    argv = loadgen_argv(env, server.addr, cell, seconds)
+    run.commands["warmup"] = shlex.join(map(str, argv))
+    try:
+        with open(env.runs_dir / f"{run.file_stem}.warmup.log", "wb") as err:
+            subprocess.run(argv, cwd=env.repo, stdout=subprocess.DEVNULL, stderr=err,
+                           timeout=client_timeout_s(cell, seconds, env.warmup))
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("the warm-up client timed out")
+    time.sleep(1.0)
+
+
+def observe(env: Env, run: Run, server: Server, cargv: list, duration: float,
+            keep_rss_series: bool) -> dict:
+    """Runs the client while watching the server; returns the raw readings."""
+    run.commands["client"] = shlex.join(map(str, cargv))
+    seen = {"rss_before": host.memory_kib(server.pid), "cpu_before": host.cpu_seconds(server.pid),
+            "net_before": host.net_counters()}
     sampler = RssSampler(server.pid, keep_rss_series)
     sampler.start()
-    client_log = env.runs_dir / f"{stem}.client.log"
+    client_log = env.runs_dir / f"{run.file_stem}.client.log"
     try:
         with open(client_log, "wb") as err:
             done = subprocess.run(cargv, cwd=env.repo, stdout=subprocess.PIPE, stderr=err,
                                   timeout=client_timeout_s(run.cell, duration, env.warmup))
-        rc, stdout = done.returncode, done.stdout.decode(errors="replace")
+        seen["rc"], seen["stdout"] = done.returncode, done.stdout.decode(errors="replace")
     except subprocess.TimeoutExpired:
-        rc, stdout = None, ""
-    peak = sampler.finish()
-    cpu_after = host.cpu_seconds(server.pid)
-    rss_after = host.memory_kib(server.pid)
-    net_after = host.net_counters()
-    server_rc = server.stop()
-    run.wall_s = round(time.monotonic() - t0, 2)
+        seen["rc"], seen["stdout"] = None, ""
+    finally:
+        seen["peak"] = sampler.finish()
+    seen.update(cpu_after=host.cpu_seconds(server.pid), rss_after=host.memory_kib(server.pid),
+                net_after=host.net_counters(), series=sampler.series,
+                client_err=_tail(client_log))
+    return seen
 
-    run.net = host.counter_delta(net_before, net_after)
+
+def record(run: Run, client: str, seen: dict, server_log: Path, keep_rss_series: bool) -> None:
+    """Turns the readings of `observe` into the run's metrics, flags and status."""
+    run.net = host.counter_delta(seen["net_before"], seen["net_after"])
     run.flags = host.noise_flags(run.net)
     orphans = run.metrics["tcp_sockets_before"].get("orphan", 0)
     if orphans > SETTLE_ORPHANS:
         run.flags.append(f"started beside {orphans} orphaned TCP sockets")
-    m = run.metrics
-    m["rss_before_kib"] = rss_before.get("VmRSS")
+    m, before, peak = run.metrics, seen["rss_before"], seen["peak"]
+    m["rss_before_kib"] = before.get("VmRSS")
     m["rss_peak_kib"] = peak["VmRSS"]
-    m["rss_anon_before_kib"] = rss_before.get("RssAnon")
+    m["rss_anon_before_kib"] = before.get("RssAnon")
     m["rss_anon_peak_kib"] = peak["RssAnon"]
-    m["rss_after_kib"] = rss_after.get("VmRSS")
-    m["server_exit"] = server_rc
-    m["server_errors"] = _server_errors(server.log_path)
+    m["rss_after_kib"] = seen["rss_after"].get("VmRSS")
+    m["server_errors"] = _server_errors(server_log)
     if keep_rss_series:
-        m["rss_series"] = sampler.series
-    if rss_before.get("VmRSS") is not None and peak["VmRSS"]:
-        m["mem_per_conn_b"] = (peak["VmRSS"] - rss_before["VmRSS"]) * 1024 / run.cell.conns
+        m["rss_series"] = seen["series"]
+    if before.get("VmRSS") is not None and peak["VmRSS"]:
+        m["mem_per_conn_b"] = (peak["VmRSS"] - before["VmRSS"]) * 1024 / run.cell.conns
 
-    client_err = _tail(client_log)
+    rc = seen["rc"]
     if rc is None:
-        run.status, run.reason = "failed", f"client timed out: {client_err}"
-        return run
+        run.status, run.reason = "failed", f"client timed out: {seen['client_err']}"
+        return
     try:
-        msgs = _client_metrics(run, client, stdout)
+        msgs = _client_metrics(run, client, seen["stdout"])
     except (ValueError, KeyError) as e:
-        run.status, run.reason = "failed", f"client exit {rc}, no result ({e}): {client_err}"
-        return run
+        run.status = "failed"
+        run.reason = f"client exit {rc}, no result ({e}): {seen['client_err']}"
+        return
+    cpu_before, cpu_after = seen["cpu_before"], seen["cpu_after"]
     if cpu_before is not None and cpu_after is not None and msgs:
         m["server_cpu_s"] = round(cpu_after - cpu_before, 3)
         m["server_cpu_ns_per_msg"] = (cpu_after - cpu_before) * 1e9 / msgs
     if rc != 0:
-        run.status, run.reason = "failed", f"client exit {rc}: {client_err}"
-    return run
+        run.status, run.reason = "failed", f"client exit {rc}: {seen['client_err']}"
 
 
 def _client_metrics(run: Run, client: str, stdout: str) -> int:

@@ -142,11 +142,11 @@ def targets_table(targets: list, h: str) -> list:
         note = f" ({t.note})" if t.note else ""
         lines.append(f"| {t.id}. {t.goal} | {t.measured} | {t.required} | {met}{note} |")
     lines.append("")
-    cmds = [(t.id, c) for t in targets for c in t.commands]
+    cmds = [(t.id, role, c) for t in targets for role, c in t.commands]
     if cmds:
         lines += ["Commands (first repetition; ports are picked at random each run):", "", "```"]
-        for tid, c in cmds:
-            lines.append(f"# {tid}: {c}")
+        for tid, role, c in cmds:
+            lines += [f"# target {tid}, {role}", c]
         lines += ["```", ""]
     return lines
 

@@ -45,7 +45,7 @@ class Target:
     value: Optional[float]  # the measured ratio or quantity
     required: str  # e.g. ">= 1.5"
     met: Optional[bool]  # None: could not be measured
-    commands: list = field(default_factory=list)
+    commands: list = field(default_factory=list)  # [role, shell line] pairs
     note: str = ""
 
     def to_json(self) -> dict:
@@ -74,13 +74,21 @@ def _verdict(value: Optional[float], at_least: Optional[float] = None,
 
 
 def _commands(runs: list, phase: str, cell: Cell) -> list:
-    """One server and one client command per backend, as run (first rep)."""
+    """[role, command] pairs: a server and its client per backend, as run
+    (first repetition)."""
     seen, out = set(), []
     for r in runs:
         if r.phase == phase and r.cell == cell and r.backend not in seen and r.commands:
             seen.add(r.backend)
-            out += [r.commands.get("server", ""), r.commands.get("client", "")]
-    return [c for c in out if c]
+            out += _roles(r)
+    return out
+
+
+def _roles(run: Run) -> list:
+    client = "pingpong" if run.phase.endswith("pingpong") else "loadgen"
+    roles = (("server", f"{run.backend} server"), ("warmup", "warm-up loadgen"),
+             ("client", client))
+    return [[label, run.commands[key]] for key, label in roles if run.commands.get(key)]
 
 
 def run_targets(env: procs.Env, reps: int, scale: float, save: Callable[[Run], None],
@@ -160,8 +168,6 @@ def target4(env: procs.Env, scale: float, go: Callable, log: Callable) -> list:
     per_conn_anon = None
     if m.get("rss_anon_peak_kib") and m.get("rss_anon_before_kib") is not None:
         per_conn_anon = (m["rss_anon_peak_kib"] - m["rss_anon_before_kib"]) * 1024 / conns
-    cmds = [run.commands.get("server", ""), run.commands.get("warmup", ""),
-            run.commands.get("client", "")]
     note = "" if conns == T4_CONNS else f"scaled run ({conns:,} instead of {T4_CONNS:,} connections)"
     return [
         Target("4a", f"{T4_CONNS:,} concurrent connections held and echoing (uring, "
@@ -171,7 +177,7 @@ def target4(env: procs.Env, scale: float, go: Callable, log: Callable) -> list:
                f"errors {m.get('errors')}, {_fmt(echoed)} echoes ({workers} workers)"
                + (f"; {run.status}: {run.reason}" if run.status != "ok" else ""),
                established, f"== {conns:,}", held if established is not None else None,
-               [c for c in cmds if c], note),
+               _roles(run), note),
         Target("4b", "server memory per idle connection beyond the buffer pool <= 256 B",
                f"(peak VmRSS with the connections up - VmRSS after the warm-up) / conns = "
                f"{_fmt(per_conn, ' B')} (RssAnon: {_fmt(per_conn_anon, ' B')}); pool "
@@ -223,7 +229,7 @@ def evaluate(runs: list, summaries: list, rate_cell: Optional[Cell], reps: int) 
                       "of the minimal ping-pong client's, 1,000 conns x 64 B vs uring",
                       f"loadgen {_fmt(lg, ' ns')} / pingpong {_fmt(pp, ' ns')} = {_fmt(r)}x",
                       r, "<= 1.10", _verdict(r, at_most=1.10),
-                      _commands(runs, "t5-loadgen", T1) + _commands(runs, "t5-pingpong", T1)[1:],
+                      _commands(runs, "t5-loadgen", T1) + _commands(runs, "t5-pingpong", T1),
                       note))
 
     if rate_cell is not None:

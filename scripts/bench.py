@@ -15,7 +15,8 @@ message), the server's CPU per message (utime+stime from /proc/PID/stat over
 the loadgen run, connection ramp included, divided by loadgen's cpu.msgs), the
 server's memory per connection (peak VmRSS sampled every 200 ms minus VmRSS
 before loadgen started, divided by connections), and the growth of the
-system-wide drop and retransmit counters (a run that saw any is flagged).
+system-wide drop and retransmit counters (a run that saw drops, RTOs or
+accept-queue overflows is marked suspect; retransmits alone are recorded).
 
 Outputs in --out DIR: runs/<cell>-<backend>-<rep>.json (and the processes'
 logs), results.json, results.md, chart.svg (64 B closed loop) and
@@ -309,7 +310,9 @@ class Bench:
             if r.status == "ok":
                 self.log(f"      {m.get('msgs_per_s', 0):,.0f} msgs/s, server "
                          f"{m.get('server_cpu_ns_per_msg', 0):,.0f} ns/msg, p99 "
-                         f"{m.get('p99_us', 0):,} us{'  FLAGGED: ' + '; '.join(r.flags) if r.flags else ''}")
+                         f"{m.get('p99_us', 0):,} us"
+                         + (f"  {'SUSPECT' if r.suspect else 'flags'}: {'; '.join(r.flags)}"
+                            if r.flags else ""))
             elif r.status == "failed":
                 self.log(f"      FAILED: {r.reason}")
             self.runs.append(r)

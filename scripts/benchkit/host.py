@@ -173,6 +173,17 @@ NOISE_FLAGS = (
 )
 
 
+# Counters whose growth means the run itself was disturbed: a drop or an RTO
+# stalls a connection for 200 ms or more, an accept-queue overflow delays a
+# connect by a SYN retransmit (1 s). Retransmits alone are mostly tail loss
+# probes, which cost little.
+SEVERE = ("softnet_dropped", "TCPTimeouts", "ListenOverflows")
+
+
+def is_severe(delta: dict) -> bool:
+    return any(delta.get(k, 0) > 0 for k in SEVERE)
+
+
 def noise_flags(delta: dict) -> list:
     """Human-readable flags for the noise a run saw, e.g. 'RTO timeouts: 3'.
     The counters are system-wide: other traffic on a shared host adds to them."""

@@ -102,7 +102,8 @@ class Run:
     commands: dict = field(default_factory=dict)  # server, client: shell lines
     metrics: dict = field(default_factory=dict)
     net: dict = field(default_factory=dict)  # counter deltas over the run
-    flags: list = field(default_factory=list)  # noise that makes the run suspect
+    flags: list = field(default_factory=list)  # noise the counters saw during the run
+    suspect: bool = False  # the noise was of a kind that distorts results (host.SEVERE)
     wall_s: float = 0.0
     client: Optional[dict] = None  # loadgen's JSON (or pingpong's parsed line)
 
@@ -142,7 +143,8 @@ class Summary:
     workers: int
     runs: int
     failed: int
-    flagged: int
+    flagged: int  # runs with any flag
+    suspect: int  # runs whose flags distort results
     skipped: Optional[str]
     stats: dict  # metric -> {"median", "min", "max"}
 
@@ -159,7 +161,7 @@ class Summary:
 
 def summarise(runs: list) -> list:
     """One Summary per (phase, cell, backend), in first-seen order. Medians are
-    over the runs that passed; a flagged run still counts (the flag is shown)."""
+    over the runs that passed; a flagged or suspect run still counts (it is marked)."""
     groups: dict = {}
     for r in runs:
         groups.setdefault((r.phase, r.cell, r.backend), []).append(r)
@@ -185,6 +187,7 @@ def summarise(runs: list) -> list:
                 runs=len(ok),
                 failed=sum(r.status == "failed" for r in rs),
                 flagged=sum(bool(r.flags) for r in ok),
+                suspect=sum(r.suspect for r in ok),
                 skipped=skipped if not ok and skipped else None,
                 stats=stats,
             )

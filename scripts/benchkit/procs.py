@@ -261,9 +261,11 @@ def record(run: Run, client: str, seen: dict, server_log: Path, keep_rss_series:
     """Turns the readings of `observe` into the run's metrics, flags and status."""
     run.net = host.counter_delta(seen["net_before"], seen["net_after"])
     run.flags = host.noise_flags(run.net)
+    run.suspect = host.is_severe(run.net)
     orphans = run.metrics["tcp_sockets_before"].get("orphan", 0)
     if orphans > SETTLE_ORPHANS:
         run.flags.append(f"started beside {orphans} orphaned TCP sockets")
+        run.suspect = True
     m, before, peak = run.metrics, seen["rss_before"], seen["peak"]
     m["rss_before_kib"] = before.get("VmRSS")
     m["rss_peak_kib"] = peak["VmRSS"]

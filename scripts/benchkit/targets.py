@@ -101,7 +101,7 @@ def run_targets(env: procs.Env, reps: int, scale: float, save: Callable[[Run], N
         procs.execute(env, run, **kw)
         if run.status != "ok" or run.flags:
             log(f"    {run.status}{': ' + run.reason if run.reason else ''}"
-                f"{' flags: ' + '; '.join(run.flags) if run.flags else ''}")
+                f"{(' SUSPECT: ' if run.suspect else ' flags: ') + '; '.join(run.flags) if run.flags else ''}")
         runs.append(run)
         save(run)
 

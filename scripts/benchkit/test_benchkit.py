@@ -43,14 +43,15 @@ class Model(unittest.TestCase):
         cell = Cell(100, 64, 1)
         runs = []
         for rep, (rate, status, flags) in enumerate(
-                [(100.0, "ok", []), (300.0, "ok", ["RTO timeouts: 1"]), (200.0, "ok", []),
+                [(100.0, "ok", []), (300.0, "ok", ["RTO timeouts: 1"]), (200.0, "ok", ["x"]),
                  (1.0, "failed", [])]):
-            r = Run("matrix", cell, "uring", rep, 1, status=status, flags=flags)
+            r = Run("matrix", cell, "uring", rep, 1, status=status, flags=flags,
+                    suspect=bool(flags) and rate == 300.0)
             r.metrics["msgs_per_s"] = rate
             runs.append(r)
         (s,) = summarise(runs)
         self.assertEqual(s.stats["msgs_per_s"], {"median": 200.0, "min": 100.0, "max": 300.0})
-        self.assertEqual((s.runs, s.failed, s.flagged), (3, 1, 1))
+        self.assertEqual((s.runs, s.failed, s.flagged, s.suspect), (3, 1, 2, 1))
 
 
 class Host(unittest.TestCase):
@@ -58,6 +59,8 @@ class Host(unittest.TestCase):
         flags = host.noise_flags({"softnet_dropped": 0, "RetransSegs": 5, "TCPLossProbes": 4})
         self.assertEqual(flags, ["TCP retransmits: 5 (4 tail loss probes)"])
         self.assertEqual(host.noise_flags({"RetransSegs": 0}), [])
+        self.assertFalse(host.is_severe({"RetransSegs": 5, "TCPLossProbes": 5}))
+        self.assertTrue(host.is_severe({"TCPTimeouts": 1}))
 
     def test_cpu_seconds_reads_this_process(self):
         import os

@@ -122,7 +122,7 @@ def parse_args(argv: list) -> argparse.Namespace:
   scripts/bench.py --dry-run                    print the plan and its length, run nothing
 
 exit status: 0 when every run passed; 1 when a run failed (results are still
-written); 2 on bad arguments or missing binaries.""")
+written); 2 on bad arguments, a failed build or missing binaries.""")
     a = p.add_argument
     a("--backends", type=choice_list(list(BACKENDS)),
       help="comma-separated servers to compare [default: " + ",".join(DEFAULTS["backends"]) + "]")
@@ -192,7 +192,8 @@ def build(no_build: bool) -> None:
         cmd = ["cargo", "build", "--release", "--bins", "--examples"]
         print("bench: " + shlex.join(cmd), file=sys.stderr)
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
-            sys.exit("bench: the build failed")
+            print("bench: the build failed", file=sys.stderr)
+            sys.exit(2)
     release = REPO / "target" / "release"
     needed = [release / "uring-echo", release / "loadgen", release / "examples" / "pingpong",
               release / "examples" / "tokio_echo", release / "examples" / "monoio_echo"]
@@ -258,8 +259,10 @@ class Bench:
         self.summaries: list = []
         self.targets: list = []
         self.interrupted = False
-        (out / "runs").mkdir(parents=True, exist_ok=True)
-        self._log_file = open(out / "bench.log", "a")
+        self._log_file = None
+        if not args.dry_run:
+            (out / "runs").mkdir(parents=True, exist_ok=True)
+            self._log_file = open(out / "bench.log", "a")
         self.env = procs.Env(
             repo=REPO, bin_dir=Path("target") / "release", runs_dir=out / "runs",
             server_cpus=args.server_cpus, client_cpus=args.client_cpus,
@@ -286,8 +289,9 @@ class Bench:
     def log(self, msg: str) -> None:
         line = f"[{time.monotonic() - self.started:7.1f}s] {msg}"
         print(line, file=sys.stderr, flush=True)
-        self._log_file.write(line + "\n")
-        self._log_file.flush()
+        if self._log_file:
+            self._log_file.write(line + "\n")
+            self._log_file.flush()
 
     def save_run(self, run: Run) -> None:
         if run.status == "skipped":

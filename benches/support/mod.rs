@@ -84,7 +84,7 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts `target`, or `None` if its binary is not built (the peers need
-    /// `cargo build --release --examples`; `scripts/bench.sh` does that).
+    /// `cargo build --release --examples`; `scripts/bench.py` does that).
     pub fn start(target: Target) -> Option<ServerProcess> {
         let mut cmd = target.command()?;
         let mut child = cmd

@@ -1,0 +1,199 @@
+"""What the host tells us: the machine and the commit a result belongs to, a
+process's CPU time and memory, and the system-wide network counters that
+reveal drops and retransmits. Reads /proc and runs git; changes nothing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import subprocess
+from typing import Optional
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def open_files_limit() -> int:
+    """Raises this process's soft RLIMIT_NOFILE to the hard limit, so every
+    server and client started from here inherits it, and returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def machine() -> dict:
+    """CPU model, cores, memory, kernel, and the settings that shape results."""
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in _read("/proc/cpuinfo").splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    mem_kib = next(
+        (
+            int(line.split()[1])
+            for line in _read("/proc/meminfo").splitlines()
+            if line.startswith("MemTotal:")
+        ),
+        0,
+    )
+
+    def sysctl(name: str) -> Optional[str]:
+        v = _read("/proc/sys/" + name.replace(".", "/")).split()
+        return " ".join(v) if v else None
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_kib / 2**20, 1),
+        "kernel": platform.release(),
+        "hostname": platform.node(),
+        "nofile": {"soft": soft, "hard": hard},
+        "sysctl": {
+            k: sysctl(k)
+            for k in (
+                "net.core.netdev_max_backlog",
+                "net.core.somaxconn",
+                "net.ipv4.tcp_max_syn_backlog",
+                "net.ipv4.ip_local_port_range",
+                "net.ipv4.tcp_tw_reuse",
+            )
+        },
+    }
+
+
+def git(repo: str) -> dict:
+    def out(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", "-C", repo, *args], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return ""
+
+    return {
+        "commit": out("rev-parse", "HEAD") or "unknown",
+        "branch": out("rev-parse", "--abbrev-ref", "HEAD"),
+        # Results from an uncommitted tree cannot be reproduced from the hash alone.
+        "dirty": bool(out("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def cpu_seconds(pid: int) -> Optional[float]:
+    """utime + stime of a process, all its threads (live and exited), seconds."""
+    stat = _read(f"/proc/{pid}/stat")
+    if not stat:
+        return None
+    # The command name, field 2, may hold spaces: count fields after its ')'.
+    fields = stat.rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / CLK_TCK
+
+
+def memory_kib(pid: int) -> dict:
+    """VmRSS, RssAnon and VmHWM of a process, KiB (missing ones absent)."""
+    out = {}
+    for line in _read(f"/proc/{pid}/status").splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+            out[key] = int(rest.split()[0])
+    return out
+
+
+def net_counters() -> dict:
+    """System-wide counters whose growth during a run means lost packets.
+
+    softnet_dropped: packets dropped because a CPU's backlog queue
+    (net.core.netdev_max_backlog) was full; on loopback every packet passes
+    through it, and a drop costs a retransmit, often after an RTO.
+    """
+    c = {"softnet_dropped": 0, "softnet_squeezed": 0}
+    for line in _read("/proc/net/softnet_stat").splitlines():
+        cols = line.split()
+        if len(cols) >= 3:
+            c["softnet_dropped"] += int(cols[1], 16)
+            c["softnet_squeezed"] += int(cols[2], 16)
+    wanted = {
+        "Tcp": ("RetransSegs",),
+        "TcpExt": (
+            "TCPTimeouts",
+            "TCPLossProbes",
+            "TCPSynRetrans",
+            "ListenOverflows",
+            "ListenDrops",
+        ),
+    }
+    for path in ("/proc/net/snmp", "/proc/net/netstat"):
+        lines = _read(path).splitlines()
+        # Each group is a header line of names followed by a line of values.
+        for names, values in zip(lines[::2], lines[1::2]):
+            group, _, names = names.partition(":")
+            keys = wanted.get(group)
+            if not keys:
+                continue
+            row = dict(zip(names.split(), values.partition(":")[2].split()))
+            for k in keys:
+                if k in row:
+                    c[k] = int(row[k])
+    return c
+
+
+def tcp_sockstat() -> dict:
+    """TCP sockets system-wide: inuse, orphan, tw (TIME_WAIT), alloc, mem (pages)."""
+    for line in _read("/proc/net/sockstat").splitlines():
+        if line.startswith("TCP:"):
+            parts = line.split()[1:]
+            return {parts[i]: int(parts[i + 1]) for i in range(0, len(parts) - 1, 2)}
+    return {}
+
+
+def counter_delta(before: dict, after: dict) -> dict:
+    return {k: after.get(k, 0) - v for k, v in before.items()}
+
+
+# Counter -> how a run that grew it is flagged.
+NOISE_FLAGS = (
+    ("softnet_dropped", "loopback drops at netdev_max_backlog"),
+    ("TCPTimeouts", "RTO timeouts"),
+    ("RetransSegs", "TCP retransmits"),
+    ("ListenOverflows", "accept queue overflows"),
+)
+
+
+# Counters whose growth means the run itself was disturbed: a drop or an RTO
+# stalls a connection for 200 ms or more, an accept-queue overflow delays a
+# connect by a SYN retransmit (1 s). Retransmits alone are mostly tail loss
+# probes, which cost little.
+SEVERE = ("softnet_dropped", "TCPTimeouts", "ListenOverflows")
+
+
+def is_severe(delta: dict) -> bool:
+    return any(delta.get(k, 0) > 0 for k in SEVERE)
+
+
+def noise_flags(delta: dict) -> list:
+    """Human-readable flags for the noise a run saw, e.g. 'RTO timeouts: 3'.
+    The counters are system-wide: other traffic on a shared host adds to them."""
+    flags = []
+    for k, label in NOISE_FLAGS:
+        if delta.get(k, 0) > 0:
+            flag = f"{label}: {delta[k]}"
+            if k == "RetransSegs" and delta.get("TCPLossProbes", 0) > 0:
+                # A tail loss probe fires when an ACK is late (a descheduled
+                # peer on a busy host), not only when a packet was lost.
+                flag += f" ({delta['TCPLossProbes']} tail loss probes)"
+            flags.append(flag)
+    return flags

@@ -1,0 +1,202 @@
+"""The data model: what a cell, a backend and one run are, and the medians
+over repetitions. Pure logic, no I/O."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+# File descriptors a server holds besides its connections (listeners, epoll or
+# ring fds, eventfds, stdio), kept free below the open-files limit.
+FD_HEADROOM = 64
+
+MODES = {"closed": 1, "pipelined": 16}
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A server under test. `ours` servers are `uring-echo --backend NAME`;
+    the others are examples of this crate taking `PORT THREADS`."""
+
+    name: str
+    ours: bool
+    # One file descriptor per connection (everything but the io_uring backend,
+    # which accepts into direct descriptors).
+    fd_per_conn: bool
+
+
+BACKENDS = {
+    b.name: b
+    for b in (
+        Backend("uring", ours=True, fd_per_conn=False),
+        Backend("epoll", ours=True, fd_per_conn=True),
+        Backend("tokio-uring", ours=True, fd_per_conn=True),
+        Backend("tokio", ours=False, fd_per_conn=True),
+        Backend("monoio", ours=False, fd_per_conn=True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One load shape: connections x message size x messages in flight, and
+    for the open loop a rate (msgs/s, all connections together)."""
+
+    conns: int
+    size: int
+    pipeline: int
+    rate: Optional[float] = None
+
+    @property
+    def mode(self) -> str:
+        if self.rate is not None:
+            return "open"
+        return "pipelined" if self.pipeline > 1 else "closed"
+
+    @property
+    def name(self) -> str:
+        base = f"c{self.conns}-s{self.size}-p{self.pipeline}"
+        return base if self.rate is None else f"{base}-r{self.rate:.0f}"
+
+
+def server_workers(backend: Backend, conns: int, workers: int, nofile: int) -> int:
+    """Workers the server needs for `conns`: the io_uring backend's rings each
+    hold at most RLIMIT_NOFILE direct descriptors, so it gets more rings."""
+    if backend.fd_per_conn:
+        return workers
+    per_ring = max(1, nofile - FD_HEADROOM)
+    return max(workers, math.ceil(conns / per_ring))
+
+
+def skip_reason(backend: Backend, conns: int, nofile: int) -> Optional[str]:
+    """Why `backend` cannot run `conns` connections here, or None."""
+    if backend.fd_per_conn and conns + FD_HEADROOM > nofile:
+        return (
+            f"needs RLIMIT_NOFILE >= conns ({conns} + {FD_HEADROOM} fds of headroom); "
+            f"the open-files limit here is {nofile}"
+        )
+    return None
+
+
+def rotated(items: list, by: int) -> list:
+    """`items` rotated left by `by`, so each repetition starts elsewhere."""
+    if not items:
+        return []
+    k = by % len(items)
+    return items[k:] + items[:k]
+
+
+@dataclass
+class Run:
+    """One server start, one client run against it, one stop."""
+
+    phase: str  # "matrix", or the target phase's name ("t1", "t5-pingpong", ...)
+    cell: Cell
+    backend: str
+    rep: int
+    workers: int  # effective server workers
+    status: str = "ok"  # ok | failed | skipped
+    reason: Optional[str] = None
+    commands: dict = field(default_factory=dict)  # server, client: shell lines
+    metrics: dict = field(default_factory=dict)
+    net: dict = field(default_factory=dict)  # counter deltas over the run
+    flags: list = field(default_factory=list)  # noise the counters saw during the run
+    suspect: bool = False  # the noise was of a kind that distorts results (host.SEVERE)
+    wall_s: float = 0.0
+    client: Optional[dict] = None  # loadgen's JSON (or pingpong's parsed line)
+
+    @property
+    def file_stem(self) -> str:
+        prefix = "" if self.phase == "matrix" else f"{self.phase}-"
+        return f"{prefix}{self.cell.name}-{self.backend}-{self.rep}"
+
+    def to_json(self, with_histograms: bool = True) -> dict:
+        d = asdict(self)
+        d["cell"]["name"] = self.cell.name
+        d["cell"]["mode"] = self.cell.mode
+        if not with_histograms and d.get("client") and "histograms" in d["client"]:
+            d["client"] = {k: v for k, v in d["client"].items() if k != "histograms"}
+        return d
+
+
+# Metrics summarised over repetitions.
+SUMMARY_METRICS = (
+    "msgs_per_s",
+    "server_cpu_ns_per_msg",
+    "loadgen_cpu_ns_per_msg",
+    "p50_us",
+    "p99_us",
+    "p999_us",
+    "mem_per_conn_b",
+)
+
+
+@dataclass
+class Summary:
+    """Medians, minima and maxima of one (phase, cell, backend) over its runs."""
+
+    phase: str
+    cell: Cell
+    backend: str
+    workers: int
+    runs: int
+    failed: int
+    flagged: int  # runs with any flag
+    suspect: int  # runs whose flags distort results
+    skipped: Optional[str]
+    stats: dict  # metric -> {"median", "min", "max"}
+
+    def median(self, metric: str) -> Optional[float]:
+        s = self.stats.get(metric)
+        return None if s is None else s["median"]
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["cell"]["name"] = self.cell.name
+        d["cell"]["mode"] = self.cell.mode
+        return d
+
+
+def summarise(runs: list) -> list:
+    """One Summary per (phase, cell, backend), in first-seen order. Medians are
+    over the runs that passed; a flagged or suspect run still counts (it is marked)."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r.phase, r.cell, r.backend), []).append(r)
+    out = []
+    for (phase, cell, backend), rs in groups.items():
+        ok = [r for r in rs if r.status == "ok"]
+        skipped = next((r.reason for r in rs if r.status == "skipped"), None)
+        stats = {}
+        for m in SUMMARY_METRICS:
+            vals = [r.metrics[m] for r in ok if r.metrics.get(m) is not None]
+            if vals:
+                stats[m] = {
+                    "median": statistics.median(vals),
+                    "min": min(vals),
+                    "max": max(vals),
+                }
+        out.append(
+            Summary(
+                phase=phase,
+                cell=cell,
+                backend=backend,
+                workers=max((r.workers for r in rs), default=0),
+                runs=len(ok),
+                failed=sum(r.status == "failed" for r in rs),
+                flagged=sum(bool(r.flags) for r in ok),
+                suspect=sum(r.suspect for r in ok),
+                skipped=skipped if not ok and skipped else None,
+                stats=stats,
+            )
+        )
+    return out
+
+
+def find(summaries: list, phase: str, cell: Cell, backend: str) -> Optional[Summary]:
+    for s in summaries:
+        if s.phase == phase and s.cell == cell and s.backend == backend:
+            return s
+    return None

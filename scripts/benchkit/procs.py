@@ -1,0 +1,342 @@
+"""The processes of one run: a server started fresh and pinned, one client
+(loadgen or the minimal ping-pong client) pinned elsewhere, the sampling of the
+server's memory while the client runs, and the stop with SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import host
+from .model import BACKENDS, Cell, Run
+
+SERVER_START_TIMEOUT_S = 15.0
+# uring-echo drains for up to --drain-timeout (5 s) after SIGTERM.
+SERVER_STOP_TIMEOUT_S = 20.0
+RSS_SAMPLE_S = 0.2
+# Before a run, wait (at most this long) for the sockets of the last one to be
+# gone: orphans still sending FINs and retransmits would load the next run.
+SETTLE_MAX_S = 10.0
+SETTLE_ORPHANS = 100
+SETTLE_STALL_S = 2.0
+LOADGEN_CONNECT_RATE = 20_000  # loadgen's default --connect-rate
+LOADGEN_DRAIN_S = 5.0  # loadgen's default --drain-timeout
+PINGPONG_LINE = re.compile(
+    r"msgs=(\d+) secs=([\d.]+) msgs_per_s=([\d.]+) cpu_ns_per_msg=([\d.]+)"
+)
+
+
+@dataclass
+class Env:
+    """What every run shares: binaries, pinning, timing, where logs go."""
+
+    repo: Path
+    bin_dir: Path  # target/release, relative to repo: commands read as typed there
+    runs_dir: Path
+    server_cpus: str
+    client_cpus: str
+    loadgen_threads: Optional[int]
+    duration: float
+    warmup: float
+    nofile: int
+    log: Callable[[str], None]
+    dry_run: bool = False
+
+    def pinned(self, cpus: str, argv: list) -> list:
+        return ["taskset", "-c", cpus, *map(str, argv)]
+
+
+def server_argv(env: Env, backend: str, workers: int, extra: tuple = ()) -> list:
+    b = BACKENDS[backend]
+    if b.ours:
+        argv = [env.bin_dir / "uring-echo", "--port", "0", "--addr", "127.0.0.1",
+                "--workers", workers, "--backend", backend, *extra]
+    else:
+        argv = [env.bin_dir / "examples" / f"{backend}_echo", 0, workers]
+    return env.pinned(env.server_cpus, argv)
+
+
+def loadgen_argv(env: Env, addr: str, cell: Cell, duration: float) -> list:
+    argv = [env.bin_dir / "loadgen", "--target", addr, "--conns", cell.conns,
+            "--size", cell.size, "--pipeline", cell.pipeline,
+            "--duration", duration, "--warmup", env.warmup, "--json", "-", "--quiet"]
+    if cell.rate is not None:
+        argv += ["--rate", f"{cell.rate:.0f}"]
+    if env.loadgen_threads:
+        argv += ["--threads", env.loadgen_threads]
+    return env.pinned(env.client_cpus, argv)
+
+
+def pingpong_argv(env: Env, addr: str, cell: Cell, duration: float) -> list:
+    argv = [env.bin_dir / "examples" / "pingpong", addr, cell.conns, cell.size,
+            cell.pipeline, duration]
+    return env.pinned(env.client_cpus, argv)
+
+
+class Server:
+    """A server process, its stdout and stderr in a log file."""
+
+    def __init__(self, argv: list, log_path: Path, cwd: Path):
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.addr = self._wait_listening()
+
+    def _wait_listening(self) -> str:
+        # Every server under test prints `... listening on ADDR` first.
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            m = re.search(r"listening on (\S+)", self.log_path.read_text(errors="replace"))
+            if m:
+                return m.group(1)
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"server did not start: {self.log_tail()}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> Optional[int]:
+        """SIGTERM, wait for the drain; SIGKILL only if it does not end."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(SERVER_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def log_tail(self, n: int = 3) -> str:
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        return " | ".join(lines[-n:]) or "(no output)"
+
+
+class RssSampler(threading.Thread):
+    """Samples a process's VmRSS and RssAnon every 200 ms until stopped."""
+
+    def __init__(self, pid: int, keep_series: bool = False):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.keep_series = keep_series
+        self.peak = {"VmRSS": 0, "RssAnon": 0}
+        self.series: list = []
+        self._stop_event = threading.Event()
+        self._t0 = time.monotonic()
+
+    def run(self) -> None:
+        while True:
+            m = host.memory_kib(self.pid)
+            for k in self.peak:
+                self.peak[k] = max(self.peak[k], m.get(k, 0))
+            if self.keep_series and m:
+                self.series.append((round(time.monotonic() - self._t0, 2), m.get("VmRSS", 0),
+                                    m.get("RssAnon", 0)))
+            if self._stop_event.wait(RSS_SAMPLE_S):
+                return
+
+    def finish(self) -> dict:
+        self._stop_event.set()
+        self.join()
+        return self.peak
+
+
+def settle() -> dict:
+    """Waits while the sockets orphaned by earlier runs (closed, still sending
+    FINs or retransmitting) go away, at most SETTLE_MAX_S and only while their
+    number keeps falling; returns the TCP socket counts the run starts with."""
+    now = host.tcp_sockstat()
+    deadline = time.monotonic() + SETTLE_MAX_S
+    best, best_at = now.get("orphan", 0), time.monotonic()
+    while now.get("orphan", 0) > SETTLE_ORPHANS and time.monotonic() < deadline:
+        if time.monotonic() - best_at > SETTLE_STALL_S:
+            break  # not falling: someone else's, or stuck in backoff
+        time.sleep(0.2)
+        now = host.tcp_sockstat()
+        if now.get("orphan", 0) < best:
+            best, best_at = now.get("orphan", 0), time.monotonic()
+    return now
+
+
+def client_timeout_s(cell: Cell, duration: float, warmup: float) -> float:
+    ramp = cell.conns / LOADGEN_CONNECT_RATE
+    return ramp + warmup + duration + LOADGEN_DRAIN_S + 60.0
+
+
+def execute(env: Env, run: Run, client: str = "loadgen", server_extra: tuple = (),
+            duration: Optional[float] = None, keep_rss_series: bool = False,
+            warm_cell: Optional[Cell] = None, warm_s: float = 0.0) -> Run:
+    """Runs `run` (server fresh, client, stop) and fills in its metrics, flags
+    and status. `client` is "loadgen" or "pingpong". With `warm_cell`, a
+    loadgen run of that shape first loads the fresh server for `warm_s`
+    seconds, unmeasured, so that what it touches once (buffer pool pages, code)
+    is in the baseline the measured run is compared with."""
+    if run.status == "skipped":
+        return run
+    duration = env.duration if duration is None else duration
+    build = loadgen_argv if client == "loadgen" else pingpong_argv
+    argv = server_argv(env, run.backend, run.workers, server_extra)
+    run.commands["server"] = shlex.join(map(str, argv))
+    if env.dry_run:
+        run.commands["client"] = shlex.join(map(str, build(env, "ADDR", run.cell, duration)))
+        run.status, run.reason = "skipped", "dry run"
+        return run
+    run.metrics["tcp_sockets_before"] = settle()
+    t0 = time.monotonic()
+    try:
+        server = Server(argv, env.runs_dir / f"{run.file_stem}.server.log", env.repo)
+    except RuntimeError as e:
+        run.status, run.reason = "failed", str(e)
+        return run
+    try:
+        if warm_cell is not None:
+            warm_up(env, run, server, warm_cell, warm_s)
+        seen = observe(env, run, server, build(env, server.addr, run.cell, duration),
+                       duration, keep_rss_series)
+    except RuntimeError as e:
+        run.status, run.reason = "failed", str(e)
+        return run
+    finally:
+        run.metrics["server_exit"] = server.stop()
+        run.wall_s = round(time.monotonic() - t0, 2)
+    record(run, client, seen, server.log_path, keep_rss_series)
+    return run
+
+
+def warm_up(env: Env, run: Run, server: Server, cell: Cell, seconds: float) -> None:
+    """An unmeasured loadgen run against the server, then a pause while the
+    server closes its connections."""
+    run.metrics["rss_fresh_kib"] = host.memory_kib(server.pid).get("VmRSS")
+    argv = loadgen_argv(env, server.addr, cell, seconds)
+    run.commands["warmup"] = shlex.join(map(str, argv))
+    try:
+        with open(env.runs_dir / f"{run.file_stem}.warmup.log", "wb") as err:
+            subprocess.run(argv, cwd=env.repo, stdout=subprocess.DEVNULL, stderr=err,
+                           timeout=client_timeout_s(cell, seconds, env.warmup))
+    except subprocess.TimeoutExpired:
+        raise RuntimeError("the warm-up client timed out")
+    time.sleep(1.0)
+
+
+def observe(env: Env, run: Run, server: Server, cargv: list, duration: float,
+            keep_rss_series: bool) -> dict:
+    """Runs the client while watching the server; returns the raw readings."""
+    run.commands["client"] = shlex.join(map(str, cargv))
+    seen = {"rss_before": host.memory_kib(server.pid), "cpu_before": host.cpu_seconds(server.pid),
+            "net_before": host.net_counters()}
+    sampler = RssSampler(server.pid, keep_rss_series)
+    sampler.start()
+    client_log = env.runs_dir / f"{run.file_stem}.client.log"
+    try:
+        with open(client_log, "wb") as err:
+            done = subprocess.run(cargv, cwd=env.repo, stdout=subprocess.PIPE, stderr=err,
+                                  timeout=client_timeout_s(run.cell, duration, env.warmup))
+        seen["rc"], seen["stdout"] = done.returncode, done.stdout.decode(errors="replace")
+    except subprocess.TimeoutExpired:
+        seen["rc"], seen["stdout"] = None, ""
+    finally:
+        seen["peak"] = sampler.finish()
+    seen.update(cpu_after=host.cpu_seconds(server.pid), rss_after=host.memory_kib(server.pid),
+                net_after=host.net_counters(), series=sampler.series,
+                client_err=_tail(client_log))
+    return seen
+
+
+def record(run: Run, client: str, seen: dict, server_log: Path, keep_rss_series: bool) -> None:
+    """Turns the readings of `observe` into the run's metrics, flags and status."""
+    run.net = host.counter_delta(seen["net_before"], seen["net_after"])
+    run.flags = host.noise_flags(run.net)
+    run.suspect = host.is_severe(run.net)
+    orphans = run.metrics["tcp_sockets_before"].get("orphan", 0)
+    if orphans > SETTLE_ORPHANS:
+        run.flags.append(f"started beside {orphans} orphaned TCP sockets")
+        run.suspect = True
+    m, before, peak = run.metrics, seen["rss_before"], seen["peak"]
+    m["rss_before_kib"] = before.get("VmRSS")
+    m["rss_peak_kib"] = peak["VmRSS"]
+    m["rss_anon_before_kib"] = before.get("RssAnon")
+    m["rss_anon_peak_kib"] = peak["RssAnon"]
+    m["rss_after_kib"] = seen["rss_after"].get("VmRSS")
+    m["server_errors"] = _server_errors(server_log)
+    if keep_rss_series:
+        m["rss_series"] = seen["series"]
+    if before.get("VmRSS") is not None and peak["VmRSS"]:
+        m["mem_per_conn_b"] = (peak["VmRSS"] - before["VmRSS"]) * 1024 / run.cell.conns
+
+    rc = seen["rc"]
+    if rc is None:
+        run.status, run.reason = "failed", f"client timed out: {seen['client_err']}"
+        return
+    try:
+        msgs = _client_metrics(run, client, seen["stdout"])
+    except (ValueError, KeyError) as e:
+        run.status = "failed"
+        run.reason = f"client exit {rc}, no result ({e}): {seen['client_err']}"
+        return
+    cpu_before, cpu_after = seen["cpu_before"], seen["cpu_after"]
+    if cpu_before is not None and cpu_after is not None and msgs:
+        m["server_cpu_s"] = round(cpu_after - cpu_before, 3)
+        m["server_cpu_ns_per_msg"] = (cpu_after - cpu_before) * 1e9 / msgs
+    if rc != 0:
+        run.status, run.reason = "failed", f"client exit {rc}: {seen['client_err']}"
+
+
+def _client_metrics(run: Run, client: str, stdout: str) -> int:
+    """Fills run.client and run.metrics from the client's output; returns the
+    message count server CPU is divided by."""
+    m = run.metrics
+    if client == "pingpong":
+        hit = PINGPONG_LINE.search(stdout)
+        if not hit:
+            raise ValueError("no msgs=... line")
+        msgs, secs, rate, cpu = hit.groups()
+        run.client = {"msgs": int(msgs), "secs": float(secs), "msgs_per_s": float(rate),
+                      "cpu_ns_per_msg": float(cpu)}
+        m["msgs_per_s"] = float(rate)
+        m["loadgen_cpu_ns_per_msg"] = float(cpu)  # the client's CPU, whichever client
+        return int(msgs)
+    j = json.loads(stdout)
+    run.client = j
+    lat = j["latency_us"]
+    m.update(
+        msgs_per_s=j["throughput"]["msgs_per_s"],
+        p50_us=lat["p50"], p99_us=lat["p99"], p999_us=lat["p999"],
+        errors=sum(j["errors"].values()),
+        error_kinds=j["errors"],
+        mismatches=j["verify"]["mismatches"],
+        established=j["connections"]["established"],
+        lost=j["connections"]["lost"],
+        unfinished=j["messages"]["unfinished"],
+        loadgen_cpu_ns_per_msg=j["cpu"]["ns_per_msg"],
+        loadgen_threads=j["config"]["threads"],
+        cpu_msgs=j["cpu"]["msgs"],
+    )
+    if j.get("rate"):
+        m["rate_achieved"] = j["rate"]["achieved"]
+    return j["cpu"]["msgs"]
+
+
+def _server_errors(log: Path) -> Optional[int]:
+    # uring-echo's summary line: "uring-echo stopped after ...: ... errors=N ..."
+    m = re.search(r"stopped after .* errors=(\d+)", log.read_text(errors="replace"))
+    return int(m.group(1)) if m else None
+
+
+def _tail(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines()
+    return " | ".join(lines[-2:]) or "(no output)"

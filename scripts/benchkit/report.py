@@ -1,0 +1,212 @@
+"""The outputs: results.json for programs, results.md for people, and the
+results section of docs/benchmarks.md between its markers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Optional
+
+from .chart import size_label
+from .model import MODES, Cell, find
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def k(v: Optional[float]) -> str:
+    """312400 -> 312.4k; None -> '-'."""
+    if v is None:
+        return "-"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f}M"
+    if v >= 1e3:
+        return f"{v / 1e3:.1f}k"
+    return f"{v:.0f}"
+
+
+def n(v: Optional[float], digits: int = 0) -> str:
+    return "-" if v is None else f"{v:,.{digits}f}"
+
+
+def results_json(meta: dict, runs: list, summaries: list, targets: list) -> dict:
+    return {
+        "schema": 1,
+        **meta,
+        # Histograms are in runs/*.json; here they would only make the file large.
+        "runs": [r.to_json(with_histograms=False) for r in runs],
+        "medians": [s.to_json() for s in summaries],
+        "targets": [t.to_json() for t in targets],
+    }
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def header(meta: dict) -> list:
+    m, g, o = meta["machine"], meta["git"], meta["options"]
+    lines = []
+    if o.get("quick"):
+        lines += ["**Smoke run (`--quick`) on a busy, shared machine: it checks that the "
+                  "script works; these are not the published results.**", ""]
+    lines += [
+        f"- Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, "
+        f"Linux {m['kernel']}; open files {m['nofile']['hard']}; "
+        f"netdev_max_backlog {m['sysctl'].get('net.core.netdev_max_backlog')}",
+        f"- Commit: `{g['commit'][:12]}`{' (dirty tree)' if g['dirty'] else ''} "
+        f"on `{g['branch']}`; run {meta['date']}",
+        f"- Server on CPUs `{o['server_cpus']}` with {o['workers']} worker(s) (more for the "
+        f"io_uring backend where its rings need them); loadgen on CPUs `{o['client_cpus']}`"
+        f"{', ' + str(o['loadgen_threads']) + ' threads' if o['loadgen_threads'] else ''}",
+        f"- Each run: fresh server, {o['warmup']:g} s warm-up + {o['duration']:g} s measured; "
+        f"{o['reps']} interleaved repetition(s), medians shown",
+    ]
+    return lines
+
+
+def matrix_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
+    """One table per (size, mode): rows connections, columns backends, each
+    followed by its chart when `charts` (size, mode) -> path has one."""
+    o = meta["options"]
+    backends, conns = o["backends"], o["conns"]
+    lines = []
+    skipped = {}
+    for size in o["sizes"]:
+        for mode in o["modes"]:
+            pipeline = MODES[mode]
+            title = ("closed loop (pipeline 1)" if mode == "closed"
+                     else f"pipelined (pipeline {pipeline})")
+            lines += [f"{h}## {size_label(size)}, {title}", "",
+                      "msgs/s median · server CPU ns per message († a run saw loopback "
+                      "drops, RTOs or accept-queue overflows; ✗ a run failed)", "",
+                      "| conns | " + " | ".join(backends) + " |",
+                      "|---:|" + "---:|" * len(backends)]
+            for c in conns:
+                cells = []
+                for b in backends:
+                    s = find(summaries, "matrix", Cell(c, size, pipeline), b)
+                    if s is None:
+                        cells.append("")
+                    elif s.skipped:
+                        note = skipped.setdefault(s.skipped, len(skipped) + 1)
+                        cells.append(f"skipped[^{note}]")
+                    elif not s.runs:
+                        cells.append("✗ failed")
+                    else:
+                        txt = f"{k(s.median('msgs_per_s'))} · {n(s.median('server_cpu_ns_per_msg'))} ns"
+                        if s.workers != o["workers"]:
+                            txt += f" ({s.workers} workers)"
+                        txt += " †" * bool(s.suspect) + " ✗" * bool(s.failed)
+                        cells.append(txt)
+                lines.append(f"| {c:,} | " + " | ".join(cells) + " |")
+            lines.append("")
+            if charts.get((size, mode)):
+                lines += [f"![{size_label(size)}, {mode}: throughput and server CPU per message "
+                          f"against connections]({charts[(size, mode)]})", ""]
+    for reason, i in skipped.items():
+        lines.append(f"[^{i}]: {reason}")
+    if skipped:
+        lines.append("")
+    return lines
+
+
+def detail_table(summaries: list, phase: str, h: str, title: str) -> list:
+    rows = [s for s in summaries if s.phase.startswith(phase) and not s.skipped]
+    if not rows:
+        return []
+    lines = [f"{h}## {title}", "",
+             "| phase | cell | backend | workers | runs | msgs/s median [min–max] | server ns/msg "
+             "| latency p50 / p99 / p99.9 µs | server B/conn | client ns/msg | flagged / suspect "
+             "| failed |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in rows:
+        st = s.stats.get("msgs_per_s")
+        rng = f"{k(st['median'])} [{k(st['min'])}–{k(st['max'])}]" if st else "-"
+        lines.append(
+            f"| {s.phase} | {s.cell.name} | {s.backend} | {s.workers} | {s.runs} | {rng} | "
+            f"{n(s.median('server_cpu_ns_per_msg'))} | {n(s.median('p50_us'))} / "
+            f"{n(s.median('p99_us'))} / {n(s.median('p999_us'))} | "
+            f"{n(s.median('mem_per_conn_b'))} | {n(s.median('loadgen_cpu_ns_per_msg'))} | "
+            f"{s.flagged} / {s.suspect} | {s.failed} |")
+    return lines + [""]
+
+
+def targets_table(targets: list, h: str) -> list:
+    if not targets:
+        return []
+    lines = [f"{h}## Targets", "",
+             "| target | measured (medians) | required | met |",
+             "|---|---|---|---|"]
+    for t in targets:
+        met = {True: "**met**", False: "**not met**", None: "not measured"}[t.met]
+        note = f" ({t.note})" if t.note else ""
+        lines.append(f"| {t.id}. {t.goal} | {t.measured} | {t.required} | {met}{note} |")
+    lines.append("")
+    cmds = [(t.id, role, c) for t in targets for role, c in t.commands]
+    if cmds:
+        lines += ["Commands (first repetition; ports are picked at random each run):", "", "```"]
+        for tid, role, c in cmds:
+            lines += [f"# target {tid}, {role}", c]
+        lines += ["```", ""]
+    return lines
+
+
+def commands_section(runs: list, h: str) -> list:
+    seen, out = set(), []
+    for r in runs:
+        if r.phase != "matrix" or not r.commands or r.backend in seen:
+            continue
+        seen.add(r.backend)
+        out += [f"# {r.backend}, {r.cell.name}", r.commands.get("server", ""),
+                r.commands.get("client", "")]
+    if not out:
+        return []
+    return [f"{h}## Commands", "",
+            "One cell per backend, as run (every run's commands are in results.json):", "",
+            "```", *out, "```", ""]
+
+
+def failures(runs: list, h: str) -> list:
+    bad = [r for r in runs if r.status == "failed"]
+    flagged = [r for r in runs if r.status == "ok" and r.suspect]
+    mild = sum(1 for r in runs if r.status == "ok" and r.flags and not r.suspect)
+    lines = []
+    if bad:
+        lines += [f"{h}## Failed runs", ""]
+        lines += [f"- {r.file_stem}: {r.reason}" for r in bad]
+        lines.append("")
+    if flagged or mild:
+        lines += [f"{h}## Suspect runs", "",
+                  "Loopback drops, RTOs or accept-queue overflows during the run (system-wide "
+                  "counters: a neighbour's traffic counts too). They stay in the medians, marked †."
+                  f" {mild} other run(s) saw only retransmits, mostly tail loss probes "
+                  "(in results.json).", ""]
+        lines += [f"- {r.file_stem}: {'; '.join(r.flags)}" for r in flagged]
+        lines.append("")
+    return lines
+
+
+def markdown(meta: dict, runs: list, summaries: list, targets: list, charts: dict,
+             level: int = 1) -> str:
+    """The report; `level` is the heading level of its title (1 in results.md,
+    deeper inside docs/benchmarks.md)."""
+    h = "#" * (level - 1)
+    lines = [f"{h}# uring-echo benchmark results", ""] + header(meta) + [""]
+    if meta["options"].get("matrix"):
+        lines += matrix_tables(meta, summaries, charts, h)
+    lines += targets_table(targets, h)
+    lines += detail_table(summaries, "matrix", h, "All medians")
+    lines += detail_table(summaries, "t", h, "Target runs: medians")
+    lines += commands_section(runs, h)
+    lines += failures(runs, h)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_doc(doc: Path, section: str) -> None:
+    """Replaces what lies between the markers of `doc` with `section`."""
+    text = doc.read_text()
+    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"{doc}: no {BEGIN} ... {END} section to update")
+    doc.write_text(pattern.sub(lambda _: f"{BEGIN}\n{section}\n{END}", text, count=1))

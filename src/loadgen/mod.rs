@@ -8,6 +8,8 @@
 //! - [`engine`]: one thread's ring loop: the connection ramp, then the load.
 //! - [`ring`]: the io_uring plumbing, and the module's only unsafe code.
 //! - [`conn`]: one connection's state and message bookkeeping.
+//! - [`datagram`], [`flow`]: with `--udp`, what a datagram carries and how its
+//!   echo is checked; one flow's sequence numbers, loss, duplicates, reordering.
 //! - [`pacing`]: fixed-rate schedules (open-loop messages, connection ramp).
 //! - [`pattern`]: the shared byte pattern that sends come from and echoes are checked against.
 //! - [`stats`]: per-thread counters and histograms, and what progress reads.
@@ -22,7 +24,9 @@
 pub mod config;
 pub mod conn;
 pub mod connect;
+pub mod datagram;
 pub mod engine;
+pub mod flow;
 pub mod merge;
 pub mod pacing;
 pub mod pattern;
@@ -66,12 +70,22 @@ pub fn run(config: &Config) -> Result<Report, String> {
             config.conns
         ));
     }
-    connect::probe(target, config.connect_timeout)?;
+    if config.udp.is_some() {
+        connect::probe_udp(target, config.connect_timeout)?;
+    } else {
+        connect::probe(target, config.connect_timeout)?;
+    }
     let run_config = run_config(config, &target.to_string(), threads, &sources);
     note(format!(
-        "{} -> {target}: {} conns on {threads} threads, sources [{}], {}",
+        "{} {} -> {target}: {} {} on {threads} threads, sources [{}], {}",
+        run_config.protocol,
         run_config.mode,
         config.conns,
+        if config.udp.is_some() {
+            "flows"
+        } else {
+            "conns"
+        },
         run_config.source_addrs.join(","),
         describe_load(config)
     ));
@@ -220,6 +234,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
     let mut connections = Connections::default();
     let mut errors = std::collections::BTreeMap::new();
     let mut c = Counters::default();
+    let mut udp = stats::UdpCounts::default();
     let mut latency = new_histogram();
     let mut connect = new_histogram();
     let mut msgs_all = 0;
@@ -241,6 +256,13 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         c.unfinished += t.unfinished;
         c.abandoned += t.abandoned;
         msgs_all += r.msgs_all;
+        let u = &r.udp;
+        udp.sent += u.sent;
+        udp.received += u.received;
+        udp.lost += u.lost;
+        udp.duplicated += u.duplicated;
+        udp.reordered += u.reordered;
+        udp.late += u.late;
         let _ = latency.add(&r.latency);
         let _ = connect.add(&r.connect);
         end = end.max(r.measure_end);
@@ -256,13 +278,21 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         latency,
         connect,
         cpu: Cpu::new(cpu_end.0 - u0, cpu_end.1 - s0, msgs_all),
+        udp: shared.config.udp.is_some().then_some(udp),
     }
 }
 
 fn describe_load(config: &Config) -> String {
-    let load = match config.load {
-        Load::Closed { pipeline } => format!("closed loop, pipeline {pipeline}"),
-        Load::Open { rate, pipeline } => format!("open loop at {rate} msgs/s, pipeline {pipeline}"),
+    let load = match (config.load, config.udp) {
+        (Load::Open { rate, .. }, Some(u)) => format!(
+            "open loop at {rate} datagrams/s, lost after {:.3} s, --max-loss {}",
+            u.timeout.as_secs_f64(),
+            u.max_loss
+        ),
+        (Load::Closed { pipeline }, _) => format!("closed loop, pipeline {pipeline}"),
+        (Load::Open { rate, pipeline }, None) => {
+            format!("open loop at {rate} msgs/s, pipeline {pipeline}")
+        }
     };
     let stop = match config.stop {
         Stop::After(d) => format!("{:.1} s", d.as_secs_f64()),
@@ -310,6 +340,9 @@ fn run_config(
         warmup_s: config.warmup.as_secs_f64(),
         drain_timeout_s: config.drain_timeout.as_secs_f64(),
         verify: config.verify,
+        protocol: if config.udp.is_some() { "udp" } else { "tcp" }.to_string(),
+        udp_timeout_s: config.udp.map(|u| u.timeout.as_secs_f64()),
+        max_loss: config.udp.map(|u| u.max_loss),
     }
 }
 

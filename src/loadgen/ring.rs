@@ -2,7 +2,8 @@
 //! `loadgen`: one ring per engine thread, its table of direct descriptors
 //! (client sockets live there, not in the process's fd table), its provided
 //! buffer ring for multishot receives, and the operations the engine submits:
-//! connect, receive, send of a pattern slice, close, cancel.
+//! connect, receive, send of a pattern slice, send of a `--udp` datagram
+//! (header + pattern slice), close, cancel.
 //!
 //! The engine decides what to submit and when; this module only makes every
 //! submission sound: the memory an operation points into (the target address,
@@ -17,6 +18,7 @@ use std::time::Duration;
 use io_uring::{IoUring, Probe, opcode, squeue, types};
 use socket2::{SockAddr, Socket};
 
+use super::datagram::{HEADER_BYTES, Header};
 use super::pattern::Pattern;
 use crate::echo_queue::BufId;
 use crate::uring::buf_ring::BufRing;
@@ -34,7 +36,36 @@ const BGID: u16 = 0;
 /// that finds it empty ends with ENOBUFS and is re-armed (back-pressure).
 pub const RECV_BUF_COUNT: u32 = 4096;
 pub const RECV_BUF_BYTES: u32 = 4096;
+/// With `--udp` every datagram needs a whole buffer; buffers per ring are cut
+/// so their memory stays under this (only touched pages are backed anyway).
+const UDP_RECV_MEMORY_BYTES: u64 = 64 << 20;
 
+/// The receive buffers of a ring: how many, how large.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecvBufs {
+    /// Invariant: a power of two, <= 32768.
+    pub count: u32,
+    pub bytes: u32,
+}
+
+impl RecvBufs {
+    /// For TCP streams: small buffers, a receive may fill several.
+    pub const STREAM: RecvBufs = RecvBufs {
+        count: RECV_BUF_COUNT,
+        bytes: RECV_BUF_BYTES,
+    };
+
+    /// For datagrams of up to `max_datagram` bytes: one byte more, so that an
+    /// echo longer than anything sent arrives longer (not cut to fit) and is caught.
+    pub fn datagrams(max_datagram: u32) -> RecvBufs {
+        let bytes = max_datagram + 1;
+        let fit = (UDP_RECV_MEMORY_BYTES / u64::from(bytes)).clamp(64, 4096) as u32;
+        RecvBufs {
+            count: 1 << fit.ilog2(),
+            bytes,
+        }
+    }
+}
 /// What an operation was.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +76,8 @@ pub enum OpKind {
     Send = 3,
     Close = 4,
     Cancel = 5,
+    /// A `--udp` datagram's send (header and payload).
+    Datagram = 6,
 }
 
 /// The `user_data` of every operation: `kind << 56 | connection index`.
@@ -69,6 +102,7 @@ impl Tag {
             3 => OpKind::Send,
             4 => OpKind::Close,
             5 => OpKind::Cancel,
+            6 => OpKind::Datagram,
             _ => return None,
         })
     }
@@ -98,12 +132,24 @@ impl Completion {
     }
 }
 
+/// What a datagram send points to: its header, the two pieces and the message.
+/// One per direct-descriptor slot; never moved (a boxed slice, never resized).
+struct DatagramSend {
+    header: [u8; HEADER_BYTES as usize],
+    iov: [libc::iovec; 2],
+    msg: libc::msghdr,
+    /// A send using this entry is in flight: the entry must not be rewritten.
+    busy: bool,
+}
+
 pub struct Ring {
     // Field order is a safety invariant: `ring` is dropped (closed, which ends
     // every operation) first, and only then the memory operations point into:
-    // `bufs`, `target`, `pattern`.
+    // `bufs`, `datagrams`, `target`, `pattern`.
     ring: IoUring,
     bufs: BufRing,
+    /// Empty unless the ring sends datagrams; then one entry per slot.
+    datagrams: Box<[DatagramSend]>,
     /// The address every connect names. Boxed: its address must not move.
     target: Box<SockAddr>,
     pattern: Arc<Pattern>,
@@ -112,8 +158,15 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// A ring with `slots` direct descriptors and the receive buffers.
-    pub fn new(slots: u32, target: SocketAddr, pattern: Arc<Pattern>) -> Result<Ring, String> {
+    /// A ring with `slots` direct descriptors and the receive buffers; with
+    /// `datagrams`, ready to send a datagram from each slot.
+    pub fn new(
+        slots: u32,
+        target: SocketAddr,
+        pattern: Arc<Pattern>,
+        recv_bufs: RecvBufs,
+        datagrams: bool,
+    ) -> Result<Ring, String> {
         let (ring, _flags) = build_ring(SQ_ENTRIES, CQ_ENTRIES).map_err(|e| e.to_string())?;
         check_features(&ring)?;
         ring.submitter()
@@ -121,11 +174,23 @@ impl Ring {
             .map_err(|e| {
                 format!("registering {slots} direct descriptors: {e} (the kernel caps a ring's table at the open-files limit)")
             })?;
-        let bufs = BufRing::register(&ring, BGID, RECV_BUF_COUNT, RECV_BUF_BYTES)
+        let bufs = BufRing::register(&ring, BGID, recv_bufs.count, recv_bufs.bytes)
             .map_err(|e| format!("registering the receive buffer ring: {e}"))?;
+        let blank = || DatagramSend {
+            header: [0; HEADER_BYTES as usize],
+            iov: [libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            }; 2],
+            // SAFETY: msghdr is a plain C struct for which all-zero is valid.
+            msg: unsafe { std::mem::zeroed() },
+            busy: false,
+        };
+        let datagrams = if datagrams { slots } else { 0 };
         Ok(Ring {
             ring,
             bufs,
+            datagrams: (0..datagrams).map(|_| blank()).collect(),
             target: Box::new(target.into()),
             pattern,
             backlog: Vec::new(),
@@ -192,6 +257,42 @@ impl Ring {
         unsafe { self.push(entry) };
     }
 
+    /// Sends one datagram from `slot` (a connected UDP socket): `header`, then
+    /// `payload`, a slice of the pattern. One at a time per slot: returns false,
+    /// submitting nothing, while the slot's previous one is in flight.
+    pub fn send_datagram(&mut self, slot: u32, header: &Header, tag: Tag) -> bool {
+        let payload = header.payload(&self.pattern);
+        let d = &mut self.datagrams[slot as usize];
+        if d.busy {
+            return false;
+        }
+        d.busy = true;
+        d.header = header.encode();
+        d.iov = [
+            libc::iovec {
+                iov_base: d.header.as_mut_ptr().cast(),
+                iov_len: d.header.len(),
+            },
+            libc::iovec {
+                iov_base: payload.as_ptr() as *mut libc::c_void,
+                iov_len: payload.len(),
+            },
+        ];
+        d.msg.msg_iov = d.iov.as_mut_ptr();
+        d.msg.msg_iovlen = 2;
+        let entry = opcode::SendMsg::new(types::Fixed(slot), &d.msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(tag.0);
+        // SAFETY: `msg`, `iov` and `header` live in `datagrams`, a boxed slice
+        // never resized and dropped after the ring (field order), and are not
+        // rewritten until this send completes (`busy`, cleared by
+        // `completions`); the payload lies in the pattern, immutable and kept
+        // alive by this `Arc` until after the ring is dropped.
+        unsafe { self.push(entry) };
+        true
+    }
+
     pub fn close(&mut self, slot: u32) {
         let entry = opcode::Close::new(types::Fixed(slot))
             .build()
@@ -255,6 +356,13 @@ impl Ring {
             result: c.result(),
             flags: c.flags(),
         }));
+        for c in out.iter() {
+            if c.tag.kind() == Some(OpKind::Datagram) {
+                if let Some(d) = self.datagrams.get_mut(c.tag.conn() as usize) {
+                    d.busy = false;
+                }
+            }
+        }
     }
 
     /// The bytes a receive put in buffer `buf`; valid until it is recycled.
@@ -285,6 +393,7 @@ fn check_features(ring: &IoUring) -> Result<(), String> {
         (opcode::Connect::CODE, "connect", "5.5"),
         (opcode::RecvMulti::CODE, "recv", "5.6"),
         (opcode::Send::CODE, "send", "5.6"),
+        (opcode::SendMsg::CODE, "sendmsg", "5.3"),
         (opcode::Close::CODE, "close", "5.6"),
         (opcode::AsyncCancel::CODE, "async cancel", "5.5"),
     ];
@@ -308,7 +417,13 @@ mod tests {
 
     #[test]
     fn a_tag_round_trips_its_kind_and_connection() {
-        for kind in [OpKind::Connect, OpKind::Recv, OpKind::Send, OpKind::Cancel] {
+        for kind in [
+            OpKind::Connect,
+            OpKind::Recv,
+            OpKind::Send,
+            OpKind::Cancel,
+            OpKind::Datagram,
+        ] {
             for conn in [0, 1, 49_999, u32::MAX] {
                 let t = Tag::from_raw(Tag::new(kind, conn).0);
                 assert_eq!(t.kind(), Some(kind));
@@ -316,5 +431,14 @@ mod tests {
             }
         }
         assert_eq!(Tag::from_raw(0).kind(), None);
+    }
+
+    #[test]
+    fn datagram_buffers_hold_the_largest_datagram_plus_one_in_bounded_memory() {
+        let b = RecvBufs::datagrams(65_527);
+        assert_eq!(b.bytes, 65_528);
+        assert!(b.count.is_power_of_two());
+        assert!(u64::from(b.count) * u64::from(b.bytes) <= UDP_RECV_MEMORY_BYTES);
+        assert_eq!(RecvBufs::datagrams(64).count, 4096);
     }
 }

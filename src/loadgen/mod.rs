@@ -70,6 +70,14 @@ pub fn run(config: &Config) -> Result<Report, String> {
             config.conns
         ));
     }
+    if target.is_ipv6() && sources.is_empty() && config.conns > connect::CONNS_PER_SOURCE {
+        note(format!(
+            "note: {} connections to one IPv6 target from one source address: an IPv6 target is \
+             not spread over source addresses (::1 is the only IPv6 loopback address), and one \
+             address has ~28,000 ephemeral ports; --source-addrs lists more",
+            config.conns
+        ));
+    }
     if config.udp.is_some() {
         connect::probe_udp(target, config.connect_timeout)?;
     } else {
@@ -223,8 +231,13 @@ impl ProgressPrinter {
         } else {
             format!("{} us", interval.value_at_quantile(0.99))
         };
+        let (what, unit) = if shared.config.udp.is_some() {
+            ("flows", "datagrams")
+        } else {
+            ("conns", "msgs")
+        };
         eprintln!(
-            "loadgen: {:>4}s conns {up} up, {failed} failed; {rate} msgs/s; p99 {p99}",
+            "loadgen: {:>4}s {what} {up} up, {failed} failed; {rate} {unit}/s; p99 {p99}",
             self.seconds
         );
     }

@@ -334,11 +334,16 @@ impl Report {
         let c = &self.connections;
         let _ = writeln!(
             s,
-            "loadgen: {} {} -> {}: {} connections held of {} ({} established, {} failed, {} lost)",
+            "loadgen: {} {} -> {}: {} {} held of {} ({} established, {} failed, {} lost)",
             self.config.protocol,
             self.config.mode,
             self.config.target,
             c.held(),
+            if self.udp.is_some() {
+                "flows"
+            } else {
+                "connections"
+            },
             c.requested,
             c.established,
             c.failed,

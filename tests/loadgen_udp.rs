@@ -82,7 +82,7 @@ for_each_backend! {
         let server = Server::start(backend, &["--udp"]);
         let (out, r) = run_json(
             &server.addr.to_string(),
-            &["--udp", "--conns", "50", "--rate", "5000", "--duration", "2", "--size", "16..1400"],
+            &["--udp", "--conns", "50", "--rate", "5000", "--duration", "2", "--size", "16..512"],
         );
         if !out.status.success() {
             let stopped = server.stop();

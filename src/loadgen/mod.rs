@@ -18,7 +18,7 @@
 //!
 //! This file wires them together: plan the threads, start them, print progress,
 //! sum their results. It does not parse flags or write files (the binary does).
-//! Every file but `ring.rs` says `#![forbid(unsafe_code)]` (here it would
+//! Every file but those of `ring/` says `#![forbid(unsafe_code)]` (here it would
 //! forbid it in `ring` too).
 
 pub mod config;

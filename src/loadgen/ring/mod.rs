@@ -5,6 +5,10 @@
 //! connect, receive, send of a pattern slice, send of a `--udp` datagram
 //! (header + pattern slice), close, cancel.
 //!
+//! - this file: the ring, its setup and feature check, the operations TCP uses.
+//! - `datagram.rs`: what `--udp` adds: per-slot `sendmsg` state, datagram-sized
+//!   receive buffers.
+//!
 //! The engine decides what to submit and when; this module only makes every
 //! submission sound: the memory an operation points into (the target address,
 //! the pattern, the receive buffers) is owned here and outlives the ring.
@@ -18,11 +22,13 @@ use std::time::Duration;
 use io_uring::{IoUring, Probe, opcode, squeue, types};
 use socket2::{SockAddr, Socket};
 
-use super::datagram::{HEADER_BYTES, Header};
 use super::pattern::Pattern;
 use crate::echo_queue::BufId;
 use crate::uring::buf_ring::BufRing;
 use crate::uring::setup::build_ring;
+
+mod datagram;
+use datagram::DatagramSend;
 
 /// Submission queue entries: a burst beyond it waits in the backlog.
 const SQ_ENTRIES: u32 = 4096;
@@ -36,9 +42,6 @@ const BGID: u16 = 0;
 /// that finds it empty ends with ENOBUFS and is re-armed (back-pressure).
 pub const RECV_BUF_COUNT: u32 = 4096;
 pub const RECV_BUF_BYTES: u32 = 4096;
-/// With `--udp` every datagram needs a whole buffer; buffers per ring are cut
-/// so their memory stays under this (only touched pages are backed anyway).
-const UDP_RECV_MEMORY_BYTES: u64 = 64 << 20;
 
 /// The receive buffers of a ring: how many, how large.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,18 +57,8 @@ impl RecvBufs {
         count: RECV_BUF_COUNT,
         bytes: RECV_BUF_BYTES,
     };
-
-    /// For datagrams of up to `max_datagram` bytes: one byte more, so that an
-    /// echo longer than anything sent arrives longer (not cut to fit) and is caught.
-    pub fn datagrams(max_datagram: u32) -> RecvBufs {
-        let bytes = max_datagram + 1;
-        let fit = (UDP_RECV_MEMORY_BYTES / u64::from(bytes)).clamp(64, 4096) as u32;
-        RecvBufs {
-            count: 1 << fit.ilog2(),
-            bytes,
-        }
-    }
 }
+
 /// What an operation was.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,16 +125,6 @@ impl Completion {
     }
 }
 
-/// What a datagram send points to: its header, the two pieces and the message.
-/// One per direct-descriptor slot; never moved (a boxed slice, never resized).
-struct DatagramSend {
-    header: [u8; HEADER_BYTES as usize],
-    iov: [libc::iovec; 2],
-    msg: libc::msghdr,
-    /// A send using this entry is in flight: the entry must not be rewritten.
-    busy: bool,
-}
-
 pub struct Ring {
     // Field order is a safety invariant: `ring` is dropped (closed, which ends
     // every operation) first, and only then the memory operations point into:
@@ -176,21 +159,11 @@ impl Ring {
             })?;
         let bufs = BufRing::register(&ring, BGID, recv_bufs.count, recv_bufs.bytes)
             .map_err(|e| format!("registering the receive buffer ring: {e}"))?;
-        let blank = || DatagramSend {
-            header: [0; HEADER_BYTES as usize],
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; 2],
-            // SAFETY: msghdr is a plain C struct for which all-zero is valid.
-            msg: unsafe { std::mem::zeroed() },
-            busy: false,
-        };
         let datagrams = if datagrams { slots } else { 0 };
         Ok(Ring {
             ring,
             bufs,
-            datagrams: (0..datagrams).map(|_| blank()).collect(),
+            datagrams: (0..datagrams).map(|_| DatagramSend::new()).collect(),
             target: Box::new(target.into()),
             pattern,
             backlog: Vec::new(),
@@ -255,42 +228,6 @@ impl Ring {
         // which is never written after it is built and which this `Arc` keeps
         // alive until after the ring is dropped (field order).
         unsafe { self.push(entry) };
-    }
-
-    /// Sends one datagram from `slot` (a connected UDP socket): `header`, then
-    /// `payload`, a slice of the pattern. One at a time per slot: returns false,
-    /// submitting nothing, while the slot's previous one is in flight.
-    pub fn send_datagram(&mut self, slot: u32, header: &Header, tag: Tag) -> bool {
-        let payload = header.payload(&self.pattern);
-        let d = &mut self.datagrams[slot as usize];
-        if d.busy {
-            return false;
-        }
-        d.busy = true;
-        d.header = header.encode();
-        d.iov = [
-            libc::iovec {
-                iov_base: d.header.as_mut_ptr().cast(),
-                iov_len: d.header.len(),
-            },
-            libc::iovec {
-                iov_base: payload.as_ptr() as *mut libc::c_void,
-                iov_len: payload.len(),
-            },
-        ];
-        d.msg.msg_iov = d.iov.as_mut_ptr();
-        d.msg.msg_iovlen = 2;
-        let entry = opcode::SendMsg::new(types::Fixed(slot), &d.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(tag.0);
-        // SAFETY: `msg`, `iov` and `header` live in `datagrams`, a boxed slice
-        // never resized and dropped after the ring (field order), and are not
-        // rewritten until this send completes (`busy`, cleared by
-        // `completions`); the payload lies in the pattern, immutable and kept
-        // alive by this `Arc` until after the ring is dropped.
-        unsafe { self.push(entry) };
-        true
     }
 
     pub fn close(&mut self, slot: u32) {
@@ -358,9 +295,7 @@ impl Ring {
         }));
         for c in out.iter() {
             if c.tag.kind() == Some(OpKind::Datagram) {
-                if let Some(d) = self.datagrams.get_mut(c.tag.conn() as usize) {
-                    d.busy = false;
-                }
+                self.datagram_sent(c.tag.conn());
             }
         }
     }
@@ -431,14 +366,5 @@ mod tests {
             }
         }
         assert_eq!(Tag::from_raw(0).kind(), None);
-    }
-
-    #[test]
-    fn datagram_buffers_hold_the_largest_datagram_plus_one_in_bounded_memory() {
-        let b = RecvBufs::datagrams(65_527);
-        assert_eq!(b.bytes, 65_528);
-        assert!(b.count.is_power_of_two());
-        assert!(u64::from(b.count) * u64::from(b.bytes) <= UDP_RECV_MEMORY_BYTES);
-        assert_eq!(RecvBufs::datagrams(64).count, 4096);
     }
 }

@@ -108,7 +108,8 @@ pub struct RunArgs {
     pub warmup: Duration,
 
     /// After the measured part, seconds to wait for echoes still in flight;
-    /// messages on held connections not echoed by then fail the run
+    /// messages on held connections not echoed by then fail the run (TCP;
+    /// --udp waits --udp-timeout instead)
     #[arg(long, default_value = "5", value_parser = crate::cli::seconds(0.0, 3600.0))]
     pub drain_timeout: Duration,
 

@@ -49,6 +49,9 @@ pub struct Config {
     pub backlog: u32,
     /// How long a graceful stop waits for connections to drain before closing them.
     pub drain_timeout: Duration,
+    /// io_uring: receive with bundles where the kernel has them (6.10+), so one
+    /// completion can carry several buffers.
+    pub recv_bundle: bool,
     /// Serve UDP echo on the same port too (off by default: UDP echo can be
     /// abused for reflection on the open internet).
     pub udp: bool,
@@ -93,6 +96,7 @@ impl Default for Config {
             max_conns: 1_000_000,
             backlog: 4096,
             drain_timeout: Duration::from_secs(5),
+            recv_bundle: true,
             sq_entries: 4096,
             cq_entries: MAX_CQ_ENTRIES,
             udp: false,

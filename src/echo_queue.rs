@@ -59,6 +59,33 @@ impl EchoQueue {
         })
     }
 
+    /// The unsent bytes in order, at most `max` chunks: the front chunk from
+    /// where the last send stopped, the others whole. For one send of several
+    /// buffers (sendmsg with an iovec each).
+    pub fn unsent(&self, max: usize) -> impl Iterator<Item = Unsent> + '_ {
+        self.chunks.iter().take(max).enumerate().map(|(i, c)| {
+            let offset = if i == 0 { self.sent } else { 0 };
+            Unsent {
+                buf: c.buf,
+                offset,
+                len: c.len - offset,
+            }
+        })
+    }
+
+    /// Records that `n` bytes went out, possibly spanning several chunks; each
+    /// chunk sent in full has its buffer handed to `freed`.
+    pub fn advance_by(&mut self, mut n: u32, mut freed: impl FnMut(BufId)) {
+        while n > 0 {
+            let front = self.chunks.front().expect("sent more than was queued");
+            let step = n.min(front.len - self.sent);
+            n -= step;
+            if let Some(buf) = self.advance(step) {
+                freed(buf);
+            }
+        }
+    }
+
     /// Records that `n` bytes of the front chunk went out. Returns the buffer
     /// once all of it has, so the caller can give it back to the pool.
     pub fn advance(&mut self, n: u32) -> Option<BufId> {
@@ -73,12 +100,12 @@ impl EchoQueue {
         }
     }
 
-    /// Empties the queue (the connection is closing), yielding every buffer.
-    /// `keep_front` keeps the front chunk when a send of it is still in flight:
-    /// its buffer must not go back to the pool before the kernel is done with it.
-    pub fn drain(&mut self, keep_front: bool) -> impl Iterator<Item = BufId> + '_ {
-        let skip = usize::from(keep_front && !self.chunks.is_empty());
-        self.chunks.drain(skip..).map(|c| c.buf)
+    /// Empties the queue (the connection is closing), yielding every buffer
+    /// but the first `keep`: those a send still in flight reads from, which
+    /// must not go back to the pool before the kernel is done with them.
+    pub fn drain(&mut self, keep: usize) -> impl Iterator<Item = BufId> + '_ {
+        let keep = keep.min(self.chunks.len());
+        self.chunks.drain(keep..).map(|c| c.buf)
     }
 
     /// Over budget: stop receiving from this connection until its sends drain.
@@ -130,11 +157,33 @@ mod tests {
         for id in 0..4 {
             q.push(chunk(id, 10));
         }
-        let freed: Vec<_> = q.drain(true).collect();
+        let freed: Vec<_> = q.drain(1).collect();
         assert_eq!(freed, vec![BufId(1), BufId(2), BufId(3)]);
         assert_eq!(q.held(), 1);
         assert_eq!(q.advance(10), Some(BufId(0)));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_send_spanning_several_chunks_frees_each_one_it_completes() {
+        let mut q = EchoQueue::default();
+        q.push(chunk(1, 10));
+        q.push(chunk(2, 20));
+        q.push(chunk(3, 30));
+        q.advance(4);
+        let unsent: Vec<_> = q.unsent(8).map(|u| (u.buf.0, u.offset, u.len)).collect();
+        assert_eq!(unsent, vec![(1, 4, 6), (2, 0, 20), (3, 0, 30)]);
+        let mut freed = Vec::new();
+        q.advance_by(6 + 20 + 5, |b| freed.push(b.0));
+        assert_eq!(freed, vec![1, 2]);
+        assert_eq!(
+            q.next_unsent(),
+            Some(Unsent {
+                buf: BufId(3),
+                offset: 5,
+                len: 25
+            })
+        );
     }
 
     #[test]

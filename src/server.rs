@@ -176,8 +176,13 @@ fn run_uring(
         }
     };
     let features = format!(
-        "{},multishot_accept,multishot_recv,buf_ring,direct_descriptors({}/worker){}",
+        "{},multishot_accept,multishot_recv{},buf_ring,direct_descriptors({}/worker),sendmsg_iovecs{}",
         parts.flags,
+        if parts.recv_bundle {
+            ",recv_bundle"
+        } else {
+            ""
+        },
         parts.table_slots,
         if udp.is_some() {
             ",udp_multishot_recvmsg"
@@ -193,9 +198,16 @@ fn run_uring(
         open_conns,
         worker_id: id,
     };
-    uring::worker::Worker::new(parts.ring, parts.bufs, udp, listener, shared)
-        .run()
-        .context("io_uring event loop")
+    uring::worker::Worker::new(
+        parts.ring,
+        parts.bufs,
+        udp,
+        listener,
+        parts.recv_bundle,
+        shared,
+    )
+    .run()
+    .context("io_uring event loop")
 }
 
 #[allow(clippy::too_many_arguments)]

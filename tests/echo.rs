@@ -183,6 +183,39 @@ for_each_backend! {
 }
 
 #[test]
+fn tokio_uring_backend_echoes_byte_exact_and_drains_on_sigterm() {
+    let _guard = many_sockets_guard();
+    let server = Server::start("tokio-uring", &[]);
+    let mut clients: Vec<EchoClient> = connect_many(server.addr, 200)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| EchoClient::new(s, payload(i as u64, 1 + (i * 997) % 30_000), 8192, false))
+        .collect();
+    drive(&mut clients, Duration::from_secs(60));
+    assert_all_echoed(&clients);
+    // Stop with every connection still open: each must end with a clean EOF.
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|c| {
+            let mut s = c.stream;
+            std::thread::spawn(move || {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).map(|_| rest.len())
+            })
+        })
+        .collect();
+    let stopped = server.stop();
+    assert!(stopped.status.success(), "{stopped:?}");
+    for r in readers {
+        assert_eq!(r.join().unwrap().expect("clean EOF, not a reset"), 0);
+    }
+    assert_eq!(stopped.summary["accepted"], 200, "{stopped:?}");
+    assert_eq!(stopped.summary["closed"], 200, "{stopped:?}");
+}
+
+#[test]
 fn uring_stays_byte_exact_when_its_completion_queue_overflows() {
     let _guard = many_sockets_guard();
     // A 16-entry CQ for 500 busy connections: completions overflow into the

@@ -77,6 +77,11 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = MAX_CQ_ENTRIES, value_parser = crate::cli::power_of_two_u32(16, MAX_CQ_ENTRIES))]
     pub cq_entries: u32,
 
+    /// io_uring: do not receive with bundles even where the kernel has them
+    /// (6.10+); for measuring what bundles buy
+    #[arg(long)]
+    pub no_recv_bundle: bool,
+
     /// Also serve UDP echo (RFC 862) on the same port. Off by default: an open
     /// UDP echo port can be used to reflect traffic at a spoofed source
     #[arg(long)]
@@ -132,6 +137,7 @@ impl ServerArgs {
             max_conns: self.max_conns as usize,
             backlog: self.backlog,
             drain_timeout: self.drain_timeout,
+            recv_bundle: !self.no_recv_bundle,
             sq_entries: self.sq_entries,
             cq_entries: self.cq_entries,
             udp: self.udp,

@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +30,9 @@ const READS_PER_TURN: usize = 16;
 /// Connections accepted per wakeup; the level-triggered listener reports the rest.
 const ACCEPTS_PER_TURN: usize = 64;
 const DRAIN_TICK: Duration = Duration::from_millis(50);
+/// Buffers' worth one read may take and one sendmsg may carry: the epoll
+/// counterpart of io_uring's receive bundles and multi-buffer sends.
+const MAX_READ_BUFFERS: usize = 16;
 
 pub struct Shared<'a> {
     pub config: &'a Config,
@@ -67,6 +70,9 @@ pub struct Worker<'a> {
     listener: Socket,
     udp: Option<UdpEcho>,
     pool: BufPool,
+    /// Where reads land: sent straight back from here when the socket takes
+    /// it, copied into pool buffers only when it does not.
+    scratch: Box<[u8]>,
     conns: Slab<Conn>,
     shared: Shared<'a>,
     next_generation: u32,
@@ -96,11 +102,13 @@ impl<'a> Worker<'a> {
         let waker = shared.shutdown.waker(shared.worker_id).as_raw_fd();
         poller.add(waker, LEVEL_READ, WAKER)?;
         let pool = BufPool::new(shared.config.buf_count, shared.config.buf_size_bytes);
+        let scratch = vec![0u8; MAX_READ_BUFFERS * shared.config.buf_size_bytes as usize];
         Ok(Worker {
             poller,
             listener,
             udp,
             pool,
+            scratch: scratch.into_boxed_slice(),
             conns: Slab::new(),
             shared,
             next_generation: 1,
@@ -249,8 +257,9 @@ impl<'a> Worker<'a> {
     /// Reads and echoes until EAGAIN, the turn ends, the budget is reached or
     /// the pool is empty.
     fn on_readable(&mut self, key: usize) {
+        let buf_size = self.shared.config.buf_size_bytes as usize;
         for _ in 0..READS_PER_TURN {
-            let Some(conn) = self.conns.get(key) else {
+            let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
             let s = &conn.state;
@@ -258,55 +267,57 @@ impl<'a> Worker<'a> {
             if !s.readable || s.paused || s.starved || s.peer_eof || (s.draining && !s.write_shut) {
                 return;
             }
-            let Some(buf) = self.pool.take() else {
-                WorkerStats::add(&self.shared.stats.buffer_starved, 1);
-                let conn = &mut self.conns[key];
-                conn.state.starved = true;
-                self.starved.push_back((key, conn.generation));
+            // Read at most what the budget and the pool can still hold, should
+            // none of it be sent at once: the same cap io_uring's receives get.
+            let budget_left = self
+                .shared
+                .config
+                .conn_buffers
+                .saturating_sub(conn.queue.held());
+            let room = (budget_left as usize)
+                .min(self.pool.free_count())
+                .min(MAX_READ_BUFFERS);
+            if room == 0 {
+                if budget_left == 0 {
+                    conn.state.paused = true;
+                    WorkerStats::add(&self.shared.stats.backpressured, 1);
+                } else {
+                    WorkerStats::add(&self.shared.stats.buffer_starved, 1);
+                    conn.state.starved = true;
+                    self.starved.push_back((key, conn.generation));
+                }
                 return;
-            };
-            let fd = self.conns[key].fd.as_raw_fd();
-            match crate::sys::recv_into(fd, self.pool.buf_mut(buf)) {
+            }
+            let want = room * buf_size;
+            match crate::sys::recv_into(conn.fd.as_raw_fd(), &mut self.scratch[..want]) {
                 Ok(0) => {
-                    self.pool.give_back(buf);
-                    self.conns[key].state.peer_eof = true;
+                    conn.state.peer_eof = true;
                     self.maybe_finish(key);
                     return;
                 }
                 Ok(n) => {
                     WorkerStats::add(&self.shared.stats.bytes_in, n as u64);
-                    let conn = &mut self.conns[key];
                     // A short read drained the socket: any later arrival raises a
                     // new edge, so the read that would only return EAGAIN is
                     // skipped (one syscall per message saved). Not after a FIN
                     // was seen: the FIN raises no further edge.
-                    if n < self.shared.config.buf_size_bytes as usize && !conn.state.hangup {
+                    if n < want && !conn.state.hangup {
                         conn.state.readable = false;
                     }
                     if conn.state.write_shut {
-                        // Draining after our FIN: discard until the peer's FIN.
-                        self.pool.give_back(buf);
-                        continue;
+                        continue; // draining after our FIN: discard until the peer's FIN
                     }
-                    conn.queue.push(Chunk { buf, len: n as u32 });
-                    self.flush(key);
-                    let Some(conn) = self.conns.get_mut(key) else {
-                        return;
-                    };
-                    if conn.queue.is_over_budget(self.shared.config.conn_buffers) {
-                        conn.state.paused = true;
-                        WorkerStats::add(&self.shared.stats.backpressured, 1);
+                    self.echo_received(key, n);
+                    if !self.conns.contains(key) {
                         return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.pool.give_back(buf);
-                    self.conns[key].state.readable = false;
+                    conn.state.readable = false;
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.pool.give_back(buf),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.pool.give_back(buf);
                     self.close(key, true);
                     return;
                 }
@@ -320,20 +331,60 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Sends queued chunks until the socket is full or the queue is empty.
+    /// Echoes the `n` bytes just read into `scratch`: sent straight back when
+    /// nothing older waits, and what the socket does not take is kept in pool
+    /// buffers (room for it was checked before reading).
+    fn echo_received(&mut self, key: usize, n: usize) {
+        let conn = &mut self.conns[key];
+        let had_queue = !conn.queue.is_empty();
+        let mut sent = 0;
+        if !had_queue {
+            match crate::sys::send_from(conn.fd.as_raw_fd(), &self.scratch[..n]) {
+                Ok(k) => sent = k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    self.close(key, true);
+                    return;
+                }
+            }
+            WorkerStats::add(&self.shared.stats.bytes_out, sent as u64);
+        }
+        let buf_size = self.shared.config.buf_size_bytes as usize;
+        for rest in self.scratch[sent..n].chunks(buf_size) {
+            let buf = self.pool.take().expect("room was reserved before the read");
+            self.pool.buf_mut(buf)[..rest.len()].copy_from_slice(rest);
+            conn.queue.push(Chunk {
+                buf,
+                len: rest.len() as u32,
+            });
+        }
+        if had_queue {
+            self.flush(key);
+        } else if conn.queue.is_over_budget(self.shared.config.conn_buffers) {
+            conn.state.paused = true;
+            WorkerStats::add(&self.shared.stats.backpressured, 1);
+        }
+    }
+
+    /// Sends queued chunks, several per sendmsg, until the socket is full or
+    /// the queue is empty.
     fn flush(&mut self, key: usize) {
         loop {
             let conn = &mut self.conns[key];
-            let Some(unsent) = conn.queue.next_unsent() else {
+            if conn.queue.is_empty() {
                 break;
-            };
-            let bytes = self.pool.bytes(unsent.buf, unsent.offset, unsent.len);
-            match crate::sys::send_from(conn.fd.as_raw_fd(), bytes) {
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_READ_BUFFERS];
+            let mut count = 0;
+            for (slot, u) in slices.iter_mut().zip(conn.queue.unsent(MAX_READ_BUFFERS)) {
+                *slot = IoSlice::new(self.pool.bytes(u.buf, u.offset, u.len));
+                count += 1;
+            }
+            match crate::sys::send_vectored(conn.fd.as_raw_fd(), &slices[..count]) {
                 Ok(n) => {
                     WorkerStats::add(&self.shared.stats.bytes_out, n as u64);
-                    if let Some(buf) = conn.queue.advance(n as u32) {
-                        self.pool.give_back(buf);
-                    }
+                    let pool = &mut self.pool;
+                    conn.queue.advance_by(n as u32, |buf| pool.give_back(buf));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -379,7 +430,7 @@ impl<'a> Worker<'a> {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
-        for buf in conn.queue.drain(false) {
+        for buf in conn.queue.drain(0) {
             self.pool.give_back(buf);
         }
         // Closing the descriptor removes it from the epoll set.

@@ -75,6 +75,12 @@ pub struct BufRing {
     /// Our tail, ahead of the kernel-visible one until `publish`.
     tail: u16,
     published_tail: u16,
+    /// Which buffer we put in each ring slot. The kernel consumes slots in
+    /// order from its head, and a receive bundle names only its first buffer:
+    /// the others are the ones in the slots after it.
+    slot_bids: Box<[u16]>,
+    /// Our mirror of the kernel's head: slots consumed so far.
+    head: u16,
 }
 
 impl BufRing {
@@ -96,6 +102,8 @@ impl BufRing {
             bgid,
             tail: 0,
             published_tail: 0,
+            slot_bids: vec![0; entries as usize].into_boxed_slice(),
+            head: 0,
         };
         // SAFETY: the ring mapping is page aligned, `entries` slots long, and lives
         // in `self` until after the ring is closed (see the type's doc).
@@ -158,7 +166,32 @@ impl BufRing {
         entry.set_addr(addr);
         entry.set_len(self.buf_size);
         entry.set_bid(id.0);
+        self.slot_bids[slot] = id.0;
         self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Accounts for a receive that consumed buffers starting at `first` and
+    /// filled `len` bytes (a bundle fills each buffer before the next), calling
+    /// `each(buffer, bytes in it)` in order. Returns how many buffers it took.
+    pub fn consume(&mut self, first: BufId, len: u32, mut each: impl FnMut(BufId, u32)) -> u32 {
+        let mut left = len.max(1);
+        let mut taken = 0;
+        while left > 0 {
+            let slot_id = self.slot_bids[(self.head & self.mask()) as usize];
+            debug_assert!(
+                taken > 0 || slot_id == first.0,
+                "ring order lost: {slot_id} != {}",
+                first.0
+            );
+            // The first buffer is the one the completion names, whatever the mirror says.
+            let id = if taken == 0 { first.0 } else { slot_id };
+            let n = left.min(self.buf_size);
+            each(BufId(id), n.min(len));
+            left -= n;
+            taken += 1;
+            self.head = self.head.wrapping_add(1);
+        }
+        taken
     }
 
     /// Makes every recycled buffer visible to the kernel. Called once per batch

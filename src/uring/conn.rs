@@ -4,6 +4,7 @@
 //! a slab slot, nothing else (no receive buffer).
 #![forbid(unsafe_code)]
 
+use super::send_vec::SendVec;
 use crate::echo_queue::EchoQueue;
 
 /// State bits. Each `*_IN_FLIGHT`/`ARMED` bit is set when the operation is
@@ -47,13 +48,14 @@ impl Flags {
     }
 }
 
-#[derive(Debug)]
 pub struct Conn {
     /// Index in the ring's table of direct descriptors.
     pub fixed: u32,
     pub generation: u32,
     pub flags: Flags,
     pub queue: EchoQueue,
+    /// The iovecs of the send in flight, when it carries several buffers.
+    pub send_vec: Option<Box<SendVec>>,
 }
 
 impl Conn {
@@ -63,6 +65,16 @@ impl Conn {
             generation,
             flags: Flags::default(),
             queue: EchoQueue::default(),
+            send_vec: None,
+        }
+    }
+
+    /// Buffers the send in flight reads from (0 when none is in flight).
+    pub fn buffers_in_flight(&self) -> usize {
+        if !self.flags.has(Flags::SEND_IN_FLIGHT) {
+            0
+        } else {
+            self.send_vec.as_ref().map_or(1, |v| v.buffers())
         }
     }
 

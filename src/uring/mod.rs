@@ -6,6 +6,7 @@
 //! - [`buf_ring`]: the provided buffer ring and its memory.
 //! - [`user_data`]: the 64-bit tag on every operation.
 //! - [`conn`]: one connection's state.
+//! - [`send_vec`]: the msghdr of a send that carries several buffers.
 //! - [`udp`]: UDP echo on the same ring.
 //! - [`worker`]: the event loop.
 //!
@@ -15,6 +16,7 @@
 
 pub mod buf_ring;
 pub mod conn;
+pub mod send_vec;
 pub mod setup;
 pub mod udp;
 pub mod user_data;
@@ -39,6 +41,8 @@ pub struct RingParts {
     pub flags: RingFlags,
     /// Slots in the direct-descriptor table: the most connections this worker holds.
     pub table_slots: u32,
+    /// Receive with bundles: asked for, and the kernel has them (6.10+).
+    pub recv_bundle: bool,
 }
 
 /// Builds and registers everything one worker needs.
@@ -66,11 +70,13 @@ pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
                 err,
             },
         })?;
+    let recv_bundle = config.recv_bundle && ring.params().is_feature_recvsend_bundle();
     Ok(RingParts {
         ring,
         bufs,
         flags,
         table_slots,
+        recv_bundle,
     })
 }
 

@@ -212,6 +212,33 @@ pub fn check_features(ring: &IoUring) -> Result<(), SetupError> {
     Ok(())
 }
 
+/// Offset of `len` in `struct io_uring_sqe`: after opcode (1), flags (1),
+/// ioprio (2), fd (4), off (8) and addr (8).
+pub const SQE_LEN_OFFSET: usize = 24;
+/// Offset of `optlen` (a union with `file_index` and `splice_fd_in`), after
+/// len, op flags (4), user_data (8), buf_group (2) and personality (2).
+pub const SQE_OPTLEN_OFFSET: usize = 44;
+
+/// Sets a 32-bit field of an SQE that the io-uring crate's builders do not
+/// expose:
+/// - `len` of a receive bundle caps the bytes, so the buffers, one completion
+///   may take (6.10+);
+/// - `optlen` of a multishot receive caps the bytes it takes in total before
+///   it ends itself (6.17+; older kernels refuse it with EINVAL).
+pub fn with_sqe_u32(
+    entry: io_uring::squeue::Entry,
+    offset: usize,
+    value: u32,
+) -> io_uring::squeue::Entry {
+    assert!(offset == SQE_LEN_OFFSET || offset == SQE_OPTLEN_OFFSET);
+    // SAFETY: `Entry` is `#[repr(C)]` around the 64-byte `io_uring_sqe`, plain
+    // data with no invalid bit patterns; transmute checks the sizes match.
+    let mut raw: [u8; 64] = unsafe { std::mem::transmute(entry) };
+    raw[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    // SAFETY: as above; only one 32-bit field changed.
+    unsafe { std::mem::transmute::<[u8; 64], io_uring::squeue::Entry>(raw) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +249,21 @@ mod tests {
         assert_eq!(parse_release("5.15.0-91-generic"), Some((5, 15)));
         assert_eq!(parse_release("6.1-rc3"), Some((6, 1)));
         assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn with_sqe_u32_sets_only_that_field() {
+        let entry = opcode::RecvMultiBundle::new(io_uring::types::Fixed(7), 3)
+            .build()
+            .user_data(99);
+        // SAFETY: Entry is a 64-byte repr(C) plain-data struct.
+        let before: [u8; 64] = unsafe { std::mem::transmute(entry.clone()) };
+        // SAFETY: as above.
+        let after: [u8; 64] =
+            unsafe { std::mem::transmute(with_sqe_u32(entry, SQE_OPTLEN_OFFSET, 0x0102_0304)) };
+        assert_eq!(&after[44..48], &0x0102_0304u32.to_ne_bytes());
+        assert_eq!(before[..44], after[..44]);
+        assert_eq!(before[48..], after[48..]);
     }
 
     #[test]

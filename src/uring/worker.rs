@@ -17,6 +17,8 @@ use socket2::Socket;
 
 use super::buf_ring::BufRing;
 use super::conn::{Conn, Flags};
+use super::send_vec::{MAX_SEND_IOVECS, SendVecPool};
+use super::setup::{SQE_LEN_OFFSET, SQE_OPTLEN_OFFSET, with_sqe_u32};
 use super::udp::{Received, UdpEcho};
 use super::user_data::{GENERATION_MASK, OpKind, UserData};
 use crate::config::Config;
@@ -70,6 +72,14 @@ pub struct Worker<'a> {
     /// The UDP receive ended with ENOBUFS: re-armed when a reply gives a buffer back.
     udp_starved: bool,
     cqes: Vec<(u64, i32, u32)>,
+    send_vecs: SendVecPool,
+    /// Scratch list of buffers a receive filled but nothing will echo.
+    discarded: Vec<BufId>,
+    /// Receive bundles (6.10+): one completion for several buffers.
+    recv_bundle: bool,
+    /// Multishot receives carry a total byte limit (6.17+); switched off at the
+    /// first EINVAL from an older kernel.
+    recv_limit: bool,
 }
 
 impl<'a> Worker<'a> {
@@ -78,6 +88,7 @@ impl<'a> Worker<'a> {
         bufs: BufRing,
         udp: Option<UdpEcho>,
         listener: Socket,
+        recv_bundle: bool,
         shared: Shared<'a>,
     ) -> Worker<'a> {
         let free_bufs = shared.config.buf_count;
@@ -102,6 +113,10 @@ impl<'a> Worker<'a> {
             udp_armed: false,
             udp_starved: false,
             cqes: Vec::with_capacity(1024),
+            send_vecs: SendVecPool::default(),
+            discarded: Vec::new(),
+            recv_bundle,
+            recv_limit: true,
         }
     }
 
@@ -166,8 +181,11 @@ impl<'a> Worker<'a> {
                     Some(c) if c.generation == ud.generation() => {}
                     _ => {
                         debug_assert!(false, "completion for a freed connection: {ud:?}");
-                        if let Some(id) = cqueue::buffer_select(flags) {
-                            self.bufs.recycle(BufId(id));
+                        if let Some(first) = cqueue::buffer_select(flags).map(BufId) {
+                            let bufs = &mut self.bufs;
+                            let mut freed = Vec::new();
+                            bufs.consume(first, res.max(0) as u32, |buf, _| freed.push(buf));
+                            freed.into_iter().for_each(|buf| bufs.recycle(buf));
                         }
                         return;
                     }
@@ -263,9 +281,25 @@ impl<'a> Worker<'a> {
 
     fn arm_recv(&mut self, key: usize) {
         let conn = &self.conns[key];
-        let entry = opcode::RecvMulti::new(types::Fixed(conn.fixed), self.bufs.bgid())
-            .build()
-            .user_data(self.conn_op(OpKind::Recv, key));
+        let fd = types::Fixed(conn.fixed);
+        let buf_size = self.bufs.buf_size();
+        let budget = self.shared.config.conn_buffers;
+        let mut entry = if self.recv_bundle {
+            // A bundle may take many buffers in one completion: cap it at the
+            // connection's budget, or one client could take the whole pool.
+            let bundle = opcode::RecvMultiBundle::new(fd, self.bufs.bgid()).build();
+            with_sqe_u32(bundle, SQE_LEN_OFFSET, budget * buf_size)
+        } else {
+            opcode::RecvMulti::new(fd, self.bufs.bgid()).build()
+        };
+        if self.recv_limit {
+            // The receive ends itself once it has taken what is left of the
+            // budget: a client that sends without reading cannot pull more
+            // into our buffers while a cancel is on its way.
+            let room = budget.saturating_sub(conn.queue.held()).max(1);
+            entry = with_sqe_u32(entry, SQE_OPTLEN_OFFSET, room * buf_size);
+        }
+        let entry = entry.user_data(self.conn_op(OpKind::Recv, key));
         // SAFETY: no pointers: the kernel picks buffers from the ring, which
         // outlives the ring's operations (field order).
         unsafe { self.push(entry) };
@@ -286,24 +320,37 @@ impl<'a> Worker<'a> {
         unsafe { self.push(entry) };
     }
 
-    /// Sends the unsent part of the front chunk, if no send is in flight.
+    /// Sends what is queued, if no send is in flight: a plain send for one
+    /// buffer, one sendmsg over up to MAX_SEND_IOVECS buffers for several.
     fn send_next(&mut self, key: usize) {
-        let conn = &self.conns[key];
+        let conn = &mut self.conns[key];
         if conn.flags.has(Flags::SEND_IN_FLIGHT) || conn.flags.has(Flags::CLOSING) {
             return;
         }
-        let Some(unsent) = conn.queue.next_unsent() else {
-            return;
+        let fd = types::Fixed(conn.fixed);
+        let user_data = UserData::new(OpKind::Send, key as u32, conn.generation).raw();
+        let entry = if conn.queue.held() > 1 {
+            let mut v = self.send_vecs.take();
+            v.fill(&self.bufs, conn.queue.unsent(MAX_SEND_IOVECS));
+            let entry = opcode::SendMsg::new(fd, &v.msg)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build();
+            conn.send_vec = Some(v);
+            entry
+        } else {
+            let Some(unsent) = conn.queue.next_unsent() else {
+                return;
+            };
+            let ptr = self.bufs.ptr(unsent.buf, unsent.offset);
+            opcode::Send::new(fd, ptr, unsent.len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
         };
-        let ptr = self.bufs.ptr(unsent.buf, unsent.offset);
-        let entry = opcode::Send::new(types::Fixed(conn.fixed), ptr, unsent.len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(self.conn_op(OpKind::Send, key));
-        // SAFETY: `ptr` points into `bufs`, which outlives the ring (field order),
-        // and the buffer stays queued on the connection (not recycled) until this
-        // send's completion: `drain(keep_front)` in `begin_close` keeps it.
-        unsafe { self.push(entry) };
+        // SAFETY: the entry points into `bufs` (which outlives the ring: field
+        // order) and, for a sendmsg, into the boxed `SendVec` the connection
+        // holds until this send completes. The buffers stay queued, not
+        // recycled, until then: `recycle_queue` keeps `buffers_in_flight`.
+        unsafe { self.push(entry.user_data(user_data)) };
         self.conns[key].flags.set(Flags::SEND_IN_FLIGHT);
     }
 
@@ -365,70 +412,77 @@ impl<'a> Worker<'a> {
     }
 
     fn handle_recv(&mut self, key: usize, res: i32, flags: u32, more: bool) {
-        let buf = cqueue::buffer_select(flags).map(BufId);
-        if buf.is_some() {
-            self.free_bufs -= 1;
-        }
         let conn = &mut self.conns[key];
         if !more {
             conn.flags.clear(Flags::RECV_ARMED);
             conn.flags.clear(Flags::RECV_CANCELLING);
         }
+        if let Some(first) = cqueue::buffer_select(flags).map(BufId) {
+            self.take_received(key, first, res.max(0) as u32);
+        }
         match res {
+            0 => self.conns[key].flags.set(Flags::PEER_EOF),
             len if len > 0 => {
-                let buf = buf.expect("a receive from the buffer ring names its buffer");
                 WorkerStats::add(&self.shared.stats.bytes_in, len as u64);
-                if conn.flags.has(Flags::WRITE_SHUT) || conn.flags.has(Flags::CLOSING) {
-                    // Draining after our FIN, or closing: nothing more is echoed.
-                    self.give_back(buf);
-                } else {
-                    conn.queue.push(Chunk {
-                        buf,
-                        len: len as u32,
-                    });
-                    self.send_next(key);
-                    let budget = self.shared.config.conn_buffers;
+                self.send_next(key);
+                let budget = self.shared.config.conn_buffers;
+                let conn = &mut self.conns[key];
+                if conn.queue.is_over_budget(budget) && !conn.flags.has(Flags::PAUSED) {
+                    conn.flags.set(Flags::PAUSED);
+                    WorkerStats::add(&self.shared.stats.backpressured, 1);
+                    self.cancel_recv(key);
+                }
+            }
+            err => match -err {
+                libc::ENOBUFS => {
+                    WorkerStats::add(&self.shared.stats.buffer_starved, 1);
                     let conn = &mut self.conns[key];
-                    if conn.queue.is_over_budget(budget) && !conn.flags.has(Flags::PAUSED) {
-                        conn.flags.set(Flags::PAUSED);
-                        WorkerStats::add(&self.shared.stats.backpressured, 1);
-                        self.cancel_recv(key);
+                    if !conn.flags.has(Flags::STARVED) {
+                        conn.flags.set(Flags::STARVED);
+                        self.starved.push_back((key, conn.generation));
                     }
                 }
-            }
-            0 => {
-                conn.flags.set(Flags::PEER_EOF);
-                if let Some(buf) = buf {
-                    self.give_back(buf);
+                libc::ECANCELED => {}
+                // A kernel before 6.17 refuses a multishot receive's total
+                // limit (the field was checked as zero): do without it, and
+                // keep the connection.
+                libc::EINVAL if self.recv_limit => self.recv_limit = false,
+                _ => {
+                    WorkerStats::add(&self.shared.stats.errors, 1);
+                    self.begin_close(key);
                 }
-            }
-            err => {
-                if let Some(buf) = buf {
-                    self.give_back(buf);
-                }
-                match -err {
-                    libc::ENOBUFS => {
-                        WorkerStats::add(&self.shared.stats.buffer_starved, 1);
-                        let conn = &mut self.conns[key];
-                        if !conn.flags.has(Flags::STARVED) {
-                            conn.flags.set(Flags::STARVED);
-                            self.starved.push_back((key, conn.generation));
-                        }
-                    }
-                    libc::ECANCELED => {}
-                    _ => {
-                        WorkerStats::add(&self.shared.stats.errors, 1);
-                        self.begin_close(key);
-                    }
-                }
-            }
+            },
         }
         self.advance(key);
+    }
+
+    /// Queues the buffers a receive filled (one, or several for a bundle), or
+    /// gives them straight back when nothing more is to be echoed.
+    fn take_received(&mut self, key: usize, first: BufId, len: u32) {
+        let conn = &mut self.conns[key];
+        let discard =
+            len == 0 || conn.flags.has(Flags::WRITE_SHUT) || conn.flags.has(Flags::CLOSING);
+        let mut discarded = std::mem::take(&mut self.discarded);
+        let taken = self.bufs.consume(first, len, |buf, n| {
+            if discard {
+                discarded.push(buf);
+            } else {
+                conn.queue.push(Chunk { buf, len: n });
+            }
+        });
+        self.free_bufs -= taken;
+        for buf in discarded.drain(..) {
+            self.give_back(buf);
+        }
+        self.discarded = discarded;
     }
 
     fn handle_send(&mut self, key: usize, res: i32) {
         let conn = &mut self.conns[key];
         conn.flags.clear(Flags::SEND_IN_FLIGHT);
+        if let Some(v) = conn.send_vec.take() {
+            self.send_vecs.give_back(v);
+        }
         if res < 0 {
             self.recycle_queue(key);
             if !self.conns[key].flags.has(Flags::CLOSING) {
@@ -438,9 +492,12 @@ impl<'a> Worker<'a> {
             return;
         }
         WorkerStats::add(&self.shared.stats.bytes_out, res as u64);
-        if let Some(buf) = conn.queue.advance(res as u32) {
-            self.give_back(buf);
-        }
+        let conn = &mut self.conns[key];
+        let (bufs, free_bufs) = (&mut self.bufs, &mut self.free_bufs);
+        conn.queue.advance_by(res as u32, |buf| {
+            bufs.recycle(buf);
+            *free_bufs += 1;
+        });
         if self.conns[key].flags.has(Flags::CLOSING) {
             self.recycle_queue(key);
             return;
@@ -612,13 +669,14 @@ impl<'a> Worker<'a> {
         unsafe { self.push(entry) };
     }
 
-    /// Gives back every queued buffer except one a send in flight still uses.
+    /// Gives back every queued buffer except those a send in flight still uses.
     fn recycle_queue(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        let keep_front = conn.flags.has(Flags::SEND_IN_FLIGHT);
-        let freed: Vec<BufId> = conn.queue.drain(keep_front).collect();
-        for buf in freed {
-            self.give_back(buf);
+        let keep = conn.buffers_in_flight();
+        let (bufs, free_bufs) = (&mut self.bufs, &mut self.free_bufs);
+        for buf in conn.queue.drain(keep) {
+            bufs.recycle(buf);
+            *free_bufs += 1;
         }
     }
 

@@ -413,6 +413,8 @@ mod tests {
         assert_eq!(udp.max_loss, 0.2);
         assert_eq!(udp.timeout, Duration::from_secs(1));
         assert!(matches!(c.load, Load::Open { rate: 100.0, .. }));
+        let e = config(&["--udp", "--rate", "1000000", "--conns", "1"]).unwrap_err();
+        assert!(e.contains("--udp") && e.contains("raise --conns"), "{e}");
     }
 
     #[test]

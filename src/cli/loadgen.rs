@@ -8,18 +8,21 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::loadgen::config::{Config, Load, MAX_MESSAGE_BYTES, SizeRange, Stop};
+use crate::loadgen::config::{Config, Load, MAX_MESSAGE_BYTES, SizeRange, Stop, Udp};
+use crate::loadgen::datagram::{HEADER_BYTES, max_datagram_bytes};
 
 /// The fastest round trip a pipeline slot is assumed to manage (10 µs): an
 /// open-loop rate that needs faster ones per connection cannot be met.
 const MAX_MSGS_PER_SLOT_PER_S: f64 = 100_000.0;
 
 /// Load generator for uring-echo: many connections, closed or open loop, every
-/// echoed byte verified, latency percentiles and its own CPU per message.
+/// echoed byte verified, latency percentiles and its own CPU per message. With
+/// --udp: datagrams over UDP flows, open loop, loss, duplication and
+/// reordering counted.
 ///
 /// Exit status: 0 on success; 1 on a failed run (a mismatched echo, an echo that
-/// never came, fewer connections held than asked, no connection at all); 2 on
-/// bad flags.
+/// never came, fewer connections held than asked, no connection at all, UDP
+/// loss above --max-loss); 2 on bad flags.
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, args_conflicts_with_subcommands = true)]
 pub struct LoadgenArgs {
@@ -42,11 +45,11 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Server to load, HOST:PORT
+    /// Server to load, HOST:PORT (an IPv6 address in brackets: [::1]:9999)
     #[arg(long, default_value = "127.0.0.1:9999", value_parser = host_port)]
     pub target: String,
 
-    /// Connections to open and hold
+    /// Connections to open and hold (with --udp: UDP flows, one socket each)
     #[arg(short, long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub conns: u32,
 
@@ -56,8 +59,13 @@ pub struct RunArgs {
     #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 
-    /// Source addresses to spread connections over, comma-separated
-    /// [default: 127.0.0.1, 127.0.0.2, ... (one per 10,000 connections) for a loopback target]
+    /// Source addresses to spread connections over, comma-separated, of the
+    /// target's family [default: 127.0.0.1, 127.0.0.2, ... (one per 10,000
+    /// connections) for an IPv4 loopback target; none otherwise. An IPv6
+    /// target gets no automatic spreading: ::1 is the only IPv6 loopback
+    /// address, so one source address's ~28,000 ephemeral ports cap the
+    /// connections to one target unless addresses configured on this host are
+    /// given here]
     #[arg(long, value_delimiter = ',')]
     pub source_addrs: Vec<IpAddr>,
 
@@ -72,7 +80,8 @@ pub struct RunArgs {
     pub connect_timeout: Duration,
 
     /// Messages in flight per connection (closed loop: kept in flight;
-    /// open loop: the most on the wire, later ones wait and their wait counts)
+    /// open loop: the most on the wire, later ones wait and their wait counts).
+    /// Not with --udp
     #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub pipeline: Option<u32>,
 
@@ -81,7 +90,8 @@ pub struct RunArgs {
     #[arg(short, long, value_name = "MSGS_PER_SEC", value_parser = rate)]
     pub rate: Option<f64>,
 
-    /// Message size in bytes, or an inclusive range MIN..MAX drawn uniformly
+    /// Message size in bytes, or an inclusive range MIN..MAX drawn uniformly.
+    /// With --udp: the whole datagram, 16..=65507 (IPv4) or 16..=65527 (IPv6)
     #[arg(short, long, default_value = "64", value_parser = size_range)]
     pub size: SizeRange,
 
@@ -98,7 +108,8 @@ pub struct RunArgs {
     pub warmup: Duration,
 
     /// After the measured part, seconds to wait for echoes still in flight;
-    /// messages on held connections not echoed by then fail the run
+    /// messages on held connections not echoed by then fail the run (TCP;
+    /// --udp waits --udp-timeout instead)
     #[arg(long, default_value = "5", value_parser = crate::cli::seconds(0.0, 3600.0))]
     pub drain_timeout: Duration,
 
@@ -109,6 +120,24 @@ pub struct RunArgs {
     /// Exit 0 even when fewer connections than --conns were held
     #[arg(long)]
     pub allow_partial: bool,
+
+    /// UDP instead of TCP: --conns connected UDP sockets ("flows") send
+    /// datagrams open loop at --rate (required), each carrying a 16-byte
+    /// header (flow, length, sequence number) and payload derived from it, so
+    /// every echo is verified and loss, duplication and reordering are
+    /// counted. The server must run with --udp
+    #[arg(long)]
+    pub udp: bool,
+
+    /// With --udp: seconds a datagram may take to be echoed before it counts
+    /// as lost; the run ends at most this long after the last send [default: 1]
+    #[arg(long, value_parser = crate::cli::seconds(0.001, 3600.0))]
+    pub udp_timeout: Option<Duration>,
+
+    /// With --udp: the largest fraction of datagrams that may be lost (0..=1)
+    /// before the run fails; 0 fails on any loss, 1 accepts any
+    #[arg(long, value_name = "FRACTION", value_parser = fraction)]
+    pub max_loss: Option<f64>,
 
     /// Write the result as JSON to PATH (`-` for stdout; the summary then goes to stderr)
     #[arg(long, value_name = "PATH")]
@@ -122,6 +151,7 @@ pub struct RunArgs {
 impl RunArgs {
     /// Cross-flag checks; the error names the flags.
     pub fn into_config(self) -> Result<Config, String> {
+        let udp = self.udp_config()?;
         let load = match self.rate {
             None => Load::Closed {
                 pipeline: self.pipeline.unwrap_or(1),
@@ -130,6 +160,13 @@ impl RunArgs {
                 let pipeline = self.pipeline.unwrap_or(1);
                 let per_conn = rate / f64::from(self.conns);
                 let most = f64::from(pipeline) * MAX_MSGS_PER_SLOT_PER_S;
+                if per_conn > most && udp.is_some() {
+                    return Err(format!(
+                        "--rate {rate} over --conns {} is {per_conn:.0} datagrams/s per --udp flow, \
+                         more than one flow can carry ({most:.0}/s at a 10 us send): raise --conns",
+                        self.conns
+                    ));
+                }
                 if per_conn > most {
                     return Err(format!(
                         "--rate {rate} over --conns {} is {per_conn:.0} msgs/s per connection, more than \
@@ -160,7 +197,75 @@ impl RunArgs {
             allow_partial: self.allow_partial,
             quiet: self.quiet,
             drain_timeout: self.drain_timeout,
+            udp,
         })
+    }
+
+    /// The --udp settings, and the flags that make no sense with or without it.
+    fn udp_config(&self) -> Result<Option<Udp>, String> {
+        if !self.udp {
+            if self.max_loss.is_some() {
+                return Err("--max-loss applies to --udp runs only".into());
+            }
+            if self.udp_timeout.is_some() {
+                return Err("--udp-timeout applies to --udp runs only".into());
+            }
+            return Ok(None);
+        }
+        if self.rate.is_none() {
+            return Err(
+                "--udp needs --rate: UDP load is open loop (datagrams per second, all flows together)"
+                    .into(),
+            );
+        }
+        if let Some(p) = self.pipeline {
+            return Err(format!(
+                "--pipeline {p} has no meaning with --udp: datagrams go out on the --rate schedule, \
+                 each on its own"
+            ));
+        }
+        if self.size.min < HEADER_BYTES {
+            return Err(format!(
+                "--size {} is below the {HEADER_BYTES}-byte header every --udp datagram carries \
+                 (flow, length, sequence number)",
+                self.size.min
+            ));
+        }
+        let ipv6 = target_is_ipv6(&self.target);
+        let most = max_datagram_bytes(ipv6);
+        if self.size.max > most {
+            return Err(format!(
+                "--size {} is more than the largest UDP datagram over {} (--udp, --target {}): {most} bytes",
+                self.size.max,
+                if ipv6 { "IPv6" } else { "IPv4" },
+                self.target
+            ));
+        }
+        Ok(Some(Udp {
+            timeout: self.udp_timeout.unwrap_or(Duration::from_secs(1)),
+            max_loss: self.max_loss.unwrap_or(0.0),
+        }))
+    }
+}
+
+/// Whether `--target` is IPv6: from the literal, or else from resolving it
+/// (only for the size limit; a name that does not resolve is the run's error).
+fn target_is_ipv6(target: &str) -> bool {
+    use std::net::{SocketAddr, ToSocketAddrs};
+    if let Ok(addr) = target.parse::<SocketAddr>() {
+        return addr.is_ipv6();
+    }
+    target
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .is_some_and(|a| a.is_ipv6())
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("'{s}' is not a fraction in 0..=1 (0.1 is 10%)")),
     }
 }
 
@@ -295,6 +400,41 @@ mod tests {
         let a = parse(&["merge", "a.json", "b.json"]).unwrap();
         assert!(matches!(a.command, Some(Command::Merge { files }) if files.len() == 2));
         assert!(parse(&["merge"]).is_err());
+    }
+
+    #[test]
+    fn udp_needs_a_rate_and_refuses_a_pipeline() {
+        let e = config(&["--udp"]).unwrap_err();
+        assert!(e.contains("--udp") && e.contains("--rate"), "{e}");
+        let e = config(&["--udp", "--rate", "100", "--pipeline", "4"]).unwrap_err();
+        assert!(e.contains("--udp") && e.contains("--pipeline"), "{e}");
+        let c = config(&["--udp", "--rate", "100", "--max-loss", "0.2"]).unwrap();
+        let udp = c.udp.unwrap();
+        assert_eq!(udp.max_loss, 0.2);
+        assert_eq!(udp.timeout, Duration::from_secs(1));
+        assert!(matches!(c.load, Load::Open { rate: 100.0, .. }));
+        let e = config(&["--udp", "--rate", "1000000", "--conns", "1"]).unwrap_err();
+        assert!(e.contains("--udp") && e.contains("raise --conns"), "{e}");
+    }
+
+    #[test]
+    fn udp_sizes_must_hold_the_header_and_fit_the_family() {
+        let e = config(&["--udp", "--rate", "100", "--size", "8..64"]).unwrap_err();
+        assert!(e.contains("--size") && e.contains("16-byte header"), "{e}");
+        let e = config(&["--udp", "--rate", "100", "--size", "65508"]).unwrap_err();
+        assert!(e.contains("--size") && e.contains("65507"), "{e}");
+        let v6 = ["--udp", "--rate", "100", "--target", "[::1]:9999"];
+        assert!(config(&[&v6[..], &["--size", "65527"]].concat()).is_ok());
+        let e = config(&[&v6[..], &["--size", "65528"]].concat()).unwrap_err();
+        assert!(e.contains("IPv6") && e.contains("65527"), "{e}");
+    }
+
+    #[test]
+    fn udp_only_flags_need_udp() {
+        let e = config(&["--max-loss", "0.1"]).unwrap_err();
+        assert!(e.contains("--max-loss") && e.contains("--udp"), "{e}");
+        let e = parse(&["--udp", "--max-loss", "2"]).unwrap_err();
+        assert!(e.contains("--max-loss") && e.contains("0..=1"), "{e}");
     }
 
     #[test]

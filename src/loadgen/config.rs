@@ -75,4 +75,16 @@ pub struct Config {
     pub quiet: bool,
     /// After the measured part, how long outstanding echoes may take to arrive.
     pub drain_timeout: Duration,
+    /// `--udp`: datagrams over connected UDP sockets ("flows", `conns` of
+    /// them) instead of TCP streams. `load` is then always [`Load::Open`].
+    pub udp: Option<Udp>,
+}
+
+/// The UDP-only settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Udp {
+    /// A datagram not echoed this long after its send counts as lost.
+    pub timeout: Duration,
+    /// The run fails when more than this fraction of datagrams is lost. Invariant: 0..=1.
+    pub max_loss: f64,
 }

@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub fn resolve_target(target: &str) -> Result<SocketAddr, String> {
 /// Source addresses to spread connections over: the given ones, or for an IPv4
 /// loopback target 127.0.0.1, 127.0.0.2, ... (all of 127/8 is local on Linux),
 /// one per [`CONNS_PER_SOURCE`] connections; otherwise none (the kernel picks).
+/// IPv6 has no such range: ::1 is the only loopback address, so an IPv6 target
+/// is not spread automatically (`--source-addrs` may list addresses of this host).
 pub fn source_plan(
     target: SocketAddr,
     conns: u32,
@@ -59,19 +61,32 @@ pub fn threads_needed(conns: u32, per_ring: u64) -> usize {
     (u64::from(conns).div_ceil(per_ring.max(1))) as usize
 }
 
-/// A TCP socket with its options set and bound to `source` (port chosen at
-/// connect), ready to be installed in a ring and connected there.
-pub fn open_socket(target: SocketAddr, source: Option<IpAddr>) -> io::Result<Socket> {
-    let socket = Socket::new(
-        Domain::for_address(target),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    // Small messages answered at once: Nagle would hold the second of two
-    // pipelined messages back until the first is acknowledged.
-    socket.set_tcp_nodelay(true)?;
+/// A TCP socket (or with `udp` a UDP one) with its options set and bound to
+/// `source` (port chosen at connect), ready to be installed in a ring and
+/// connected there. A connected UDP socket sends to the target with plain
+/// sends and receives only what comes from it.
+pub fn open_socket(target: SocketAddr, source: Option<IpAddr>, udp: bool) -> io::Result<Socket> {
+    let socket = if udp {
+        Socket::new(
+            Domain::for_address(target),
+            Type::DGRAM,
+            Some(Protocol::UDP),
+        )?
+    } else {
+        Socket::new(
+            Domain::for_address(target),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?
+    };
+    if !udp {
+        // Small messages answered at once: Nagle would hold the second of two
+        // pipelined messages back until the first is acknowledged.
+        socket.set_tcp_nodelay(true)?;
+    }
     if let Some(ip) = source {
-        if ip.is_ipv4() {
+        // A UDP bind takes its port at once; the option only defers TCP's.
+        if ip.is_ipv4() && !udp {
             crate::sys::set_bind_address_no_port(socket.as_raw_fd())?;
         }
         socket.bind(&SocketAddr::new(ip, 0).into())?;
@@ -92,6 +107,49 @@ pub fn probe(target: SocketAddr, timeout: Duration) -> Result<(), String> {
             ))
         }
     }
+}
+
+/// The UDP counterpart of [`probe`]: one datagram (shorter than any `--udp`
+/// header, so it cannot be mistaken for load) must come back within `timeout`,
+/// tried three times in case one is dropped.
+pub fn probe_udp(target: SocketAddr, timeout: Duration) -> Result<(), String> {
+    let fail = |e: io::Error| {
+        let why = match e.raw_os_error() {
+            Some(libc::ECONNREFUSED) => {
+                "nothing listens on UDP at --target: is the server started with --udp?"
+            }
+            Some(libc::EAGAIN) => {
+                "no echo came back: is the server started with --udp, and is UDP let through?"
+            }
+            _ => "see the error",
+        };
+        format!("no UDP echo from --target {target}: {e} ({why})")
+    };
+    let local: SocketAddr = if target.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).map_err(fail)?;
+    socket.connect(target).map_err(fail)?;
+    socket
+        .set_read_timeout(Some((timeout / 3).max(Duration::from_millis(1))))
+        .map_err(fail)?;
+    let mut buf = [0u8; 64];
+    let mut last = io::Error::from_raw_os_error(libc::EAGAIN);
+    for _ in 0..3 {
+        socket.send(b"loadgen probe").map_err(fail)?;
+        match socket.recv(&mut buf) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                last = io::Error::from_raw_os_error(libc::EAGAIN);
+            }
+            Err(e) => return Err(fail(e)),
+        }
+    }
+    Err(fail(last))
 }
 
 /// The name the report counts an errno under.
@@ -124,7 +182,9 @@ pub fn hint_for(kind: &str) -> &'static str {
             "the server accepts too slowly: lower --connect-rate or raise --connect-timeout"
         }
         "EADDRNOTAVAIL" | "EADDRINUSE" => {
-            "out of ephemeral ports: add --source-addrs, or widen net.ipv4.ip_local_port_range"
+            "out of ephemeral ports: add --source-addrs (IPv4 loopback targets are spread over 127.0.0.x \
+             automatically; an IPv6 target is not, ::1 being the only IPv6 loopback address, so list \
+             addresses configured on this host), or widen net.ipv4.ip_local_port_range"
         }
         "EMFILE" | "ENFILE" => {
             "open-files limit: raise `ulimit -n` (each ring holds at most that many connections) or --threads"
@@ -136,6 +196,9 @@ pub fn hint_for(kind: &str) -> &'static str {
             "the server dropped connections: check its --max-conns and its log"
         }
         "unexpected_bytes" => "the server echoed bytes that were never sent",
+        "foreign_datagram" => {
+            "a datagram that no flow sent came back (too short or naming another flow)"
+        }
         _ => "see the error name",
     }
 }
@@ -167,6 +230,15 @@ mod tests {
                 .unwrap_err()
                 .contains("--source-addrs")
         );
+    }
+
+    #[test]
+    fn an_ipv6_loopback_target_is_not_spread_but_given_ipv6_sources_are_used() {
+        let v6: SocketAddr = "[::1]:9999".parse().unwrap();
+        assert!(source_plan(v6, 50_000, &[]).unwrap().is_empty());
+        let given: Vec<IpAddr> = vec!["::1".parse().unwrap()];
+        assert_eq!(source_plan(v6, 10, &given).unwrap(), given);
+        assert!(hint_for("EADDRNOTAVAIL").contains("::1"));
     }
 
     #[test]

@@ -10,8 +10,8 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 
 use super::report::{
-    Bytes, Connections, Cpu, Histograms, Messages, Percentiles, Rate, Report, SCHEMA_VERSION,
-    Verify, throughput,
+    Bytes, Connections, Cpu, Datagrams, Histograms, Messages, Percentiles, Rate, Report,
+    SCHEMA_VERSION, Udp, Verify, throughput,
 };
 use super::stats::new_histogram;
 
@@ -61,11 +61,13 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
             enabled: true,
             mismatches: 0,
         },
+        udp: None,
         cpu: Cpu::default(),
         histograms: Histograms::default(),
     };
     let (mut user_s, mut sys_s, mut cpu_msgs) = (0.0, 0.0, 0);
     let mut asked: Option<f64> = None;
+    let mut datagrams: Option<Datagrams> = None;
     for (i, r) in reports.iter().enumerate() {
         if r.schema != SCHEMA_VERSION {
             return Err(format!(
@@ -73,6 +75,24 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
                 i + 1,
                 r.schema
             ));
+        }
+        if r.udp.is_some() != first.udp.is_some() {
+            return Err(format!(
+                "input {}: a {} run, input 1 a {} run: merge one protocol at a time",
+                i + 1,
+                r.config.protocol,
+                first.config.protocol
+            ));
+        }
+        if let Some(u) = &r.udp {
+            let d = datagrams.get_or_insert_with(Datagrams::default);
+            let x = &u.datagrams;
+            d.sent += x.sent;
+            d.received += x.received;
+            d.lost += x.lost;
+            d.duplicated += x.duplicated;
+            d.reordered += x.reordered;
+            d.late += x.late;
         }
         out.hosts += r.hosts;
         let c = &mut out.connections;
@@ -116,6 +136,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
     out.latency_us = Percentiles::of(&latency);
     out.connect_us = Percentiles::of(&connect);
     out.cpu = Cpu::new(user_s, sys_s, cpu_msgs);
+    out.udp = datagrams.map(Udp::new);
     out.histograms = Histograms {
         latency_us: encode_histogram(&latency),
         connect_us: encode_histogram(&connect),
@@ -147,6 +168,9 @@ mod tests {
             warmup_s: 0.0,
             drain_timeout_s: 5.0,
             verify: true,
+            protocol: "tcp".into(),
+            udp_timeout_s: None,
+            max_loss: None,
         }
     }
 
@@ -179,8 +203,60 @@ mod tests {
                 latency,
                 connect: new_histogram(),
                 cpu: Cpu::new(0.5, 0.25, n),
+                udp: None,
             },
         )
+    }
+
+    fn udp_report(sent: u64, lost: u64, duplicated: u64, reordered: u64) -> Report {
+        let mut r = report(&[10, 20], 1.0);
+        r.config.protocol = "udp".into();
+        r.udp = Some(Udp::new(Datagrams {
+            sent,
+            received: sent - lost,
+            lost,
+            duplicated,
+            reordered,
+            late: 1,
+        }));
+        r
+    }
+
+    #[test]
+    fn merging_udp_runs_sums_the_datagrams_and_recomputes_the_loss_ratio() {
+        let m = merge(&[udp_report(1000, 0, 1, 2), udp_report(3000, 400, 3, 4)]).unwrap();
+        let u = m.udp.unwrap();
+        assert_eq!(
+            u.datagrams,
+            Datagrams {
+                sent: 4000,
+                received: 3600,
+                lost: 400,
+                duplicated: 4,
+                reordered: 6,
+                late: 2,
+            }
+        );
+        assert!((u.loss_ratio - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn merging_a_tcp_and_a_udp_run_is_refused() {
+        let e = merge(&[report(&[1], 1.0), udp_report(10, 0, 0, 0)]).unwrap_err();
+        assert!(e.contains("udp") && e.contains("tcp"), "{e}");
+    }
+
+    #[test]
+    fn a_report_from_before_udp_still_reads_as_tcp() {
+        let mut v = serde_json::to_value(report(&[1], 1.0)).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("udp");
+        for k in ["protocol", "udp_timeout_s", "max_loss"] {
+            o["config"].as_object_mut().unwrap().remove(k);
+        }
+        let r: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(r.udp, None);
+        assert_eq!(r.config.protocol, "tcp");
     }
 
     #[test]

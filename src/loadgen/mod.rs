@@ -8,6 +8,8 @@
 //! - [`engine`]: one thread's ring loop: the connection ramp, then the load.
 //! - [`ring`]: the io_uring plumbing, and the module's only unsafe code.
 //! - [`conn`]: one connection's state and message bookkeeping.
+//! - [`datagram`], [`flow`]: with `--udp`, what a datagram carries and how its
+//!   echo is checked; one flow's sequence numbers, loss, duplicates, reordering.
 //! - [`pacing`]: fixed-rate schedules (open-loop messages, connection ramp).
 //! - [`pattern`]: the shared byte pattern that sends come from and echoes are checked against.
 //! - [`stats`]: per-thread counters and histograms, and what progress reads.
@@ -16,13 +18,15 @@
 //!
 //! This file wires them together: plan the threads, start them, print progress,
 //! sum their results. It does not parse flags or write files (the binary does).
-//! Every file but `ring.rs` says `#![forbid(unsafe_code)]` (here it would
+//! Every file but those of `ring/` says `#![forbid(unsafe_code)]` (here it would
 //! forbid it in `ring` too).
 
 pub mod config;
 pub mod conn;
 pub mod connect;
+pub mod datagram;
 pub mod engine;
+pub mod flow;
 pub mod merge;
 pub mod pacing;
 pub mod pattern;
@@ -66,12 +70,30 @@ pub fn run(config: &Config) -> Result<Report, String> {
             config.conns
         ));
     }
-    connect::probe(target, config.connect_timeout)?;
+    if target.is_ipv6() && sources.is_empty() && config.conns > connect::CONNS_PER_SOURCE {
+        note(format!(
+            "note: {} connections to one IPv6 target from one source address: an IPv6 target is \
+             not spread over source addresses (::1 is the only IPv6 loopback address), and one \
+             address has ~28,000 ephemeral ports; --source-addrs lists more",
+            config.conns
+        ));
+    }
+    if config.udp.is_some() {
+        connect::probe_udp(target, config.connect_timeout)?;
+    } else {
+        connect::probe(target, config.connect_timeout)?;
+    }
     let run_config = run_config(config, &target.to_string(), threads, &sources);
     note(format!(
-        "{} -> {target}: {} conns on {threads} threads, sources [{}], {}",
+        "{} {} -> {target}: {} {} on {threads} threads, sources [{}], {}",
+        run_config.protocol,
         run_config.mode,
         config.conns,
+        if config.udp.is_some() {
+            "flows"
+        } else {
+            "conns"
+        },
         run_config.source_addrs.join(","),
         describe_load(config)
     ));
@@ -209,8 +231,13 @@ impl ProgressPrinter {
         } else {
             format!("{} us", interval.value_at_quantile(0.99))
         };
+        let (what, unit) = if shared.config.udp.is_some() {
+            ("flows", "datagrams")
+        } else {
+            ("conns", "msgs")
+        };
         eprintln!(
-            "loadgen: {:>4}s conns {up} up, {failed} failed; {rate} msgs/s; p99 {p99}",
+            "loadgen: {:>4}s {what} {up} up, {failed} failed; {rate} {unit}/s; p99 {p99}",
             self.seconds
         );
     }
@@ -220,6 +247,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
     let mut connections = Connections::default();
     let mut errors = std::collections::BTreeMap::new();
     let mut c = Counters::default();
+    let mut udp = stats::UdpCounts::default();
     let mut latency = new_histogram();
     let mut connect = new_histogram();
     let mut msgs_all = 0;
@@ -241,6 +269,13 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         c.unfinished += t.unfinished;
         c.abandoned += t.abandoned;
         msgs_all += r.msgs_all;
+        let u = &r.udp;
+        udp.sent += u.sent;
+        udp.received += u.received;
+        udp.lost += u.lost;
+        udp.duplicated += u.duplicated;
+        udp.reordered += u.reordered;
+        udp.late += u.late;
         let _ = latency.add(&r.latency);
         let _ = connect.add(&r.connect);
         end = end.max(r.measure_end);
@@ -256,13 +291,21 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         latency,
         connect,
         cpu: Cpu::new(cpu_end.0 - u0, cpu_end.1 - s0, msgs_all),
+        udp: shared.config.udp.is_some().then_some(udp),
     }
 }
 
 fn describe_load(config: &Config) -> String {
-    let load = match config.load {
-        Load::Closed { pipeline } => format!("closed loop, pipeline {pipeline}"),
-        Load::Open { rate, pipeline } => format!("open loop at {rate} msgs/s, pipeline {pipeline}"),
+    let load = match (config.load, config.udp) {
+        (Load::Open { rate, .. }, Some(u)) => format!(
+            "open loop at {rate} datagrams/s, lost after {:.3} s, --max-loss {}",
+            u.timeout.as_secs_f64(),
+            u.max_loss
+        ),
+        (Load::Closed { pipeline }, _) => format!("closed loop, pipeline {pipeline}"),
+        (Load::Open { rate, pipeline }, None) => {
+            format!("open loop at {rate} msgs/s, pipeline {pipeline}")
+        }
     };
     let stop = match config.stop {
         Stop::After(d) => format!("{:.1} s", d.as_secs_f64()),
@@ -310,6 +353,9 @@ fn run_config(
         warmup_s: config.warmup.as_secs_f64(),
         drain_timeout_s: config.drain_timeout.as_secs_f64(),
         verify: config.verify,
+        protocol: if config.udp.is_some() { "udp" } else { "tcp" }.to_string(),
+        udp_timeout_s: config.udp.map(|u| u.timeout.as_secs_f64()),
+        max_loss: config.udp.map(|u| u.max_loss),
     }
 }
 

@@ -34,6 +34,9 @@ pub struct Report {
     pub latency_us: Percentiles,
     pub connect_us: Percentiles,
     pub verify: Verify,
+    /// `--udp` runs only (null for TCP): what became of the datagrams.
+    #[serde(default)]
+    pub udp: Option<Udp>,
     pub cpu: Cpu,
     pub histograms: Histograms,
 }
@@ -58,6 +61,19 @@ pub struct RunConfig {
     pub warmup_s: f64,
     pub drain_timeout_s: f64,
     pub verify: bool,
+    /// "tcp" or "udp" (absent in reports from before `--udp`: "tcp").
+    #[serde(default = "tcp")]
+    pub protocol: String,
+    /// `--udp-timeout`, UDP runs only.
+    #[serde(default)]
+    pub udp_timeout_s: Option<f64>,
+    /// `--max-loss`, UDP runs only.
+    #[serde(default)]
+    pub max_loss: Option<f64>,
+}
+
+fn tcp() -> String {
+    "tcp".to_string()
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -133,6 +149,36 @@ impl Percentiles {
     }
 }
 
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Udp {
+    pub datagrams: Datagrams,
+    /// `datagrams.lost / datagrams.sent`, 0 when nothing was sent.
+    pub loss_ratio: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Datagrams {
+    pub sent: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub late: u64,
+}
+
+impl Udp {
+    pub fn new(datagrams: Datagrams) -> Udp {
+        Udp {
+            loss_ratio: if datagrams.sent == 0 {
+                0.0
+            } else {
+                datagrams.lost as f64 / datagrams.sent as f64
+            },
+            datagrams,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Verify {
     pub enabled: bool,
@@ -182,6 +228,8 @@ pub struct Totals {
     pub latency: Histogram<u64>,
     pub connect: Histogram<u64>,
     pub cpu: Cpu,
+    /// UDP runs only.
+    pub udp: Option<super::stats::UdpCounts>,
 }
 
 impl Report {
@@ -214,6 +262,16 @@ impl Report {
                 received: c.bytes_received,
             },
             throughput,
+            udp: t.udp.map(|u| {
+                Udp::new(Datagrams {
+                    sent: u.sent,
+                    received: u.received,
+                    lost: u.lost,
+                    duplicated: u.duplicated,
+                    reordered: u.reordered,
+                    late: u.late,
+                })
+            }),
             latency_us: Percentiles::of(&t.latency),
             connect_us: Percentiles::of(&t.connect),
             cpu: t.cpu,
@@ -240,6 +298,17 @@ impl Report {
                 self.messages.unfinished
             ));
         }
+        if let Some(u) = &self.udp {
+            let most = self.config.max_loss.unwrap_or(0.0);
+            if u.loss_ratio > most {
+                out.push(format!(
+                    "{} of {} datagrams lost ({:.2}%), more than --max-loss {most} allows",
+                    u.datagrams.lost,
+                    u.datagrams.sent,
+                    u.loss_ratio * 100.0
+                ));
+            }
+        }
         let held = self.connections.held();
         if held < self.connections.requested && !allow_partial {
             out.push(format!(
@@ -265,10 +334,16 @@ impl Report {
         let c = &self.connections;
         let _ = writeln!(
             s,
-            "loadgen: {} -> {}: {} connections held of {} ({} established, {} failed, {} lost)",
+            "loadgen: {} {} -> {}: {} {} held of {} ({} established, {} failed, {} lost)",
+            self.config.protocol,
             self.config.mode,
             self.config.target,
             c.held(),
+            if self.udp.is_some() {
+                "flows"
+            } else {
+                "connections"
+            },
             c.requested,
             c.established,
             c.failed,
@@ -288,6 +363,20 @@ impl Report {
             self.throughput.msgs_per_s,
             self.throughput.mib_per_s
         );
+        if let Some(u) = &self.udp {
+            let d = &u.datagrams;
+            let _ = writeln!(
+                s,
+                "  udp: {} datagrams sent, {} echoed, {} lost ({:.3}%), {} duplicated, {} reordered, {} late",
+                d.sent,
+                d.received,
+                d.lost,
+                u.loss_ratio * 100.0,
+                d.duplicated,
+                d.reordered,
+                d.late
+            );
+        }
         if let Some(r) = &self.rate {
             let _ = writeln!(
                 s,

@@ -36,6 +36,24 @@ pub struct Counters {
     pub abandoned: u64,
 }
 
+/// `--udp` datagrams of the measured part, by what became of them. At the
+/// end, `sent == received + lost`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UdpCounts {
+    /// Sends completed, failed ones included (those are lost too).
+    pub sent: u64,
+    /// Echoed (the first echo of each).
+    pub received: u64,
+    /// Not echoed within `--udp-timeout` of its send, or its send failed.
+    pub lost: u64,
+    /// Further echoes of a datagram already echoed.
+    pub duplicated: u64,
+    /// First echoes arriving after a later datagram of the same flow's.
+    pub reordered: u64,
+    /// Echoes of datagrams already counted lost (warm-up included).
+    pub late: u64,
+}
+
 /// One thread's result.
 #[derive(Debug)]
 pub struct ThreadResult {
@@ -47,6 +65,7 @@ pub struct ThreadResult {
     /// Failures by kind (errno name or a word), connects and established connections alike.
     pub errors: BTreeMap<String, u64>,
     pub counters: Counters,
+    pub udp: UdpCounts,
     /// Echoed messages in the whole load phase, warm-up included: the divisor of CPU per message.
     pub msgs_all: u64,
     pub latency: Histogram<u64>,
@@ -64,6 +83,7 @@ impl ThreadResult {
             lost: 0,
             errors: BTreeMap::new(),
             counters: Counters::default(),
+            udp: UdpCounts::default(),
             msgs_all: 0,
             latency: new_histogram(),
             connect: new_histogram(),

@@ -126,7 +126,7 @@ impl Engine<'_> {
         self.kick_send(key);
     }
 
-    fn take_ticket(&mut self) -> bool {
+    pub(super) fn take_ticket(&mut self) -> bool {
         let Some(pool) = &self.shared.tickets else {
             return true;
         };

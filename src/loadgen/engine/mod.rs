@@ -15,10 +15,13 @@
 //!   completion dispatch, progress flushes.
 //! - `ramp.rs`: the connect phase.
 //! - `load.rs`: the load phase: creating messages, handling receives and sends.
+//! - `udp.rs`: the `--udp` load phase: datagrams on the schedule, their echoes,
+//!   loss expiry.
 #![forbid(unsafe_code)]
 
 mod load;
 mod ramp;
+mod udp;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -30,9 +33,10 @@ use hdrhistogram::Histogram;
 
 use super::config::Config;
 use super::conn::{Conn, Msg, Sink, State};
+use super::flow::Flow;
 use super::pacing::Nanos;
 use super::pattern::Pattern;
-use super::ring::{Completion, OpKind, Ring, Tag};
+use super::ring::{Completion, OpKind, RecvBufs, Ring, Tag};
 use super::stats::{Progress, ThreadResult, new_histogram, record_ns};
 
 /// How often a thread hands its counters to the progress printer; also the
@@ -99,7 +103,11 @@ pub fn run_thread(plan: Plan, shared: &Shared<'_>) -> Result<ThreadResult, Strin
         let _ = shared.cpu_at_load_start.set(crate::sys::cpu_time());
     }
     ramp?;
-    engine.load()?;
+    if shared.config.udp.is_some() {
+        engine.load_udp()?;
+    } else {
+        engine.load()?;
+    }
     Ok(engine.result)
 }
 
@@ -145,6 +153,8 @@ struct Engine<'a> {
     shared: &'a Shared<'a>,
     plan: Plan,
     conns: Vec<Conn>,
+    /// `--udp` only (else empty): each connection's datagram bookkeeping.
+    flows: Vec<Flow>,
     result: ThreadResult,
     /// Latencies since the last flush to the progress printer.
     interval: Histogram<u64>,
@@ -168,16 +178,30 @@ struct Engine<'a> {
 
 impl<'a> Engine<'a> {
     fn new(plan: Plan, shared: &'a Shared<'a>) -> Result<Engine<'a>, String> {
-        let ring = Ring::new(plan.count, shared.target, shared.pattern.clone())
+        let udp = shared.config.udp.is_some();
+        let bufs = if udp {
+            RecvBufs::datagrams(shared.config.size.max)
+        } else {
+            RecvBufs::STREAM
+        };
+        let ring = Ring::new(plan.count, shared.target, shared.pattern.clone(), bufs, udp)
             .map_err(|e| format!("thread {}: {e}", plan.id))?;
         let conns = (0..u64::from(plan.count))
             .map(|i| Conn::new(Pattern::seed_for(plan.first + i)))
             .collect();
+        let flows = if udp {
+            (0..u64::from(plan.count))
+                .map(|i| Flow::new((plan.first + i) as u32))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Engine {
             ring,
             shared,
             plan,
             conns,
+            flows,
             result: ThreadResult::new(u64::from(plan.count)),
             interval: new_histogram(),
             cqes: Vec::with_capacity(4096),
@@ -213,11 +237,14 @@ impl<'a> Engine<'a> {
         self.ring.completions(&mut self.cqes);
         let now = self.shared.now();
         let cqes = std::mem::take(&mut self.cqes);
+        let udp = !self.flows.is_empty();
         for c in &cqes {
             let key = c.tag.conn();
             match c.tag.kind() {
                 Some(OpKind::Connect) => self.handle_connect(key, c.result, now),
+                Some(OpKind::Recv) if udp => self.handle_datagram(key, c, now),
                 Some(OpKind::Recv) => self.handle_recv(key, c, now),
+                Some(OpKind::Datagram) => self.handle_datagram_sent(key, c.result, now),
                 Some(OpKind::Send) => self.handle_send(key, c.result, now),
                 Some(OpKind::Close | OpKind::Cancel) | None => {}
             }

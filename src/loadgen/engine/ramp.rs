@@ -1,6 +1,7 @@
 //! The connect phase of an engine thread: sockets opened on the
 //! `--connect-rate` schedule, each installed as a direct descriptor and
-//! connected by the ring, cancelled at `--connect-timeout`. Failures are counted
+//! connected by the ring, cancelled at `--connect-timeout`. With `--udp` the
+//! sockets are UDP and the connect only sets their peer (no handshake). Failures are counted
 //! by kind (errno name, or `connect_timeout`) and never retried.
 #![forbid(unsafe_code)]
 
@@ -58,7 +59,8 @@ impl Engine<'_> {
         let sources = &self.shared.sources;
         let source =
             (!sources.is_empty()).then(|| sources[(global % sources.len() as u64) as usize]);
-        let installed = open_socket(self.shared.target, source)
+        let udp = self.config().udp.is_some();
+        let installed = open_socket(self.shared.target, source, udp)
             .and_then(|socket| self.ring.install(key, socket));
         if let Err(e) = installed {
             self.fail(

@@ -2,7 +2,12 @@
 //! `loadgen`: one ring per engine thread, its table of direct descriptors
 //! (client sockets live there, not in the process's fd table), its provided
 //! buffer ring for multishot receives, and the operations the engine submits:
-//! connect, receive, send of a pattern slice, close, cancel.
+//! connect, receive, send of a pattern slice, send of a `--udp` datagram
+//! (header + pattern slice), close, cancel.
+//!
+//! - this file: the ring, its setup and feature check, the operations TCP uses.
+//! - `datagram.rs`: what `--udp` adds: per-slot `sendmsg` state, datagram-sized
+//!   receive buffers.
 //!
 //! The engine decides what to submit and when; this module only makes every
 //! submission sound: the memory an operation points into (the target address,
@@ -22,6 +27,9 @@ use crate::echo_queue::BufId;
 use crate::uring::buf_ring::BufRing;
 use crate::uring::setup::build_ring;
 
+mod datagram;
+use datagram::DatagramSend;
+
 /// Submission queue entries: a burst beyond it waits in the backlog.
 const SQ_ENTRIES: u32 = 4096;
 /// Completion queue entries: the kernel's maximum (clamped). Each connection
@@ -35,6 +43,22 @@ const BGID: u16 = 0;
 pub const RECV_BUF_COUNT: u32 = 4096;
 pub const RECV_BUF_BYTES: u32 = 4096;
 
+/// The receive buffers of a ring: how many, how large.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecvBufs {
+    /// Invariant: a power of two, <= 32768.
+    pub count: u32,
+    pub bytes: u32,
+}
+
+impl RecvBufs {
+    /// For TCP streams: small buffers, a receive may fill several.
+    pub const STREAM: RecvBufs = RecvBufs {
+        count: RECV_BUF_COUNT,
+        bytes: RECV_BUF_BYTES,
+    };
+}
+
 /// What an operation was.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +69,8 @@ pub enum OpKind {
     Send = 3,
     Close = 4,
     Cancel = 5,
+    /// A `--udp` datagram's send (header and payload).
+    Datagram = 6,
 }
 
 /// The `user_data` of every operation: `kind << 56 | connection index`.
@@ -69,6 +95,7 @@ impl Tag {
             3 => OpKind::Send,
             4 => OpKind::Close,
             5 => OpKind::Cancel,
+            6 => OpKind::Datagram,
             _ => return None,
         })
     }
@@ -101,9 +128,11 @@ impl Completion {
 pub struct Ring {
     // Field order is a safety invariant: `ring` is dropped (closed, which ends
     // every operation) first, and only then the memory operations point into:
-    // `bufs`, `target`, `pattern`.
+    // `bufs`, `datagrams`, `target`, `pattern`.
     ring: IoUring,
     bufs: BufRing,
+    /// Empty unless the ring sends datagrams; then one entry per slot.
+    datagrams: Box<[DatagramSend]>,
     /// The address every connect names. Boxed: its address must not move.
     target: Box<SockAddr>,
     pattern: Arc<Pattern>,
@@ -112,8 +141,15 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// A ring with `slots` direct descriptors and the receive buffers.
-    pub fn new(slots: u32, target: SocketAddr, pattern: Arc<Pattern>) -> Result<Ring, String> {
+    /// A ring with `slots` direct descriptors and the receive buffers; with
+    /// `datagrams`, ready to send a datagram from each slot.
+    pub fn new(
+        slots: u32,
+        target: SocketAddr,
+        pattern: Arc<Pattern>,
+        recv_bufs: RecvBufs,
+        datagrams: bool,
+    ) -> Result<Ring, String> {
         let (ring, _flags) = build_ring(SQ_ENTRIES, CQ_ENTRIES).map_err(|e| e.to_string())?;
         check_features(&ring)?;
         ring.submitter()
@@ -121,11 +157,13 @@ impl Ring {
             .map_err(|e| {
                 format!("registering {slots} direct descriptors: {e} (the kernel caps a ring's table at the open-files limit)")
             })?;
-        let bufs = BufRing::register(&ring, BGID, RECV_BUF_COUNT, RECV_BUF_BYTES)
+        let bufs = BufRing::register(&ring, BGID, recv_bufs.count, recv_bufs.bytes)
             .map_err(|e| format!("registering the receive buffer ring: {e}"))?;
+        let datagrams = if datagrams { slots } else { 0 };
         Ok(Ring {
             ring,
             bufs,
+            datagrams: (0..datagrams).map(|_| DatagramSend::new()).collect(),
             target: Box::new(target.into()),
             pattern,
             backlog: Vec::new(),
@@ -255,6 +293,11 @@ impl Ring {
             result: c.result(),
             flags: c.flags(),
         }));
+        for c in out.iter() {
+            if c.tag.kind() == Some(OpKind::Datagram) {
+                self.datagram_sent(c.tag.conn());
+            }
+        }
     }
 
     /// The bytes a receive put in buffer `buf`; valid until it is recycled.
@@ -285,6 +328,7 @@ fn check_features(ring: &IoUring) -> Result<(), String> {
         (opcode::Connect::CODE, "connect", "5.5"),
         (opcode::RecvMulti::CODE, "recv", "5.6"),
         (opcode::Send::CODE, "send", "5.6"),
+        (opcode::SendMsg::CODE, "sendmsg", "5.3"),
         (opcode::Close::CODE, "close", "5.6"),
         (opcode::AsyncCancel::CODE, "async cancel", "5.5"),
     ];
@@ -308,7 +352,13 @@ mod tests {
 
     #[test]
     fn a_tag_round_trips_its_kind_and_connection() {
-        for kind in [OpKind::Connect, OpKind::Recv, OpKind::Send, OpKind::Cancel] {
+        for kind in [
+            OpKind::Connect,
+            OpKind::Recv,
+            OpKind::Send,
+            OpKind::Cancel,
+            OpKind::Datagram,
+        ] {
             for conn in [0, 1, 49_999, u32::MAX] {
                 let t = Tag::from_raw(Tag::new(kind, conn).0);
                 assert_eq!(t.kind(), Some(kind));

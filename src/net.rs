@@ -70,7 +70,14 @@ pub fn bind_udp(addr: SocketAddr) -> io::Result<Socket> {
     if addr.is_ipv6() {
         socket.set_only_v6(false)?;
     }
+    // Datagrams that arrive while the worker is busy wait here; the default
+    // (about 200 KiB) overflows in milliseconds at high rates, and UDP drops
+    // what does not fit. The kernel caps the request at net.core.rmem_max.
+    let _ = socket.set_recv_buffer_size(UDP_RECV_BUFFER_BYTES);
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
 }
+
+/// Receive buffer asked for each worker's UDP socket.
+const UDP_RECV_BUFFER_BYTES: usize = 4 << 20;

@@ -70,9 +70,16 @@ pub fn run(listener: Socket, shared: Shared<'_>) -> io::Result<()> {
         let accept_result = accepting.await.unwrap_or(Ok(()));
         // Graceful stop: every connection task sees the stop and drains.
         let _ = stop_tx.send(true);
-        while open_here.get() > 0 {
-            all_closed.notified().await;
-        }
+        // Connections linger at most --drain-timeout; one whose echo is stuck
+        // behind a client that stopped reading is abandoned after that (the
+        // runtime's drop closes it), so a stop always ends.
+        let all_done = async {
+            while open_here.get() > 0 {
+                all_closed.notified().await;
+            }
+        };
+        let grace = shared.config.drain_timeout + STOP_CHECK;
+        let _ = tokio::time::timeout(grace, all_done).await;
         accept_result
     })
 }
@@ -96,6 +103,12 @@ impl Acceptor {
             let stream = match self.listener.accept().await {
                 Ok((stream, _)) => stream,
                 Err(e) if is_transient_accept_error(&e) => continue,
+                // Out of descriptors or memory: the connection waits in the
+                // backlog; try again shortly instead of failing the worker.
+                Err(e) if is_resource_error(&e) => {
+                    tokio::time::sleep(STOP_CHECK).await;
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             if self.open_conns.fetch_add(1, Ordering::Relaxed) >= self.max_conns {
@@ -127,6 +140,13 @@ impl Acceptor {
     }
 }
 
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
 fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
@@ -146,9 +166,13 @@ impl Connection {
         let mut buf = Vec::with_capacity(self.buf_size);
         loop {
             let read = tokio::select! {
+                // A read that completed wins over the stop, so bytes already
+                // received are echoed. (A read still in flight when the stop
+                // comes is dropped: tokio-uring cancels it and keeps its buffer
+                // alive until the kernel is done; bytes the kernel delivers in
+                // that race are lost, a limit of the runtime's API.)
+                biased;
                 r = self.stream.read(buf) => Some(r),
-                // The read future is dropped: tokio-uring cancels the operation
-                // and keeps its buffer alive until the kernel is done with it.
                 _ = self.stop.wait_for(|stop| *stop) => None,
             };
             let Some((res, b)) = read else {

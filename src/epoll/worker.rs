@@ -29,7 +29,8 @@ const UDP: u64 = u64::MAX - 2;
 const READS_PER_TURN: usize = 16;
 /// Connections accepted per wakeup; the level-triggered listener reports the rest.
 const ACCEPTS_PER_TURN: usize = 64;
-const DRAIN_TICK: Duration = Duration::from_millis(50);
+/// How often a draining worker checks its deadline, and a paused accept is retried.
+const TICK: Duration = Duration::from_millis(50);
 /// Buffers' worth one read may take and one sendmsg may carry: the epoll
 /// counterpart of io_uring's receive bundles and multi-buffer sends.
 const MAX_READ_BUFFERS: usize = 16;
@@ -81,6 +82,8 @@ pub struct Worker<'a> {
     /// Connections waiting for a free buffer.
     starved: VecDeque<(usize, u32)>,
     accept_paused: bool,
+    /// When accepting was paused, to retry after a tick.
+    accept_paused_at: Option<Instant>,
     drain_deadline: Option<Instant>,
 }
 
@@ -115,6 +118,7 @@ impl<'a> Worker<'a> {
             ready: VecDeque::new(),
             starved: VecDeque::new(),
             accept_paused: false,
+            accept_paused_at: None,
             drain_deadline: None,
         })
     }
@@ -125,10 +129,13 @@ impl<'a> Worker<'a> {
             if self.drain_deadline.is_some() && self.conns.is_empty() {
                 return Ok(());
             }
+            // Wake for the drain deadline, and to retry a paused accept: the
+            // open-files limit is the process's, so the close that frees a
+            // descriptor may happen in another worker, which cannot tell us.
             let timeout = if !self.ready.is_empty() {
                 Some(Duration::ZERO)
-            } else if self.drain_deadline.is_some() {
-                Some(DRAIN_TICK)
+            } else if self.drain_deadline.is_some() || self.accept_paused {
+                Some(TICK)
             } else {
                 None
             };
@@ -148,6 +155,12 @@ impl<'a> Worker<'a> {
             }
             self.run_ready();
             self.rearm_starved();
+            if self.accept_paused
+                && self.drain_deadline.is_none()
+                && self.accept_paused_at.is_some_and(|t| t.elapsed() >= TICK)
+            {
+                self.resume_accept();
+            }
             if self.drain_deadline.is_some_and(|d| Instant::now() >= d) {
                 let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
                 for key in keys {
@@ -196,6 +209,7 @@ impl<'a> Worker<'a> {
     fn pause_accept(&mut self) {
         if !self.accept_paused && self.poller.delete(self.listener.as_raw_fd()).is_ok() {
             self.accept_paused = true;
+            self.accept_paused_at = Some(Instant::now());
         }
     }
 
@@ -441,10 +455,15 @@ impl<'a> Worker<'a> {
         WorkerStats::add(&self.shared.stats.closed, 1);
         self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
         if self.accept_paused && self.drain_deadline.is_none() {
-            let listener = self.listener.as_raw_fd();
-            if self.poller.add(listener, LEVEL_READ, LISTENER).is_ok() {
-                self.accept_paused = false;
-            }
+            self.resume_accept();
+        }
+    }
+
+    fn resume_accept(&mut self) {
+        let listener = self.listener.as_raw_fd();
+        if self.poller.add(listener, LEVEL_READ, LISTENER).is_ok() {
+            self.accept_paused = false;
+            self.accept_paused_at = None;
         }
     }
 

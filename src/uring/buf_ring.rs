@@ -72,15 +72,24 @@ pub struct BufRing {
     buf_size: u32,
     /// Buffer group id the receives name.
     bgid: u16,
-    /// Our tail, ahead of the kernel-visible one until `publish`.
+    /// Our tail (a free-running position; slot = position & mask), ahead of
+    /// the kernel-visible one until `publish`.
     tail: u16,
     published_tail: u16,
-    /// Which buffer we put in each ring slot. The kernel consumes slots in
-    /// order from its head, and a receive bundle names only its first buffer:
-    /// the others are the ones in the slots after it.
-    slot_bids: Box<[u16]>,
-    /// Our mirror of the kernel's head: slots consumed so far.
-    head: u16,
+    /// The position each buffer id was last offered at. The kernel takes
+    /// positions in order, and a receive bundle names only its first buffer:
+    /// the others sit at the positions after it.
+    pos_of: Box<[u16]>,
+    /// Per slot: the buffer offered there has been reported consumed by a
+    /// completion. Completions of different receives can arrive out of
+    /// position order, so this is not a prefix.
+    reported: Box<[bool]>,
+    /// Every position below this one has been reported consumed. A slot is
+    /// only rewritten once its previous position is below `low`, so an entry
+    /// is never overwritten before the completion that consumed it is read.
+    low: u16,
+    /// Recycled buffers waiting for a slot that may be rewritten.
+    waiting: Vec<BufId>,
 }
 
 impl BufRing {
@@ -102,8 +111,10 @@ impl BufRing {
             bgid,
             tail: 0,
             published_tail: 0,
-            slot_bids: vec![0; entries as usize].into_boxed_slice(),
-            head: 0,
+            pos_of: vec![0; entries as usize].into_boxed_slice(),
+            reported: vec![false; entries as usize].into_boxed_slice(),
+            low: 0,
+            waiting: Vec::new(),
         };
         // SAFETY: the ring mapping is page aligned, `entries` slots long, and lives
         // in `self` until after the ring is closed (see the type's doc).
@@ -152,51 +163,80 @@ impl BufRing {
 
     /// Gives buffer `id` back to the kernel (visible after the next `publish`).
     pub fn recycle(&mut self, id: BufId) {
-        self.push(id);
+        if self.waiting.is_empty() && self.has_room() {
+            self.push(id);
+        } else {
+            self.waiting.push(id);
+        }
+    }
+
+    /// The next slot may be rewritten: its last position was reported consumed.
+    fn has_room(&self) -> bool {
+        self.tail.wrapping_sub(self.low) < self.entries
+    }
+
+    fn entry(&mut self, slot: usize) -> &mut BufRingEntry {
+        assert!(slot < self.entries as usize);
+        // SAFETY: `slot` < entries, inside the ring mapping, which lives as
+        // long as `self`. The kernel only reads slots between its head and the
+        // published tail; callers touch slots outside that window (`push`) or
+        // read entries the kernel has finished with (`consume`).
+        unsafe { &mut *self.ring.ptr.as_ptr().cast::<BufRingEntry>().add(slot) }
     }
 
     fn push(&mut self, id: BufId) {
+        debug_assert!(self.has_room());
         let slot = (self.tail & self.mask()) as usize;
         let addr = self.ptr(id, 0) as u64;
-        // SAFETY: `slot` < entries, inside the ring mapping. The kernel only reads
-        // slots between its head and the published tail; this slot is past the
-        // published tail, because at most `entries` buffers exist and `id` was
-        // consumed by the kernel (or never offered) before it came back here.
-        let entry = unsafe { &mut *self.ring.ptr.as_ptr().cast::<BufRingEntry>().add(slot) };
+        let buf_size = self.buf_size;
+        let entry = self.entry(slot);
         entry.set_addr(addr);
-        entry.set_len(self.buf_size);
+        entry.set_len(buf_size);
         entry.set_bid(id.0);
-        self.slot_bids[slot] = id.0;
+        self.pos_of[id.0 as usize] = self.tail;
+        self.reported[slot] = false;
         self.tail = self.tail.wrapping_add(1);
     }
 
-    /// Accounts for a receive that consumed buffers starting at `first` and
-    /// filled `len` bytes (a bundle fills each buffer before the next), calling
-    /// `each(buffer, bytes in it)` in order. Returns how many buffers it took.
+    /// Accounts for a receive that took buffers starting at `first` and filled
+    /// `len` bytes, calling `each(buffer, bytes in it)` in order; returns how
+    /// many buffers it took. A bundle fills each buffer (up to the length its
+    /// ring entry gives, which the kernel may have shortened) before the next.
     pub fn consume(&mut self, first: BufId, len: u32, mut each: impl FnMut(BufId, u32)) -> u32 {
-        let mut left = len.max(1);
-        let mut taken = 0;
-        while left > 0 {
-            let slot_id = self.slot_bids[(self.head & self.mask()) as usize];
+        let start = self.pos_of[first.0 as usize];
+        let mut left = len;
+        let mut taken = 0u16;
+        loop {
+            let slot = (start.wrapping_add(taken) & self.mask()) as usize;
+            let entry = self.entry(slot);
+            let (id, size) = (entry.bid(), entry.len());
             debug_assert!(
-                taken > 0 || slot_id == first.0,
-                "ring order lost: {slot_id} != {}",
+                taken > 0 || id == first.0,
+                "ring slot {slot} holds {id}, not {}",
                 first.0
             );
-            // The first buffer is the one the completion names, whatever the mirror says.
-            let id = if taken == 0 { first.0 } else { slot_id };
-            let n = left.min(self.buf_size);
-            each(BufId(id), n.min(len));
+            let n = left.min(size);
+            each(BufId(id), n);
+            self.reported[slot] = true;
             left -= n;
             taken += 1;
-            self.head = self.head.wrapping_add(1);
+            if left == 0 {
+                break;
+            }
         }
-        taken
+        while self.low != self.tail && self.reported[(self.low & self.mask()) as usize] {
+            self.low = self.low.wrapping_add(1);
+        }
+        u32::from(taken)
     }
 
     /// Makes every recycled buffer visible to the kernel. Called once per batch
     /// of completions: one release store however many buffers came back.
     pub fn publish(&mut self) {
+        while !self.waiting.is_empty() && self.has_room() {
+            let id = self.waiting.pop().expect("not empty");
+            self.push(id);
+        }
         if self.tail == self.published_tail {
             return;
         }

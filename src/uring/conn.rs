@@ -34,6 +34,9 @@ impl Flags {
     pub const CLOSING: Flags = Flags(1 << 9);
     /// Close completed: the descriptor slot is free again.
     pub const CLOSED: Flags = Flags(1 << 10);
+    /// The armed receive carries a total byte limit (`optlen`), which kernels
+    /// before 6.17 refuse with EINVAL.
+    pub const RECV_LIMITED: Flags = Flags(1 << 11);
 
     pub fn has(self, f: Flags) -> bool {
         self.0 & f.0 != 0

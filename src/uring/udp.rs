@@ -98,6 +98,10 @@ impl UdpEcho {
     /// Turns a receive completion into the reply to send, if any.
     pub fn on_recv(&mut self, res: i32, flags: u32) -> Received {
         let buf = cqueue::buffer_select(flags).map(BufId);
+        if let Some(buf) = buf {
+            // Tell the ring the buffer's slot was consumed, so it may be reused.
+            self.bufs.consume(buf, res.max(0) as u32, |_, _| {});
+        }
         if res < 0 {
             if let Some(buf) = buf {
                 self.bufs.recycle(buf);

@@ -26,8 +26,9 @@ use crate::echo_queue::{BufId, Chunk};
 use crate::shutdown::Shutdown;
 use crate::stats::WorkerStats;
 
-/// How often a draining worker checks its drain deadline.
-const DRAIN_TICK: Duration = Duration::from_millis(50);
+/// How often a draining worker checks its drain deadline, and how long a
+/// failed accept waits before it is retried.
+const TICK: Duration = Duration::from_millis(50);
 
 /// Everything a worker shares with the others, by reference.
 pub struct Shared<'a> {
@@ -66,11 +67,15 @@ pub struct Worker<'a> {
     /// Accepting stopped because the descriptor table or the open-files limit was
     /// full; resumed by the next close instead of retried in a loop.
     accept_paused: bool,
+    /// Accepting failed for another reason: retried at the next tick.
+    accept_retry: bool,
     drain_deadline: Option<Instant>,
     tick_armed: bool,
     udp_armed: bool,
-    /// The UDP receive ended with ENOBUFS: re-armed when a reply gives a buffer back.
+    /// The UDP receive ended with ENOBUFS: re-armed after a reply gives a buffer back.
     udp_starved: bool,
+    /// A UDP buffer was given back since the receive ran dry.
+    udp_freed: bool,
     cqes: Vec<(u64, i32, u32)>,
     send_vecs: SendVecPool,
     /// Scratch list of buffers a receive filled but nothing will echo.
@@ -97,7 +102,7 @@ impl<'a> Worker<'a> {
             bufs,
             udp,
             wake_buf: Box::new(0),
-            tick: Box::new(types::Timespec::from(DRAIN_TICK)),
+            tick: Box::new(types::Timespec::from(TICK)),
             listener,
             shared,
             conns: Slab::new(),
@@ -108,10 +113,12 @@ impl<'a> Worker<'a> {
             in_flight: 0,
             accept_armed: false,
             accept_paused: false,
+            accept_retry: false,
             drain_deadline: None,
             tick_armed: false,
             udp_armed: false,
             udp_starved: false,
+            udp_freed: false,
             cqes: Vec::with_capacity(1024),
             send_vecs: SendVecPool::default(),
             discarded: Vec::new(),
@@ -141,6 +148,12 @@ impl<'a> Worker<'a> {
             self.bufs.publish();
             if let Some(udp) = &mut self.udp {
                 udp.publish();
+            }
+            // A UDP receive that ran dry is re-armed once a reply has given a
+            // buffer back and it is published (not before: it would only run
+            // dry again).
+            if self.udp_starved && self.udp_freed {
+                self.arm_udp();
             }
             self.rearm_starved();
         }
@@ -267,6 +280,9 @@ impl<'a> Worker<'a> {
     }
 
     fn arm_tick(&mut self) {
+        if self.tick_armed {
+            return;
+        }
         let entry = opcode::Timeout::new(&*self.tick)
             .build()
             .user_data(UserData::worker_op(OpKind::Tick).raw());
@@ -284,11 +300,13 @@ impl<'a> Worker<'a> {
         let fd = types::Fixed(conn.fixed);
         let buf_size = self.bufs.buf_size();
         let budget = self.shared.config.conn_buffers;
+        // What is left of the connection's budget, in bytes.
+        let room = budget.saturating_sub(conn.queue.held()).max(1) * buf_size;
         let mut entry = if self.recv_bundle {
-            // A bundle may take many buffers in one completion: cap it at the
-            // connection's budget, or one client could take the whole pool.
+            // A bundle may take many buffers in one completion: cap it at
+            // what is left of the budget, or one client could take the pool.
             let bundle = opcode::RecvMultiBundle::new(fd, self.bufs.bgid()).build();
-            with_sqe_u32(bundle, SQE_LEN_OFFSET, budget * buf_size)
+            with_sqe_u32(bundle, SQE_LEN_OFFSET, room)
         } else {
             opcode::RecvMulti::new(fd, self.bufs.bgid()).build()
         };
@@ -296,14 +314,19 @@ impl<'a> Worker<'a> {
             // The receive ends itself once it has taken what is left of the
             // budget: a client that sends without reading cannot pull more
             // into our buffers while a cancel is on its way.
-            let room = budget.saturating_sub(conn.queue.held()).max(1);
-            entry = with_sqe_u32(entry, SQE_OPTLEN_OFFSET, room * buf_size);
+            entry = with_sqe_u32(entry, SQE_OPTLEN_OFFSET, room);
         }
         let entry = entry.user_data(self.conn_op(OpKind::Recv, key));
         // SAFETY: no pointers: the kernel picks buffers from the ring, which
         // outlives the ring's operations (field order).
         unsafe { self.push(entry) };
-        self.conns[key].flags.set(Flags::RECV_ARMED);
+        let flags = &mut self.conns[key].flags;
+        flags.set(Flags::RECV_ARMED);
+        if self.recv_limit {
+            flags.set(Flags::RECV_LIMITED);
+        } else {
+            flags.clear(Flags::RECV_LIMITED);
+        }
     }
 
     fn cancel_recv(&mut self, key: usize) {
@@ -365,22 +388,30 @@ impl<'a> Worker<'a> {
         } else {
             match -res {
                 libc::ECANCELED => {}
-                // Table or open-files limit full, or no memory: the kernel has
-                // already dropped this connection. Retrying now would spin, so
-                // accepting waits for the next close.
-                libc::ENFILE | libc::EMFILE | libc::ENOMEM | libc::ENOBUFS => {
+                // This ring's descriptor table is full: the kernel has already
+                // dropped this connection. Retrying now would spin (and drop
+                // more), so accepting waits for one of ours to close.
+                libc::ENFILE | libc::EMFILE => {
                     WorkerStats::add(&self.shared.stats.rejected, 1);
                     self.accept_paused = true;
                 }
                 // The client gave up before we accepted it: harmless.
                 libc::ECONNABORTED | libc::EPERM | libc::EPROTO => {}
+                // Out of memory, or an error we do not expect: a close of ours
+                // may never come (this worker may hold none), so retry on the
+                // next tick instead.
                 errno => {
-                    eprintln!(
-                        "uring-echo: worker {}: accept failed: {}; accepting paused until a connection closes",
-                        self.shared.worker_id,
-                        io::Error::from_raw_os_error(errno)
-                    );
+                    if !matches!(errno, libc::ENOMEM | libc::ENOBUFS) {
+                        eprintln!(
+                            "uring-echo: worker {}: accept failed: {}; retrying in {} ms",
+                            self.shared.worker_id,
+                            io::Error::from_raw_os_error(errno),
+                            TICK.as_millis()
+                        );
+                    }
                     self.accept_paused = true;
+                    self.accept_retry = true;
+                    self.arm_tick();
                 }
             }
         }
@@ -445,8 +476,11 @@ impl<'a> Worker<'a> {
                 libc::ECANCELED => {}
                 // A kernel before 6.17 refuses a multishot receive's total
                 // limit (the field was checked as zero): do without it, and
-                // keep the connection.
-                libc::EINVAL if self.recv_limit => self.recv_limit = false,
+                // keep the connection. Every receive armed with the limit
+                // before the first refusal arrived is refused too.
+                libc::EINVAL if self.conns[key].flags.has(Flags::RECV_LIMITED) => {
+                    self.recv_limit = false;
+                }
                 _ => {
                     WorkerStats::add(&self.shared.stats.errors, 1);
                     self.begin_close(key);
@@ -527,6 +561,12 @@ impl<'a> Worker<'a> {
 
     fn handle_tick(&mut self) {
         self.tick_armed = false;
+        if self.accept_retry && self.drain_deadline.is_none() {
+            self.accept_retry = false;
+            if !self.accept_armed {
+                self.arm_accept();
+            }
+        }
         let expired = self.drain_deadline.is_some_and(|d| Instant::now() >= d);
         if expired {
             // Whatever has not drained by now is closed as it stands.
@@ -536,7 +576,7 @@ impl<'a> Worker<'a> {
                 self.try_free(key);
             }
         }
-        if !self.conns.is_empty() {
+        if self.drain_deadline.is_some() && !self.conns.is_empty() {
             self.arm_tick();
         }
     }
@@ -578,6 +618,7 @@ impl<'a> Worker<'a> {
             Received::Failed(libc::ENOBUFS) => {
                 WorkerStats::add(&stats.buffer_starved, 1);
                 self.udp_starved = true;
+                self.udp_freed = false;
             }
             Received::Failed(libc::ECANCELED) => {}
             Received::Failed(_) => WorkerStats::add(&stats.udp_dropped, 1),
@@ -660,6 +701,16 @@ impl<'a> Worker<'a> {
         }
         self.conns[key].flags.set(Flags::CLOSING);
         self.cancel_recv(key);
+        if self.conns[key].flags.has(Flags::SEND_IN_FLIGHT) {
+            // A send to a client that stopped reading would wait forever and
+            // keep the slot (and a drain) from finishing.
+            let target = self.conn_op(OpKind::Send, key);
+            let entry = opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(UserData::worker_op(OpKind::Cancel).raw());
+            // SAFETY: no pointers.
+            unsafe { self.push(entry) };
+        }
         self.recycle_queue(key);
         let entry = opcode::Close::new(types::Fixed(self.conns[key].fixed))
             .build()
@@ -742,7 +793,7 @@ impl<'a> Worker<'a> {
             self.cancel_recv(key);
             self.advance(key);
         }
-        if !self.conns.is_empty() {
+        if self.drain_deadline.is_some() && !self.conns.is_empty() {
             self.arm_tick();
         }
     }

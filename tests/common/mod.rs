@@ -573,3 +573,30 @@ pub fn set_send_buffer(stream: &TcpStream, bytes: i32) {
     };
     assert_eq!(rc, 0, "SO_SNDBUF: {}", std::io::Error::last_os_error());
 }
+
+impl Server {
+    /// The first `--stats` line printed after this call: counters as they are
+    /// now, not a line queued earlier.
+    pub fn fresh_stats(&self, timeout: Duration) -> HashMap<String, u64> {
+        while self.lines.try_recv().is_ok() {}
+        self.wait_for_stats(timeout, |_| true)
+    }
+}
+
+/// Opens `n` connections whose send and receive buffers are set to `bytes`
+/// before connecting, so that even the window of the handshake is small and
+/// the kernel's buffer autotuning stays off.
+pub fn connect_many_with_buffers(addr: SocketAddr, n: usize, bytes: usize) -> Vec<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    (0..n)
+        .map(|_| {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+            s.set_recv_buffer_size(bytes).unwrap();
+            s.set_send_buffer_size(bytes).unwrap();
+            s.set_tcp_nodelay(true).unwrap();
+            s.connect_timeout(&addr.into(), Duration::from_secs(10))
+                .expect("connect to uring-echo");
+            s.into()
+        })
+        .collect()
+}

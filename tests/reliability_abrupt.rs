@@ -48,7 +48,14 @@ for_each_backend! {
             }
             chaos.is_none() && cs.iter().all(|c| c.finished())
         });
-        assert!(streamed, "the steady connections or the abrupt clients did not finish");
+        if !streamed {
+            let unfinished = steady.iter().filter(|c| !c.finished()).count();
+            let stats = server.fresh_stats(Duration::from_secs(5));
+            panic!(
+                "{unfinished} steady connections unfinished, abrupt clients finished: {}; {stats:?}",
+                chaos.is_none()
+            );
+        }
         for (i, c) in steady.iter().enumerate() {
             assert_eq!(c.failed, None, "steady connection {i}");
             assert!(c.eof, "steady connection {i}");
@@ -58,7 +65,7 @@ for_each_backend! {
         drop(steady);
 
         // Every connection the server accepted was closed and freed.
-        let stats = server.wait_for_stats(Duration::from_secs(30), |s| s["open"] == 0);
+        let stats = server.wait_for_fresh_stats(Duration::from_secs(30), |s| s["open"] == 0);
         let opened = (STEADY + RESETS_AFTER_ECHO + RESETS_UNREAD + KILLED + 2 * HALF_CLOSES) as u64;
         assert!(stats["accepted"] >= opened, "{stats:?}");
         // Each reset after an echo is an error on a connection the server had.
@@ -127,7 +134,7 @@ fn abrupt_clients(addr: SocketAddr) {
         s.shutdown(Shutdown::Write).unwrap();
     }
     for i in 0..STORM {
-        match TcpStream::connect(addr) {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
             Ok(s) if i % 2 == 0 => set_linger_zero(&s),
             Ok(_) => {}
             // The backlog may overflow for a moment under a storm.

@@ -54,7 +54,7 @@ for_each_backend! {
         assert_all_echoed(&clients);
         let total: u64 = clients.iter().map(|c| c.payload.len() as u64).sum();
         drop(clients);
-        let stats = server.wait_for_stats(Duration::from_secs(20), |s| s["open"] == 0);
+        let stats = server.wait_for_fresh_stats(Duration::from_secs(20), |s| s["open"] == 0);
         if backend == "uring" {
             // Receives pick their buffer before the data is echoed, so 3,000 busy
             // connections drain 4 buffers. (epoll takes a buffer only for the
@@ -195,7 +195,7 @@ fn slow_clients_are_paused_and_echoed_in_order(backend: &str, buf_count: u64, bu
     }
     let total: u64 = slow.iter().map(|c| c.sent).sum();
     drop(slow);
-    server.wait_for_stats(Duration::from_secs(20), |s| s["open"] == 0);
+    server.wait_for_fresh_stats(Duration::from_secs(20), |s| s["open"] == 0);
     let stopped = server.stop();
     let s = &stopped.summary;
     assert!(stopped.status.success(), "{stopped:?}");

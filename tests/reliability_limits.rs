@@ -69,7 +69,7 @@ for_each_backend! {
             assert_eq!(c.received, c.sent, "busy connection {i}");
         }
         drop(busy);
-        server.wait_for_stats(Duration::from_secs(20), |s| s["open"] == 0);
+        server.wait_for_fresh_stats(Duration::from_secs(20), |s| s["open"] == 0);
 
         // With room again, a new connection is served.
         let mut again = server.connect();
@@ -142,7 +142,7 @@ for_each_backend! {
         // Closing them all also lets the server accept (and then lose to a reset)
         // the connections that were still waiting: only the return to 0 matters.
         drop(clients);
-        server.wait_for_stats(Duration::from_secs(20), |s| s["open"] == 0);
+        server.wait_for_fresh_stats(Duration::from_secs(20), |s| s["open"] == 0);
         let stopped = server.stop();
         assert!(stopped.status.success(), "{stopped:?}");
     }

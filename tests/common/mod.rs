@@ -600,3 +600,17 @@ pub fn connect_many_with_buffers(addr: SocketAddr, n: usize, bytes: usize) -> Ve
         })
         .collect()
 }
+
+impl Server {
+    /// [`Server::wait_for_stats`] over lines printed from now on only: a line
+    /// queued before this call (say `open=0` from before the clients
+    /// connected) cannot satisfy `pred`.
+    pub fn wait_for_fresh_stats(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&HashMap<String, u64>) -> bool,
+    ) -> HashMap<String, u64> {
+        while self.lines.try_recv().is_ok() {}
+        self.wait_for_stats(timeout, pred)
+    }
+}

@@ -7,7 +7,7 @@
 # warm-up and end are printed).
 #
 # Usage: scripts/soak.sh [--conns N] [--duration SECS] [--backend uring|epoll|both]
-#                        [--workers N] [--out DIR]
+#                        [--workers N] [--out DIR (default target/soak)]
 # Defaults: 50,000 connections, 60 s, both backends, one worker per CPU.
 #
 # The epoll backend holds every connection as a file descriptor of the
@@ -23,7 +23,7 @@ conns=50000
 duration=60
 backends="uring epoll"
 workers=$(nproc)
-out=soak-results
+out=target/soak
 # RSS may grow by this much (KiB) plus 5% between warm-up and the end.
 rss_margin_kib=8192
 

@@ -490,6 +490,25 @@ impl Server {
         proc_cpu_time(self.pid())
     }
 
+    /// The first `--stats` line printed after this call: counters as they are
+    /// now, not a line queued earlier.
+    pub fn fresh_stats(&self, timeout: Duration) -> HashMap<String, u64> {
+        while self.lines.try_recv().is_ok() {}
+        self.wait_for_stats(timeout, |_| true)
+    }
+
+    /// [`Server::wait_for_stats`] over lines printed from now on only: a line
+    /// queued before this call (say `open=0` from before the clients
+    /// connected) cannot satisfy `pred`.
+    pub fn wait_for_fresh_stats(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&HashMap<String, u64>) -> bool,
+    ) -> HashMap<String, u64> {
+        while self.lines.try_recv().is_ok() {}
+        self.wait_for_stats(timeout, pred)
+    }
+
     /// Descriptors the server process has open (entries of /proc/PID/fd).
     pub fn open_fds(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
@@ -574,15 +593,6 @@ pub fn set_send_buffer(stream: &TcpStream, bytes: i32) {
     assert_eq!(rc, 0, "SO_SNDBUF: {}", std::io::Error::last_os_error());
 }
 
-impl Server {
-    /// The first `--stats` line printed after this call: counters as they are
-    /// now, not a line queued earlier.
-    pub fn fresh_stats(&self, timeout: Duration) -> HashMap<String, u64> {
-        while self.lines.try_recv().is_ok() {}
-        self.wait_for_stats(timeout, |_| true)
-    }
-}
-
 /// Opens `n` connections whose send and receive buffers are set to `bytes`
 /// before connecting, so that even the window of the handshake is small and
 /// the kernel's buffer autotuning stays off.
@@ -599,18 +609,4 @@ pub fn connect_many_with_buffers(addr: SocketAddr, n: usize, bytes: usize) -> Ve
             s.into()
         })
         .collect()
-}
-
-impl Server {
-    /// [`Server::wait_for_stats`] over lines printed from now on only: a line
-    /// queued before this call (say `open=0` from before the clients
-    /// connected) cannot satisfy `pred`.
-    pub fn wait_for_fresh_stats(
-        &self,
-        timeout: Duration,
-        pred: impl Fn(&HashMap<String, u64>) -> bool,
-    ) -> HashMap<String, u64> {
-        while self.lines.try_recv().is_ok() {}
-        self.wait_for_stats(timeout, pred)
-    }
 }

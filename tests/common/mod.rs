@@ -577,22 +577,6 @@ pub fn set_linger_zero(stream: &TcpStream) {
     assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
 }
 
-/// Shrinks a socket's send buffer (SO_SNDBUF), so a client that does not read
-/// blocks after little data instead of after megabytes of autotuned buffer.
-pub fn set_send_buffer(stream: &TcpStream, bytes: i32) {
-    // SAFETY: a valid socket fd and a pointer to a live i32 of the length passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&bytes as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(rc, 0, "SO_SNDBUF: {}", std::io::Error::last_os_error());
-}
-
 /// Opens `n` connections whose send and receive buffers are set to `bytes`
 /// before connecting, so that even the window of the handshake is small and
 /// the kernel's buffer autotuning stays off.

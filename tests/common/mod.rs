@@ -405,3 +405,192 @@ pub fn set_recv_buffer(stream: &TcpStream, bytes: i32) {
         std::io::Error::last_os_error()
     );
 }
+
+// ---- reliability helpers -------------------------------------------------
+
+pub mod seccomp;
+pub mod stream;
+
+impl Server {
+    /// Like [`Server::start`], with the child's RLIMIT_NOFILE (soft and hard)
+    /// lowered to `limit`: the io_uring backend sizes each ring's
+    /// direct-descriptor table by it, the epoll backend hits EMFILE at it.
+    pub fn start_with_rlimit_nofile(backend: &str, extra: &[&str], limit: u64) -> Server {
+        Server::start_configured(backend, extra, move |cmd| {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the forked child before exec and only
+            // calls setrlimit(2), which is async-signal-safe; `lim` is a plain
+            // value copied into the closure before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                })
+            };
+        })
+    }
+
+    /// Like [`Server::start`], letting `configure` adjust the command (limits,
+    /// seccomp filters) before it is spawned.
+    pub fn start_configured(
+        backend: &str,
+        extra: &[&str],
+        configure: impl FnOnce(&mut Command),
+    ) -> Server {
+        let mut args = vec!["--port", "0", "--addr", "127.0.0.1", "--backend", backend];
+        if !extra.contains(&"--workers") {
+            args.extend(["--workers", "2"]);
+        }
+        args.extend(extra);
+        let mut cmd = Command::new(SERVER_BIN);
+        cmd.args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().expect("spawn uring-echo");
+        let lines = lines_of(child.stdout.take().unwrap());
+        let stderr = lines_of(child.stderr.take().unwrap());
+        let first = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err: Vec<String> = stderr.try_iter().collect();
+                panic!("uring-echo printed no start-up line; stderr: {err:?}")
+            });
+        let addr = first
+            .split_whitespace()
+            .skip_while(|w| *w != "on")
+            .nth(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in start-up line: {first}"));
+        Server {
+            child: Some(child),
+            addr,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The server's resident memory now, in KiB (VmRSS of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        proc_rss_kib(self.pid())
+    }
+
+    /// CPU time (user + system) the server has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        proc_cpu_time(self.pid())
+    }
+
+    /// The first `--stats` line printed after this call: counters as they are
+    /// now, not a line queued earlier.
+    pub fn fresh_stats(&self, timeout: Duration) -> HashMap<String, u64> {
+        while self.lines.try_recv().is_ok() {}
+        self.wait_for_stats(timeout, |_| true)
+    }
+
+    /// [`Server::wait_for_stats`] over lines printed from now on only: a line
+    /// queued before this call (say `open=0` from before the clients
+    /// connected) cannot satisfy `pred`.
+    pub fn wait_for_fresh_stats(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&HashMap<String, u64>) -> bool,
+    ) -> HashMap<String, u64> {
+        while self.lines.try_recv().is_ok() {}
+        self.wait_for_stats(timeout, pred)
+    }
+
+    /// Descriptors the server process has open (entries of /proc/PID/fd).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc/PID/fd")
+            .count()
+    }
+}
+
+/// VmRSS of a process, in KiB.
+pub fn proc_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// utime + stime of a process (fields 14 and 15 of /proc/PID/stat).
+pub fn proc_cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // The command name (field 2) may hold spaces; fields are counted after its ')'.
+    let rest = &stat[stat.rfind(')').expect("comm in stat") + 2..];
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // `rest` starts at field 3 (state), so utime (14) and stime (15) are at 11 and 12.
+    let ticks = fields[11] + fields[12];
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// Polls `cond` every few milliseconds until it holds or `timeout` passes;
+/// panics naming `what` on timeout. For conditions with no event to wait on
+/// (another process's state); each check is cheap and the loop is bounded.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Sets SO_LINGER to 0 so that dropping the socket sends a reset, not a FIN.
+pub fn set_linger_zero(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket fd and a pointer to a live `linger` of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+}
+
+/// Opens `n` connections whose send and receive buffers are set to `bytes`
+/// before connecting, so that even the window of the handshake is small and
+/// the kernel's buffer autotuning stays off.
+pub fn connect_many_with_buffers(addr: SocketAddr, n: usize, bytes: usize) -> Vec<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    (0..n)
+        .map(|_| {
+            let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+            s.set_recv_buffer_size(bytes).unwrap();
+            s.set_send_buffer_size(bytes).unwrap();
+            s.set_tcp_nodelay(true).unwrap();
+            s.connect_timeout(&addr.into(), Duration::from_secs(10))
+                .expect("connect to uring-echo");
+            s.into()
+        })
+        .collect()
+}

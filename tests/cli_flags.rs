@@ -10,10 +10,9 @@ use std::process::Command;
 
 use common::*;
 
-/// (arguments, the flag the error must name). Negative numbers are written
-/// `--flag=-1`: as a separate word, clap reads `-1` as an unknown short flag
-/// and its error does not name the flag the value was meant for. Every flag that takes a value
-/// has cases here; `every_flag_in_help_is_covered` keeps it that way.
+/// (arguments, the flag the error must name). Negative numbers appear both as
+/// `--flag=-1` and as a separate word. Every flag has cases here;
+/// `every_flag_in_help_is_covered` keeps it that way.
 const BAD: &[(&[&str], &str)] = &[
     (&["--port", "70000"], "--port"),
     (&["--port", "65536"], "--port"),
@@ -90,11 +89,37 @@ const BAD: &[(&[&str], &str)] = &[
     (&["--stats", "often"], "--stats"),
     (&["--stats", ""], "--stats"),
     (&["--quiet=yes"], "--quiet"),
+    (&["--udp=yes"], "--udp"),
+    (&["--no-recv-bundle=1"], "--no-recv-bundle"),
+    (&["--sq-entries", "0"], "--sq-entries"),
+    (&["--sq-entries", "100"], "--sq-entries"),
+    (&["--sq-entries", "65536"], "--sq-entries"),
+    (&["--sq-entries", "-8"], "--sq-entries"),
+    (&["--sq-entries", ""], "--sq-entries"),
+    (&["--cq-entries", "8"], "--cq-entries"),
+    (&["--cq-entries", "1000"], "--cq-entries"),
+    (&["--cq-entries", "131072"], "--cq-entries"),
+    (&["--cq-entries", "big"], "--cq-entries"),
+    (
+        &["--sq-entries", "4096", "--cq-entries", "1024"],
+        "--sq-entries",
+    ),
+    (&["--udp-max-datagram", "0"], "--udp-max-datagram"),
+    (&["--udp-max-datagram", "65528"], "--udp-max-datagram"),
+    (&["--udp-max-datagram", "-1"], "--udp-max-datagram"),
+    (&["--udp-max-datagram", "jumbo"], "--udp-max-datagram"),
+    (&["--udp", "--backend", "tokio-uring"], "--udp"),
+    // Negative numbers as a separate word name the flag too.
+    (&["--port", "-1"], "--port"),
+    (&["--workers", "-2"], "--workers"),
     // Unknown and repeated flags.
     (&["--frobnicate"], "--frobnicate"),
     (&["--port", "1", "--port", "2"], "--port"),
     (&["--backend", "epoll", "-b", "uring"], "--backend"),
 ];
+
+/// Flags that take no value.
+const SWITCHES: &[&str] = &["--quiet", "--udp", "--no-recv-bundle"];
 
 /// The long flags `--help` lists, without --help and --version.
 fn flags_in_help() -> BTreeSet<String> {
@@ -128,7 +153,7 @@ fn every_flag_in_help_is_covered() {
             "{flag} is in --help but has no bad-value case"
         );
         // A flag that takes a value, given none.
-        if flag != "--quiet" {
+        if !SWITCHES.contains(&flag.as_str()) {
             let (status, stderr) = run_server_expecting_exit(&[flag]);
             assert_eq!(status.code(), Some(2), "{flag} without a value: {stderr}");
             assert!(

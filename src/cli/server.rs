@@ -25,6 +25,8 @@ pub enum BackendArg {
 /// each client sends, and on SIGINT/SIGTERM drains its connections and prints a summary.
 #[derive(Debug, Parser)]
 #[command(name = "uring-echo", version)]
+// `--port -1` must be read as a bad value for --port, not as an unknown flag `-1`.
+#[command(allow_negative_numbers = true)]
 pub struct ServerArgs {
     /// TCP port to listen on; 0 picks a free one (printed at start)
     #[arg(short, long, default_value_t = 9999, value_parser = clap::value_parser!(u16))]

@@ -90,6 +90,9 @@ pub struct BufRing {
     low: u16,
     /// Recycled buffers waiting for a slot that may be rewritten.
     waiting: Vec<BufId>,
+    /// Receives may be bundles, so `consume` reads the slots after the first
+    /// and slot reuse waits for `low` (see `track_bundles`).
+    bundles: bool,
 }
 
 impl BufRing {
@@ -115,6 +118,7 @@ impl BufRing {
             reported: vec![false; entries as usize].into_boxed_slice(),
             low: 0,
             waiting: Vec::new(),
+            bundles: false,
         };
         // SAFETY: the ring mapping is page aligned, `entries` slots long, and lives
         // in `self` until after the ring is closed (see the type's doc).
@@ -161,9 +165,18 @@ impl BufRing {
         unsafe { std::slice::from_raw_parts(self.ptr(id, 0), len as usize) }
     }
 
+    /// Prepares for receive bundles, whose completions name only their first
+    /// buffer: from now on every buffer the kernel hands out must be reported
+    /// through `consume`, which then reads the rest from the ring's slots, and
+    /// a slot is rewritten only after the completion that consumed it was
+    /// reported (completions of different receives can arrive out of order).
+    pub fn track_bundles(&mut self) {
+        self.bundles = true;
+    }
+
     /// Gives buffer `id` back to the kernel (visible after the next `publish`).
     pub fn recycle(&mut self, id: BufId) {
-        if self.waiting.is_empty() && self.has_room() {
+        if !self.bundles || (self.waiting.is_empty() && self.has_room()) {
             self.push(id);
         } else {
             self.waiting.push(id);
@@ -185,7 +198,7 @@ impl BufRing {
     }
 
     fn push(&mut self, id: BufId) {
-        debug_assert!(self.has_room());
+        debug_assert!(!self.bundles || self.has_room());
         let slot = (self.tail & self.mask()) as usize;
         let addr = self.ptr(id, 0) as u64;
         let buf_size = self.buf_size;
@@ -203,6 +216,11 @@ impl BufRing {
     /// many buffers it took. A bundle fills each buffer (up to the length its
     /// ring entry gives, which the kernel may have shortened) before the next.
     pub fn consume(&mut self, first: BufId, len: u32, mut each: impl FnMut(BufId, u32)) -> u32 {
+        if !self.bundles {
+            debug_assert!(len <= self.buf_size);
+            each(first, len);
+            return 1;
+        }
         let start = self.pos_of[first.0 as usize];
         let mut left = len;
         let mut taken = 0u16;
@@ -247,5 +265,35 @@ impl BufRing {
         // Release: the entries written by `push` must be visible before the tail.
         tail.store(self.tail, Ordering::Release);
         self.published_tail = self.tail;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_order_bundle_reports_find_their_buffers_and_slots_wait_for_them() {
+        let Ok(ring) = IoUring::new(8) else {
+            eprintln!("skipped: io_uring unavailable here");
+            return;
+        };
+        let mut br = BufRing::register(&ring, 0, 8, 64).expect("register buffer ring");
+        br.track_bundles();
+        // The kernel handed out positions 0..=2 to receive A (a bundle of 129
+        // bytes) and position 3 to receive B, whose completion arrives first.
+        let mut seen = Vec::new();
+        br.consume(BufId(3), 10, |b, n| seen.push((b.0, n)));
+        // B's buffer comes back at once: its slot would be position 8, slot 0,
+        // still holding A's first buffer, so it must wait.
+        br.recycle(BufId(3));
+        br.publish();
+        assert_eq!(br.waiting, vec![BufId(3)]);
+        assert_eq!(br.consume(BufId(0), 129, |b, n| seen.push((b.0, n))), 3);
+        assert_eq!(seen, vec![(3, 10), (0, 64), (1, 64), (2, 1)]);
+        // A reported: positions 0..=3 are done, so the waiting buffer goes in.
+        br.publish();
+        assert!(br.waiting.is_empty());
+        assert_eq!(br.pos_of[3], 8);
     }
 }

@@ -71,6 +71,10 @@ pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
             },
         })?;
     let recv_bundle = config.recv_bundle && ring.params().is_feature_recvsend_bundle();
+    let mut bufs = bufs;
+    if recv_bundle {
+        bufs.track_bundles();
+    }
     Ok(RingParts {
         ring,
         bufs,

@@ -162,21 +162,10 @@ for_each_backend! {
             assert_eq!(back, msg);
         }
         // Readers that run until EOF: the server must end every connection with a FIN.
-        let readers: Vec<_> = conns
-            .into_iter()
-            .map(|mut s| {
-                std::thread::spawn(move || {
-                    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                    let mut rest = Vec::new();
-                    s.read_to_end(&mut rest).map(|_| rest.len())
-                })
-            })
-            .collect();
+        let readers = read_to_eof_in_background(conns);
         let stopped = server.stop();
         assert!(stopped.status.success(), "{stopped:?}");
-        for r in readers {
-            assert_eq!(r.join().unwrap().expect("clean EOF, not a reset"), 0);
-        }
+        assert_each_ended_cleanly_with_nothing_more(readers);
         assert_eq!(stopped.summary["closed"], 50, "{stopped:?}");
         assert_eq!(stopped.summary["open"], 0, "{stopped:?}");
     }
@@ -194,23 +183,10 @@ fn tokio_uring_backend_echoes_byte_exact_and_drains_on_sigterm() {
     drive(&mut clients, Duration::from_secs(60));
     assert_all_echoed(&clients);
     // Stop with every connection still open: each must end with a clean EOF.
-    let readers: Vec<_> = clients
-        .into_iter()
-        .map(|c| {
-            let mut s = c.stream;
-            std::thread::spawn(move || {
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-                let mut rest = Vec::new();
-                s.read_to_end(&mut rest).map(|_| rest.len())
-            })
-        })
-        .collect();
+    let readers = read_to_eof_in_background(clients.into_iter().map(|c| c.stream).collect());
     let stopped = server.stop();
     assert!(stopped.status.success(), "{stopped:?}");
-    for r in readers {
-        assert_eq!(r.join().unwrap().expect("clean EOF, not a reset"), 0);
-    }
+    assert_each_ended_cleanly_with_nothing_more(readers);
     assert_eq!(stopped.summary["accepted"], 200, "{stopped:?}");
     assert_eq!(stopped.summary["closed"], 200, "{stopped:?}");
 }
@@ -290,5 +266,29 @@ fn a_port_in_use_is_one_clear_error() {
             "{stderr}"
         );
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+}
+
+type Reader = std::thread::JoinHandle<std::io::Result<usize>>;
+
+/// A thread per connection reading until EOF (blocking, 20 s at most); each
+/// returns how many bytes came before the EOF.
+fn read_to_eof_in_background(streams: Vec<std::net::TcpStream>) -> Vec<Reader> {
+    streams
+        .into_iter()
+        .map(|mut s| {
+            std::thread::spawn(move || {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                let mut rest = Vec::new();
+                s.read_to_end(&mut rest).map(|_| rest.len())
+            })
+        })
+        .collect()
+}
+
+fn assert_each_ended_cleanly_with_nothing_more(readers: Vec<Reader>) {
+    for r in readers {
+        assert_eq!(r.join().unwrap().expect("clean EOF, not a reset"), 0);
     }
 }

@@ -64,22 +64,22 @@ pub struct Stopped {
 impl Server {
     /// Starts the server on 127.0.0.1, port 0, with 2 workers unless `extra` says otherwise.
     pub fn start(backend: &str, extra: &[&str]) -> Server {
-        let mut args = vec!["--port", "0", "--addr", "127.0.0.1", "--backend", backend];
-        if !extra.contains(&"--workers") {
-            args.extend(["--workers", "2"]);
-        }
-        args.extend(extra);
-        Server::start_with_args(&args)
+        Server::start_configured(backend, extra, |_| {})
     }
 
+    /// Starts the server with exactly these arguments.
     pub fn start_with_args(args: &[&str]) -> Server {
-        let mut child = Command::new(SERVER_BIN)
-            .args(args)
-            .stdin(Stdio::null())
+        let mut cmd = Command::new(SERVER_BIN);
+        cmd.args(args);
+        Server::spawn(cmd)
+    }
+
+    /// Spawns `cmd` and waits for its start-up line, which names the address.
+    fn spawn(mut cmd: Command) -> Server {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn uring-echo");
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn uring-echo");
         let lines = lines_of(child.stdout.take().unwrap());
         let stderr = lines_of(child.stderr.take().unwrap());
         let first = lines
@@ -408,6 +408,7 @@ pub fn set_recv_buffer(stream: &TcpStream, bytes: i32) {
 
 // ---- reliability helpers -------------------------------------------------
 
+pub mod loadgen;
 pub mod seccomp;
 pub mod stream;
 
@@ -450,34 +451,9 @@ impl Server {
         }
         args.extend(extra);
         let mut cmd = Command::new(SERVER_BIN);
-        cmd.args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        cmd.args(&args);
         configure(&mut cmd);
-        let mut child = cmd.spawn().expect("spawn uring-echo");
-        let lines = lines_of(child.stdout.take().unwrap());
-        let stderr = lines_of(child.stderr.take().unwrap());
-        let first = lines
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| {
-                let _ = child.kill();
-                let _ = child.wait();
-                let err: Vec<String> = stderr.try_iter().collect();
-                panic!("uring-echo printed no start-up line; stderr: {err:?}")
-            });
-        let addr = first
-            .split_whitespace()
-            .skip_while(|w| *w != "on")
-            .nth(1)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in start-up line: {first}"));
-        Server {
-            child: Some(child),
-            addr,
-            lines,
-            stderr,
-        }
+        Server::spawn(cmd)
     }
 
     /// The server's resident memory now, in KiB (VmRSS of /proc/PID/status).

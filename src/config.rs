@@ -92,7 +92,7 @@ impl Default for Config {
             backend: Backend::Uring,
             buf_size_bytes: 4096,
             buf_count: 4096,
-            conn_buffers: 8,
+            conn_buffers: 32,
             max_conns: 1_000_000,
             backlog: 4096,
             drain_timeout: Duration::from_secs(5),

@@ -54,7 +54,7 @@ pub struct ServerArgs {
 
     /// Buffers one connection may hold before the server stops reading from it
     /// (back-pressure for clients that send without reading)
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=MAX_BUF_COUNT as i64))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=MAX_BUF_COUNT as i64))]
     pub conn_buffers: u32,
 
     /// Connections open at once (all workers); more are closed at accept and counted

@@ -374,17 +374,7 @@ fn the_process_fd_table_stays_small_while_holding_thousands_of_connections() {
     // The first progress line comes after a second, when the ramp (3000 at
     // 20,000/s) is long done.
     let mut err = child.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("3000 up") {
-        assert_eq!(
-            err.read(&mut byte).unwrap(),
-            1,
-            "{}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.push(byte[0]);
-    }
+    read_until(&mut err, "3000 up");
     let fds = std::fs::read_dir(format!("/proc/{}/fd", child.id()))
         .unwrap()
         .count();
@@ -406,17 +396,7 @@ fn an_interrupted_run_still_reports_what_it_measured() {
         .unwrap();
     // Wait for the first progress line: the load is running.
     let mut err = child.stderr.take().unwrap();
-    let mut seen = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&seen).contains("msgs/s") {
-        assert_eq!(
-            err.read(&mut byte).unwrap(),
-            1,
-            "{}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.push(byte[0]);
-    }
+    read_until(&mut err, "msgs/s");
     // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let mut rest = String::new();

@@ -1,5 +1,6 @@
 //! Running the real `loadgen` binary and reading its JSON result.
 
+use std::io::Read;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
@@ -51,4 +52,21 @@ pub fn pointer<'v>(v: &'v Value, path: &str) -> &'v Value {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Reads `from` (a child's stderr) until `needle` appears, and returns what
+/// was read; fails if the stream ends first.
+pub fn read_until(from: &mut impl Read, needle: &str) -> String {
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&seen).contains(needle) {
+        assert_eq!(
+            from.read(&mut byte).unwrap(),
+            1,
+            "stream ended before {needle:?}: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.push(byte[0]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
 }

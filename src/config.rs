@@ -65,6 +65,11 @@ pub struct Config {
     /// many completions per submission, hence far more than `sq_entries`.
     /// Invariant: a power of two, <= MAX_CQ_ENTRIES.
     pub cq_entries: u32,
+    /// How long a worker with nothing to do spins, checking for events, before
+    /// it sleeps in the kernel. Zero (the default) never spins. Spinning saves
+    /// the wake-up (a scheduler round trip, in a VM an IPI and a halt exit) at
+    /// the price of a core kept busy while traffic trickles.
+    pub busy_poll: Duration,
     /// Print a stats line at this interval.
     pub stats_interval: Option<Duration>,
     /// Print nothing but errors.
@@ -101,6 +106,7 @@ impl Default for Config {
             cq_entries: MAX_CQ_ENTRIES,
             udp: false,
             udp_max_datagram: MAX_UDP_DATAGRAM,
+            busy_poll: Duration::ZERO,
             stats_interval: None,
             quiet: false,
         }

@@ -135,7 +135,7 @@ fn local_addr(listener: &Socket) -> anyhow::Result<SocketAddr> {
 fn banner(config: &Config, local: SocketAddr, features: &str) -> String {
     format!(
         "uring-echo listening on {local} backend={} workers={} buffers={}x{}B/worker ({} KiB) \
-         conn_buffers={} max_conns={} udp={} features={features}",
+         conn_buffers={} max_conns={} busy_poll={}us udp={} features={features}",
         config.backend.name(),
         config.workers,
         config.buf_count,
@@ -143,6 +143,7 @@ fn banner(config: &Config, local: SocketAddr, features: &str) -> String {
         config.pool_bytes_per_worker() / 1024,
         config.conn_buffers,
         config.max_conns,
+        config.busy_poll.as_micros(),
         if config.udp { "on" } else { "off" },
     )
 }

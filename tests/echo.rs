@@ -6,7 +6,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -149,6 +149,35 @@ for_each_backend! {
         let stopped = server.stop();
         assert_eq!(stopped.summary["rejected"], 1, "{stopped:?}");
         assert_eq!(stopped.summary["accepted"], 5, "{stopped:?}");
+    }
+
+    fn busy_polling_echoes_byte_exact_then_sleeps_when_idle(backend) {
+        let server = Server::start(backend, &["--busy-poll", "1000"]);
+        let mut clients: Vec<EchoClient> = connect_many(server.addr, 200)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let len = 1 + (i * 7919) % 40_000;
+                EchoClient::new(s, payload(i as u64, len), 10 * 1024, false)
+            })
+            .collect();
+        drive(&mut clients, Duration::from_secs(60));
+        assert_all_echoed(&clients);
+        // The connections stay open and quiet: the worker must stop spinning
+        // after its 1 ms and sleep, not keep a core busy.
+        let (cpu0, t0) = (server.cpu_time(), Instant::now());
+        // A measurement window, not synchronisation: nothing is waited for.
+        std::thread::sleep(Duration::from_secs(1));
+        let (cpu, wall) = (server.cpu_time() - cpu0, t0.elapsed());
+        assert!(
+            cpu.as_secs_f64() < 0.2 * wall.as_secs_f64(),
+            "server used {cpu:?} of CPU in {wall:?} with 200 idle connections"
+        );
+        let total: u64 = clients.iter().map(|c| c.payload.len() as u64).sum();
+        drop(clients);
+        let stopped = server.stop();
+        assert!(stopped.status.success(), "{stopped:?}");
+        assert_eq!(stopped.summary["bytes_out"], total);
     }
 
     fn sigterm_drains_open_connections_and_exits_zero(backend) {

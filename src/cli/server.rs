@@ -93,6 +93,14 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = MAX_UDP_DATAGRAM, value_parser = clap::value_parser!(u32).range(1..=MAX_UDP_DATAGRAM as i64))]
     pub udp_max_datagram: u32,
 
+    /// Microseconds a worker with nothing to do spins, checking for events,
+    /// before it sleeps: lower latency at low load, a core kept busy while
+    /// traffic trickles. 0 (the default) never spins. io_uring checks shared
+    /// memory (the kernel's task-run flag, 5.19+); epoll calls epoll_wait with
+    /// a zero timeout
+    #[arg(long, value_name = "MICROS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub busy_poll: u32,
+
     /// Print a stats line (connections, bytes) every SECONDS
     #[arg(long, value_name = "SECONDS", value_parser = crate::cli::seconds(0.01, 86400.0))]
     pub stats: Option<Duration>,
@@ -114,6 +122,12 @@ impl ServerArgs {
         if self.udp && matches!(self.backend, BackendArg::TokioUring) {
             return Err(
                 "--udp is served by the uring and epoll backends, not --backend tokio-uring".into(),
+            );
+        }
+        if self.busy_poll > 0 && matches!(self.backend, BackendArg::TokioUring) {
+            return Err(
+                "--busy-poll is done by the uring and epoll backends, not --backend tokio-uring (its runtime owns the wait)"
+                    .into(),
             );
         }
         if self.conn_buffers > self.buf_count {
@@ -144,6 +158,7 @@ impl ServerArgs {
             cq_entries: self.cq_entries,
             udp: self.udp,
             udp_max_datagram: self.udp_max_datagram,
+            busy_poll: Duration::from_micros(u64::from(self.busy_poll)),
             stats_interval: self.stats,
             quiet: self.quiet,
         })

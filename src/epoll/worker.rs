@@ -139,7 +139,13 @@ impl<'a> Worker<'a> {
             } else {
                 None
             };
-            let n = self.poller.wait(&mut events, timeout)?;
+            let mut n = 0;
+            if timeout != Some(Duration::ZERO) {
+                n = self.spin_for_events(&mut events)?;
+            }
+            if n == 0 {
+                n = self.poller.wait(&mut events, timeout)?;
+            }
             for ev in &events[..n] {
                 let (flags, tok) = (ev.events, ev.u64);
                 match tok {
@@ -167,6 +173,24 @@ impl<'a> Worker<'a> {
                     self.close(key, false);
                 }
             }
+        }
+    }
+
+    /// `--busy-poll`: polls with a zero timeout until events come or the spin
+    /// time is up; how many came. The same spin the io_uring worker does, at
+    /// the cost epoll must pay for it: a syscall every turn.
+    fn spin_for_events(&self, events: &mut [libc::epoll_event]) -> io::Result<usize> {
+        let spin = self.shared.config.busy_poll;
+        if spin.is_zero() {
+            return Ok(0);
+        }
+        let deadline = Instant::now() + spin;
+        loop {
+            let n = self.poller.wait(events, Some(Duration::ZERO))?;
+            if n > 0 || Instant::now() >= deadline {
+                return Ok(n);
+            }
+            std::hint::spin_loop();
         }
     }
 

@@ -93,7 +93,9 @@ pub fn build_ring(sq_entries: u32, cq_entries: u32) -> Result<(IoUring, RingFlag
                 ..RingFlags::default()
             },
             |b| {
-                b.setup_single_issuer().setup_defer_taskrun();
+                b.setup_single_issuer()
+                    .setup_defer_taskrun()
+                    .setup_taskrun_flag();
             },
         ),
         (
@@ -102,11 +104,14 @@ pub fn build_ring(sq_entries: u32, cq_entries: u32) -> Result<(IoUring, RingFlag
                 ..RingFlags::default()
             },
             |b| {
-                b.setup_coop_taskrun();
+                b.setup_coop_taskrun().setup_taskrun_flag();
             },
         ),
         (RingFlags::default(), |_| {}),
     ];
+    // TASKRUN_FLAG (5.19, with either TASKRUN mode) makes the kernel raise
+    // IORING_SQ_TASKRUN in the shared ring while completion work waits to run,
+    // which is how a busy-polling worker sees it without a syscall.
     let mut last_err = None;
     for (flags, apply) in attempts {
         let mut builder = IoUring::builder();

@@ -134,15 +134,8 @@ impl<'a> Worker<'a> {
         self.arm_udp();
         while !(self.drain_deadline.is_some() && self.conns.is_empty() && self.in_flight == 0) {
             self.flush_backlog();
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                // EINTR: a signal; EBUSY/EAGAIN: completions must be reaped first.
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                    ) => {}
-                Err(e) => return Err(e),
+            if !self.spin_for_completions()? {
+                self.enter(1)?;
             }
             self.reap();
             self.bufs.publish();
@@ -158,6 +151,54 @@ impl<'a> Worker<'a> {
             self.rearm_starved();
         }
         Ok(())
+    }
+
+    /// Submits what is queued and waits for `want` completions.
+    fn enter(&mut self, want: usize) -> io::Result<()> {
+        match self.ring.submit_and_wait(want) {
+            Ok(_) => Ok(()),
+            // EINTR: a signal; EBUSY/EAGAIN: completions must be reaped first.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `--busy-poll`: submits, then spins until a completion is ready or the
+    /// spin time is up; true when completions are ready. Checking needs no
+    /// syscall: the CQ tail and the kernel's IORING_SQ_TASKRUN flag (completion
+    /// work waiting to run, which only an enter with GETEVENTS runs, and the
+    /// crate's submit adds GETEVENTS when the flag is up) are in shared memory.
+    fn spin_for_completions(&mut self) -> io::Result<bool> {
+        let spin = self.shared.config.busy_poll;
+        if spin.is_zero() {
+            return Ok(false);
+        }
+        self.enter(0)?;
+        let deadline = Instant::now() + spin;
+        loop {
+            if !self.ring.completion().is_empty() {
+                return Ok(true);
+            }
+            if self.ring.submission().taskrun() {
+                // Task work need not post a completion (a poll that re-arms):
+                // the deadline is checked on every turn all the same.
+                self.enter(0)?;
+                if !self.ring.completion().is_empty() {
+                    return Ok(true);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
+        }
     }
 
     fn reap(&mut self) {

@@ -35,6 +35,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Optional
 from pathlib import Path
 
 # benchkit lives beside this script; leave no __pycache__ in the tree.
@@ -211,7 +212,7 @@ def matrix_cells(args: argparse.Namespace) -> list:
     return [Cell(c, s, MODES[m]) for s in args.sizes for m in args.modes for c in args.conns]
 
 
-def plan_matrix(args: argparse.Namespace, nofile: int) -> list:
+def plan_matrix(args: argparse.Namespace, nofile: int, tcp_mem: Optional[int]) -> list:
     """Every run of the matrix, in the order it will run (skips included once)."""
     plan = []
     for rep in range(args.reps):
@@ -220,7 +221,7 @@ def plan_matrix(args: argparse.Namespace, nofile: int) -> list:
                 backend = BACKENDS[name]
                 run = Run("matrix", cell, name, rep,
                           server_workers(backend, cell.conns, args.workers, nofile))
-                why = skip_reason(backend, cell.conns, nofile)
+                why = skip_reason(backend, cell, nofile, tcp_mem)
                 if why:
                     if rep > 0:
                         continue
@@ -390,7 +391,7 @@ def main(argv: list) -> int:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "bench-results" / stamp
     bench = Bench(args, out)
-    plan = plan_matrix(args, bench.nofile) if not args.only_targets else []
+    plan = plan_matrix(args, bench.nofile, host.tcp_memory_limit_bytes()) if not args.only_targets else []
     est = estimate_s(args, plan)
     bench.log(f"output: {out}; open-files limit {bench.nofile}; estimated {est / 60:.1f} min "
               f"({len([r for r in plan if r.status != 'skipped'])} matrix runs"

@@ -116,7 +116,7 @@ for_each_backend! {
         }
 
         // Connections wait in the backlog; the server must not spin on them.
-        assert_idle_cpu_is_low(&server);
+        assert_idle_cpu_is_low(&server, "idle at its descriptor limit");
 
         // Closing some makes room: as many waiting connections are accepted and served.
         drop(clients.drain(..CLOSED_TO_MAKE_ROOM));
@@ -130,7 +130,7 @@ for_each_backend! {
             "waiting connections served after {CLOSED_TO_MAKE_ROOM} closed; {full:?} then {resumed:?}"
         );
         // Full again: still no busy loop, and the old connections still echo.
-        assert_idle_cpu_is_low(&server);
+        assert_idle_cpu_is_low(&server, "idle at its descriptor limit");
         for c in clients.iter_mut().take(5) {
             let msg = payload(99, 300);
             c.write_all(&msg).unwrap();
@@ -153,19 +153,6 @@ fn echo_of(s: &mut TcpStream, len: usize) -> Option<Vec<u8>> {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = vec![0u8; len];
     s.read_exact(&mut buf).ok().map(|_| buf)
-}
-
-/// The server's CPU use over one second while nothing happens must stay far
-/// below a core: a paused accept, not one retried in a loop.
-fn assert_idle_cpu_is_low(server: &Server) {
-    let (cpu0, t0) = (server.cpu_time(), Instant::now());
-    // A measurement window, not synchronisation: nothing is waited for.
-    std::thread::sleep(Duration::from_secs(1));
-    let (cpu, wall) = (server.cpu_time() - cpu0, t0.elapsed());
-    assert!(
-        cpu.as_secs_f64() < 0.2 * wall.as_secs_f64(),
-        "server used {cpu:?} of CPU in {wall:?} while idle at its descriptor limit"
-    );
 }
 
 /// Of the connections `first_index..` in `clients`, how many get their

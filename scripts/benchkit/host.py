@@ -23,6 +23,15 @@ def open_files_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
+def tcp_memory_limit_bytes() -> Optional[int]:
+    """The kernel's limit on all TCP sockets' buffer memory together (the
+    third value of net.ipv4.tcp_mem, in pages), or None where unreadable."""
+    fields = _read("/proc/sys/net/ipv4/tcp_mem").split()
+    if len(fields) != 3 or not fields[2].isdigit():
+        return None
+    return int(fields[2]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _read(path: str) -> str:
     try:
         with open(path) as f:

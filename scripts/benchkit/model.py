@@ -70,12 +70,29 @@ def server_workers(backend: Backend, conns: int, workers: int, nofile: int) -> i
     return max(workers, math.ceil(conns / per_ring))
 
 
-def skip_reason(backend: Backend, conns: int, nofile: int) -> Optional[str]:
-    """Why `backend` cannot run `conns` connections here, or None."""
-    if backend.fd_per_conn and conns + FD_HEADROOM > nofile:
+def skip_reason(backend: Backend, cell: Cell, nofile: int,
+                tcp_mem_bytes: Optional[int] = None) -> Optional[str]:
+    """Why `backend` cannot run `cell` here, or None.
+
+    Besides the open-files limit: a closed-loop cell keeps conns x pipeline x
+    size bytes in flight, and every one of them sits in a socket buffer, most
+    of the time in two (the client's send buffer and the server's receive
+    buffer, then the server's send buffer and the client's receive buffer).
+    Past half the kernel's TCP memory limit the kernel drops and stalls
+    (tcp_mem pressure), whatever the server: 10,000 x 16 x 16 KiB = 2.4 GiB
+    left every backend with thousands of messages unechoed at the end."""
+    if backend.fd_per_conn and cell.conns + FD_HEADROOM > nofile:
         return (
-            f"needs RLIMIT_NOFILE >= conns ({conns} + {FD_HEADROOM} fds of headroom); "
+            f"needs RLIMIT_NOFILE >= conns ({cell.conns} + {FD_HEADROOM} fds of headroom); "
             f"the open-files limit here is {nofile}"
+        )
+    in_flight = cell.conns * cell.pipeline * cell.size
+    if cell.rate is None and tcp_mem_bytes is not None and in_flight > tcp_mem_bytes / 2:
+        gib = 2**30
+        return (
+            f"keeps conns x pipeline x size = {in_flight / gib:.1f} GiB in flight, more than "
+            f"half the kernel's TCP memory limit here (net.ipv4.tcp_mem max "
+            f"{tcp_mem_bytes / gib:.1f} GiB): the kernel, not the server, would stall"
         )
     return None
 

@@ -29,10 +29,25 @@ class Model(unittest.TestCase):
         self.assertEqual(server_workers(BACKENDS["epoll"], 50_000, 1, 20_000), 1)
 
     def test_fd_backends_skip_what_the_open_files_limit_cannot_hold(self):
-        self.assertIsNone(skip_reason(BACKENDS["epoll"], 10_000, 20_000))
-        why = skip_reason(BACKENDS["tokio"], 50_000, 20_000)
+        self.assertIsNone(skip_reason(BACKENDS["epoll"], Cell(10_000, 64, 1), 20_000))
+        why = skip_reason(BACKENDS["tokio"], Cell(50_000, 64, 1), 20_000)
         self.assertIn("RLIMIT_NOFILE", why)
-        self.assertIsNone(skip_reason(BACKENDS["uring"], 50_000, 20_000))
+        self.assertIsNone(skip_reason(BACKENDS["uring"], Cell(50_000, 64, 1), 20_000))
+
+    def test_cells_beyond_half_the_tcp_memory_limit_are_skipped_for_every_backend(self):
+        tcp_mem = 575_802 * 4096  # this development machine's: 2.2 GiB
+        for name in BACKENDS:
+            b = BACKENDS[name]
+            why = skip_reason(b, Cell(10_000, 16_384, 16), 1 << 20, tcp_mem)
+            self.assertIn("tcp_mem", why)
+            self.assertIn("2.4 GiB", why)
+            self.assertIsNone(skip_reason(b, Cell(1_000, 16_384, 16), 1 << 20, tcp_mem))
+            self.assertIsNone(skip_reason(b, Cell(50_000, 1_024, 16), 1 << 20, tcp_mem))
+        # An open-loop cell keeps only what its rate puts in flight.
+        self.assertIsNone(skip_reason(BACKENDS["uring"], Cell(10_000, 16_384, 16, rate=1e4),
+                                      1 << 20, tcp_mem))
+        # Unknown limit: nothing is skipped for it.
+        self.assertIsNone(skip_reason(BACKENDS["uring"], Cell(10_000, 16_384, 16), 1 << 20))
 
     def test_cell_names_are_stable(self):
         self.assertEqual(Cell(1000, 64, 1).name, "c1000-s64-p1")

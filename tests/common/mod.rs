@@ -570,3 +570,17 @@ pub fn connect_many_with_buffers(addr: SocketAddr, n: usize, bytes: usize) -> Ve
         })
         .collect()
 }
+
+/// The server's CPU use over one second in which nothing happens must stay far
+/// below a core (a paused accept, a spin that ended: not a loop that retries);
+/// `what` says what it sits idle with.
+pub fn assert_idle_cpu_is_low(server: &Server, what: &str) {
+    let (cpu0, t0) = (server.cpu_time(), Instant::now());
+    // A measurement window, not synchronisation: nothing is waited for.
+    thread::sleep(Duration::from_secs(1));
+    let (cpu, wall) = (server.cpu_time() - cpu0, t0.elapsed());
+    assert!(
+        cpu.as_secs_f64() < 0.2 * wall.as_secs_f64(),
+        "server used {cpu:?} of CPU in {wall:?} while {what}"
+    );
+}

@@ -14,18 +14,7 @@ for_each_backend! {
     fn echoes_random_payloads_byte_exact_on_1000_connections(backend) {
         let _guard = many_sockets_guard();
         let server = Server::start(backend, &[]);
-        let mut clients: Vec<EchoClient> = connect_many(server.addr, 1000)
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                // Sizes from 1 byte to ~40 KiB; writes of 10 KiB are larger than one
-                // 4 KiB receive buffer, and several are in flight at once.
-                let len = 1 + (i * 7919) % 40_000;
-                EchoClient::new(s, payload(i as u64, len), 10 * 1024, false)
-            })
-            .collect();
-        drive(&mut clients, Duration::from_secs(60));
-        assert_all_echoed(&clients);
+        let clients = echo_random_payloads(&server, 1000);
         let total: u64 = clients.iter().map(|c| c.payload.len() as u64).sum();
         drop(clients);
         let stopped = server.stop();
@@ -153,16 +142,7 @@ for_each_backend! {
 
     fn busy_polling_echoes_byte_exact_then_sleeps_when_idle(backend) {
         let server = Server::start(backend, &["--busy-poll", "1000"]);
-        let mut clients: Vec<EchoClient> = connect_many(server.addr, 200)
-            .into_iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let len = 1 + (i * 7919) % 40_000;
-                EchoClient::new(s, payload(i as u64, len), 10 * 1024, false)
-            })
-            .collect();
-        drive(&mut clients, Duration::from_secs(60));
-        assert_all_echoed(&clients);
+        let clients = echo_random_payloads(&server, 200);
         // The connections stay open and quiet: the worker must stop spinning
         // after its 1 ms and sleep, not keep a core busy.
         assert_idle_cpu_is_low(&server, "idle with 200 open connections");
@@ -295,6 +275,24 @@ type Reader = std::thread::JoinHandle<std::io::Result<usize>>;
 
 /// A thread per connection reading until EOF (blocking, 20 s at most); each
 /// returns how many bytes came before the EOF.
+/// Connects `conns` clients, each sending a payload of its own size (1 byte to
+/// ~40 KiB) in 10 KiB writes, larger than one 4 KiB receive buffer, several in
+/// flight at once; returns them once every byte came back as sent. The
+/// connections stay open.
+fn echo_random_payloads(server: &Server, conns: usize) -> Vec<EchoClient> {
+    let mut clients: Vec<EchoClient> = connect_many(server.addr, conns)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let len = 1 + (i * 7919) % 40_000;
+            EchoClient::new(s, payload(i as u64, len), 10 * 1024, false)
+        })
+        .collect();
+    drive(&mut clients, Duration::from_secs(60));
+    assert_all_echoed(&clients);
+    clients
+}
+
 fn read_to_eof_in_background(streams: Vec<std::net::TcpStream>) -> Vec<Reader> {
     streams
         .into_iter()

@@ -47,20 +47,9 @@ impl Engine<'_> {
         let mut drain_deadline = Nanos::MAX;
         loop {
             let now = self.shared.now();
-            if self.shared.interrupted() && stop_at > now {
-                // Ctrl-C: measure up to now, drain, report.
-                stop_at = now;
-            }
-            if now >= stop_at {
-                self.creating = false;
-            }
+            self.check_stop(now, &mut stop_at);
             if let Some(s) = schedule.as_mut() {
-                while self.creating {
-                    let Some(due) = s.take_due(now) else { break };
-                    if due >= stop_at {
-                        self.creating = false;
-                        break;
-                    }
+                while let Some(due) = self.take_due(s, now, stop_at) {
                     // The next live connection, dropping dead ones as they turn up.
                     while rr < live.len()
                         && self.conns[live[rr] as usize].state != State::Established

@@ -34,7 +34,7 @@ use hdrhistogram::Histogram;
 use super::config::Config;
 use super::conn::{Conn, Msg, Sink, State};
 use super::flow::Flow;
-use super::pacing::Nanos;
+use super::pacing::{Nanos, Schedule};
 use super::pattern::Pattern;
 use super::ring::{Completion, OpKind, RecvBufs, Ring, Tag};
 use super::stats::{Progress, ThreadResult, new_histogram, record_ns};
@@ -259,6 +259,33 @@ impl<'a> Engine<'a> {
             }
         }
         Ok(())
+    }
+
+    /// The start of a load-phase turn: on Ctrl-C the measured part ends now
+    /// (then the drain, then the report); once `stop_at` has passed, no more
+    /// messages are created.
+    fn check_stop(&mut self, now: Nanos, stop_at: &mut Nanos) {
+        if self.shared.interrupted() && *stop_at > now {
+            *stop_at = now;
+        }
+        if now >= *stop_at {
+            self.creating = false;
+        }
+    }
+
+    /// The due time of the next open-loop message, if one is due at `now` and
+    /// messages are still being created; one due at `stop_at` or later ends
+    /// the creating.
+    fn take_due(&mut self, schedule: &mut Schedule, now: Nanos, stop_at: Nanos) -> Option<Nanos> {
+        if !self.creating {
+            return None;
+        }
+        let due = schedule.take_due(now)?;
+        if due >= stop_at {
+            self.creating = false;
+            return None;
+        }
+        Some(due)
     }
 
     /// Publishes this thread's progress every [`FLUSH_EVERY`]; `now == 0` forces it.

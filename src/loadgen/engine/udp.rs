@@ -60,19 +60,9 @@ impl Engine<'_> {
         let mut drain_deadline = Nanos::MAX;
         loop {
             let now = self.shared.now();
-            if self.shared.interrupted() && stop_at > now {
-                stop_at = now;
-            }
-            if now >= stop_at {
-                self.creating = false;
-            }
+            self.check_stop(now, &mut stop_at);
             if let Some(s) = schedule.as_mut() {
-                while self.creating {
-                    let Some(due) = s.take_due(now) else { break };
-                    if due >= stop_at {
-                        self.creating = false;
-                        break;
-                    }
+                while let Some(due) = self.take_due(s, now, stop_at) {
                     self.create_datagram(live[rr], due, now);
                     rr = (rr + 1) % live.len();
                 }

@@ -79,20 +79,10 @@ impl Engine<'_> {
                 break;
             }
             self.flush_progress(now);
-            let mut wake = self.next_flush.min(drain_deadline).min(stop_at);
-            if let (Some(s), true) = (schedule.as_ref(), self.creating) {
-                wake = wake.min(s.next_due());
-            }
-            self.turn(wake)?;
+            let wake = self.next_flush.min(drain_deadline).min(stop_at);
+            self.turn_until(wake, schedule.as_ref())?;
         }
-        let now = self.shared.now();
-        self.result.measure_end = match config.stop {
-            Stop::After(_) => stop_at.min(now),
-            Stop::Messages(_) if self.shared.interrupted() => now,
-            Stop::Messages(_) if self.result.counters.msgs_received > 0 => self.result.measure_end,
-            Stop::Messages(_) => now,
-        };
-        self.flush_progress(0);
+        self.finish_load(stop_at, self.result.counters.msgs_received > 0);
         Ok(())
     }
 

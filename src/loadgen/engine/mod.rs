@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use super::config::Config;
+use super::config::{Config, Stop};
 use super::conn::{Conn, Msg, Sink, State};
 use super::flow::Flow;
 use super::pacing::{Nanos, Schedule};
@@ -286,6 +286,30 @@ impl<'a> Engine<'a> {
             return None;
         }
         Some(due)
+    }
+
+    /// A load-phase turn: waits until `wake` or, while messages are being
+    /// created, the next scheduled one, whichever is first.
+    fn turn_until(&mut self, wake: Nanos, schedule: Option<&Schedule>) -> Result<(), String> {
+        let wake = match schedule {
+            Some(s) if self.creating => wake.min(s.next_due()),
+            _ => wake,
+        };
+        self.turn(wake)
+    }
+
+    /// After the drain: where the measured part ended (`stop_at` with
+    /// `--duration`; with `--messages`, the last measured echo, or now when
+    /// interrupted or nothing was echoed), and the last progress flush.
+    fn finish_load(&mut self, stop_at: Nanos, echoed_any: bool) {
+        let now = self.shared.now();
+        self.result.measure_end = match self.config().stop {
+            Stop::After(_) => stop_at.min(now),
+            Stop::Messages(_) if self.shared.interrupted() => now,
+            Stop::Messages(_) if echoed_any => self.result.measure_end,
+            Stop::Messages(_) => now,
+        };
+        self.flush_progress(0);
     }
 
     /// Publishes this thread's progress every [`FLUSH_EVERY`]; `now == 0` forces it.

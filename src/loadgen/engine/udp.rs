@@ -82,24 +82,14 @@ impl Engine<'_> {
                 break;
             }
             self.flush_progress(now);
-            let mut wake = self
+            let wake = self
                 .next_flush
                 .min(next_expiry)
                 .min(stop_at)
                 .min(drain_deadline);
-            if let (Some(s), true) = (schedule.as_ref(), self.creating) {
-                wake = wake.min(s.next_due());
-            }
-            self.turn(wake)?;
+            self.turn_until(wake, schedule.as_ref())?;
         }
-        let now = self.shared.now();
-        self.result.measure_end = match config.stop {
-            Stop::After(_) => stop_at.min(now),
-            Stop::Messages(_) if self.shared.interrupted() => now,
-            Stop::Messages(_) if self.result.udp.received > 0 => self.result.measure_end,
-            Stop::Messages(_) => now,
-        };
-        self.flush_progress(0);
+        self.finish_load(stop_at, self.result.udp.received > 0);
         Ok(())
     }
 

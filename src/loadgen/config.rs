@@ -41,6 +41,28 @@ pub struct SizeRange {
     pub max: u32,
 }
 
+/// Draws sizes uniformly from a range: xorshift64, seeded per connection or
+/// flow, so each one's sequence of sizes is the same from run to run.
+#[derive(Clone, Debug)]
+pub struct SizeDraw(u64);
+
+impl SizeDraw {
+    pub fn new(seed: u32) -> SizeDraw {
+        SizeDraw(u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// A size in `min..=max`.
+    pub fn next(&mut self, min: u32, max: u32) -> u32 {
+        if min == max {
+            return min;
+        }
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        min + (self.0 % u64::from(max - min + 1)) as u32
+    }
+}
+
 /// The largest message size accepted.
 pub const MAX_MESSAGE_BYTES: u32 = 16 << 20;
 

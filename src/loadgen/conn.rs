@@ -11,6 +11,7 @@
 
 use std::collections::VecDeque;
 
+use super::config::SizeDraw;
 use super::pacing::Nanos;
 use super::pattern::Pattern;
 
@@ -50,8 +51,8 @@ pub struct Conn {
     pub state: State,
     /// Offset of this connection's stream in the pattern.
     pub seed: u32,
-    /// Message-size generator state (xorshift64), per connection.
-    rng: u64,
+    /// Message sizes, per connection.
+    sizes: SizeDraw,
     /// When the connect was submitted.
     pub connect_started: Nanos,
     /// Created and not fully echoed, oldest first.
@@ -85,7 +86,7 @@ impl Conn {
         Conn {
             state: State::Idle,
             seed,
-            rng: u64::from(seed).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            sizes: SizeDraw::new(seed),
             connect_started: 0,
             queue: VecDeque::new(),
             released: 0,
@@ -105,13 +106,7 @@ impl Conn {
 
     /// Picks a size in `min..=max`.
     pub fn next_size(&mut self, min: u32, max: u32) -> u32 {
-        if min == max {
-            return min;
-        }
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        min + (self.rng % u64::from(max - min + 1)) as u32
+        self.sizes.next(min, max)
     }
 
     /// Creates a message meant to be sent at `intended`, and releases it to the

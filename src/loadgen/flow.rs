@@ -15,6 +15,7 @@
 
 use std::collections::VecDeque;
 
+use super::config::SizeDraw;
 use super::pacing::Nanos;
 
 /// A datagram created on a flow.
@@ -65,8 +66,7 @@ pub enum Echo {
 pub struct Flow {
     /// The flow's global index, written in every header it sends.
     pub id: u32,
-    /// Size generator state (xorshift64).
-    rng: u64,
+    sizes: SizeDraw,
     /// Sequence number of `window[0]`.
     base: u64,
     window: VecDeque<Slot>,
@@ -83,7 +83,7 @@ impl Flow {
     pub fn new(id: u32) -> Flow {
         Flow {
             id,
-            rng: u64::from(id).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            sizes: SizeDraw::new(id),
             base: 0,
             window: VecDeque::new(),
             next_send: 0,
@@ -94,13 +94,7 @@ impl Flow {
 
     /// Picks a size in `min..=max`.
     pub fn next_size(&mut self, min: u32, max: u32) -> u32 {
-        if min == max {
-            return min;
-        }
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        min + (self.rng % u64::from(max - min + 1)) as u32
+        self.sizes.next(min, max)
     }
 
     /// Creates a datagram; returns its sequence number.

@@ -4,7 +4,7 @@
 //! descriptor and connected by the ring, with a deadline (`--connect-timeout`).
 //! Then all threads meet at a barrier and the load phase runs: closed loop
 //! (a message per echo, `pipeline` in flight) or open loop (messages due on a
-//! [`Schedule`](super::pacing::Schedule), handed round-robin to the live connections), until the stop
+//! [`Schedule`], handed round-robin to the live connections), until the stop
 //! condition, then a drain of what is still in flight.
 //!
 //! Every loop turn: create what is due → wait for completions or the next

@@ -33,16 +33,17 @@ type Ready = Result<String, String>;
 /// Binds, serves until SIGINT/SIGTERM, drains, and returns what was served.
 pub fn run(config: Config) -> anyhow::Result<Summary> {
     crate::sys::ignore_sigpipe();
-    let listeners = net::bind_listeners(config.socket_addr(), config.backlog, config.workers)
-        .map_err(|e| anyhow!(net::describe_bind_error(config.socket_addr(), &e)))?;
+    let listeners = net::bind_listeners(
+        config.socket_addr(),
+        config.backlog,
+        config.workers,
+        config.udp,
+    )?;
     let local = local_addr(&listeners[0])?;
     let mut udp_sockets: Vec<Option<Socket>> = (0..config.workers).map(|_| None).collect();
     if config.udp {
         for slot in &mut udp_sockets {
-            *slot = Some(
-                net::bind_udp(local)
-                    .map_err(|e| anyhow!("UDP {}", net::describe_bind_error(local, &e)))?,
-            );
+            *slot = Some(net::bind_udp(local).map_err(|e| net::BindError::new(local, "UDP", e))?);
         }
     }
     let stats = Stats::new(config.workers);

@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use socket2::Socket;
 
+use crate::capacity::{self, Capacity, TableFull};
 use crate::config::{Backend, Config};
 use crate::shutdown::{Shutdown, SignalThread};
 use crate::stats::{Snapshot, Stats};
@@ -50,6 +51,7 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
     let shutdown = Shutdown::new(config.workers).context("creating the workers' eventfds")?;
     let _signals = SignalThread::spawn(shutdown.clone()).context("installing signal handlers")?;
     let open_conns = Arc::new(AtomicUsize::new(0));
+    let fd_table = Arc::new(TableFull::default());
     let started = Instant::now();
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -61,8 +63,14 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
         for (id, (listener, udp)) in listeners.into_iter().zip(udp_sockets).enumerate() {
             let ready_tx = ready_tx.clone();
             let alive_tx = alive_tx.clone();
-            let (config, stats, shutdown, open_conns, failures) =
-                (&config, &stats, &shutdown, &open_conns, &failures);
+            let (config, stats, shutdown, open_conns, fd_table, failures) = (
+                &config,
+                &stats,
+                &shutdown,
+                &open_conns,
+                &fd_table,
+                &failures,
+            );
             thread::Builder::new()
                 .name(format!("worker-{id}"))
                 .spawn_scoped(scope, move || {
@@ -72,10 +80,11 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
                             id, listener, udp, config, stats, shutdown, open_conns, &ready_tx,
                         ),
                         Backend::Epoll => run_epoll(
-                            id, listener, udp, config, stats, shutdown, open_conns, &ready_tx,
+                            id, listener, udp, config, stats, shutdown, open_conns, fd_table,
+                            &ready_tx,
                         ),
                         Backend::TokioUring => run_tokio_uring(
-                            id, listener, config, stats, shutdown, open_conns, &ready_tx,
+                            id, listener, config, stats, shutdown, open_conns, fd_table, &ready_tx,
                         ),
                     };
                     if let Err(e) = result {
@@ -100,7 +109,14 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
             return Err(anyhow!(e));
         }
         if !config.quiet {
-            println!("{}", banner(&config, local, &features));
+            // Counted once every worker has set up, so the descriptors its
+            // rings, eventfds and listeners take are not counted as room.
+            let capacity = Capacity::of(
+                &config,
+                crate::sys::open_files_limit(),
+                capacity::fds_in_use(),
+            );
+            println!("{}", banner(&config, local, &capacity, &features));
             let _ = std::io::stdout().flush();
         }
         if let Some(interval) = config.stats_interval {
@@ -133,10 +149,10 @@ fn local_addr(listener: &Socket) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("listener has a non-IP address"))
 }
 
-fn banner(config: &Config, local: SocketAddr, features: &str) -> String {
+fn banner(config: &Config, local: SocketAddr, capacity: &Capacity, features: &str) -> String {
     format!(
         "uring-echo listening on {local} backend={} workers={} buffers={}x{}B/worker ({} KiB) \
-         conn_buffers={} max_conns={} busy_poll={}us udp={} features={features}",
+         conn_buffers={} max_conns={} capacity={capacity} busy_poll={}us udp={} features={features}",
         config.backend.name(),
         config.workers,
         config.buf_count,
@@ -221,6 +237,7 @@ fn run_epoll(
     stats: &Stats,
     shutdown: &Shutdown,
     open_conns: &AtomicUsize,
+    fd_table: &TableFull,
     ready: &mpsc::Sender<Ready>,
 ) -> anyhow::Result<()> {
     let shared = epoll::worker::Shared {
@@ -228,6 +245,7 @@ fn run_epoll(
         stats: stats.worker(id),
         shutdown,
         open_conns,
+        fd_table,
         worker_id: id,
     };
     let udp = udp.map(|socket| epoll::udp::UdpEcho::new(socket, config.udp_max_datagram));
@@ -247,6 +265,7 @@ fn run_epoll(
     worker.run().context("epoll event loop")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_tokio_uring(
     id: usize,
     listener: Socket,
@@ -254,6 +273,7 @@ fn run_tokio_uring(
     stats: &Arc<Stats>,
     shutdown: &Shutdown,
     open_conns: &Arc<AtomicUsize>,
+    fd_table: &Arc<TableFull>,
     ready: &mpsc::Sender<Ready>,
 ) -> anyhow::Result<()> {
     let _ = ready.send(Ok("tokio_uring_runtime,task_per_connection".to_string()));
@@ -262,6 +282,7 @@ fn run_tokio_uring(
         stats: stats.clone(),
         shutdown,
         open_conns: open_conns.clone(),
+        fd_table: fd_table.clone(),
         worker_id: id,
     };
     tokio_uring_rt::run(listener, shared).context("tokio-uring runtime")

@@ -166,10 +166,10 @@ impl Conn {
         while !bytes.is_empty() {
             let front = self.queue.front_mut().ok_or(RecvError::Unexpected)?;
             let take = (front.end - self.recv_off).min(bytes.len() as u64) as usize;
-            if let Some(p) = pattern {
-                if !p.matches(self.seed, self.recv_off, &bytes[..take]) {
-                    front.corrupt = true;
-                }
+            if let Some(p) = pattern
+                && !p.matches(self.seed, self.recv_off, &bytes[..take])
+            {
+                front.corrupt = true;
             }
             self.recv_off += take as u64;
             bytes = &bytes[take..];

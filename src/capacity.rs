@@ -25,8 +25,8 @@ pub struct Capacity {
 
 impl Capacity {
     /// The capacity of `config`'s backend, given the open-files limit and the
-    /// descriptors the process has open now (after its listeners, rings and
-    /// eventfds are set up).
+    /// descriptors below it the process has open now (after its listeners,
+    /// rings and eventfds are set up).
     pub fn of(config: &Config, open_files_limit: u64, fds_in_use: usize) -> Capacity {
         let limit = usize::try_from(open_files_limit).unwrap_or(usize::MAX);
         let (conns, source) = match config.backend {
@@ -150,10 +150,19 @@ pub fn room_again_notice(table: &str, open: usize, full_at: usize) -> String {
     )
 }
 
-/// Descriptors this process has open now (entries of /proc/self/fd, less the
-/// one the listing itself holds).
-pub fn fds_in_use() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count().saturating_sub(1))
+/// Descriptors this process has open now whose numbers are below `limit`
+/// (entries of /proc/self/fd, less the one the listing itself holds).
+/// RLIMIT_NOFILE caps descriptor *numbers*: one inherited above the limit
+/// (a parent's pipe at 251, say) takes no room from connections.
+pub fn fds_in_use_below(limit: u64) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return 0;
+    };
+    let below = dir
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|&fd| fd < limit)
+        .count();
+    below.saturating_sub(1)
 }
 
 #[cfg(test)]

@@ -111,11 +111,8 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
         if !config.quiet {
             // Counted once every worker has set up, so the descriptors its
             // rings, eventfds and listeners take are not counted as room.
-            let capacity = Capacity::of(
-                &config,
-                crate::sys::open_files_limit(),
-                capacity::fds_in_use(),
-            );
+            let limit = crate::sys::open_files_limit();
+            let capacity = Capacity::of(&config, limit, capacity::fds_in_use_below(limit));
             println!("{}", banner(&config, local, &capacity, &features));
             let _ = std::io::stdout().flush();
         }

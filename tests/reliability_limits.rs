@@ -101,7 +101,7 @@ for_each_backend! {
         let capacity = if backend == "uring" {
             NOFILE_LIMIT as usize
         } else {
-            NOFILE_LIMIT as usize - server.open_fds()
+            NOFILE_LIMIT as usize - server.open_fds_below(NOFILE_LIMIT)
         };
         // The start line says so, and why.
         let stated = parse_counters(&server.start_line)["capacity"];

@@ -510,8 +510,17 @@ impl Server {
 
     /// Descriptors the server process has open (entries of /proc/PID/fd).
     pub fn open_fds(&self) -> usize {
+        self.open_fds_below(u64::MAX)
+    }
+
+    /// Descriptors the server has open with numbers below `limit`: those that
+    /// take room under an RLIMIT_NOFILE of `limit` (it caps numbers, so one
+    /// inherited above it takes none).
+    pub fn open_fds_below(&self, limit: u64) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .expect("read /proc/PID/fd")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .filter(|&fd| fd < limit)
             .count()
     }
 }

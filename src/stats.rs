@@ -16,6 +16,9 @@ pub struct WorkerStats {
     pub rejected: AtomicU64,
     /// Connections closed because of an error (reset, broken pipe ...).
     pub errors: AtomicU64,
+    /// Times a descriptor table filled (a ring's direct descriptors, or the
+    /// process's open files): new connections waited in the accept queue.
+    pub table_full: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Times a receive found no free buffer (io_uring ENOBUFS, or the epoll pool empty).
@@ -66,6 +69,7 @@ impl Stats {
             s.closed += w.closed.load(Relaxed);
             s.rejected += w.rejected.load(Relaxed);
             s.errors += w.errors.load(Relaxed);
+            s.table_full += w.table_full.load(Relaxed);
             s.bytes_in += w.bytes_in.load(Relaxed);
             s.bytes_out += w.bytes_out.load(Relaxed);
             s.buffer_starved += w.buffer_starved.load(Relaxed);
@@ -87,6 +91,7 @@ pub struct Snapshot {
     pub closed: u64,
     pub rejected: u64,
     pub errors: u64,
+    pub table_full: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub buffer_starved: u64,
@@ -111,13 +116,14 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "open={} accepted={} closed={} rejected={} errors={} bytes_in={} bytes_out={} buffer_starved={} backpressured={} \
+            "open={} accepted={} closed={} rejected={} errors={} table_full={} bytes_in={} bytes_out={} buffer_starved={} backpressured={} \
              cq_overflowed={} udp_in={} udp_out={} udp_truncated={} udp_dropped={}",
             self.open(),
             self.accepted,
             self.closed,
             self.rejected,
             self.errors,
+            self.table_full,
             self.bytes_in,
             self.bytes_out,
             self.buffer_starved,

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import re
 import shlex
 import shutil
@@ -154,7 +155,8 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
       help="rewrite the results section of docs/benchmarks.md (between <!-- bench:begin --> "
            "and <!-- bench:end -->) and copy chart.svg to docs/benchmarks.svg")
     a("--no-build", action="store_true",
-      help="use the binaries in target/release as they are [default: cargo build --release "
+      help="use the release binaries as they are, in cargo's target directory (asked of "
+           "cargo metadata: CARGO_TARGET_DIR is honoured) [default: cargo build --release "
            "--bins --examples first, so the binaries match the commit recorded]")
     a("--dry-run", action="store_true", help="print the plan and its estimated length; run nothing")
     args = p.parse_args(argv)
@@ -188,17 +190,28 @@ def cpus(spec: str) -> list:
 
 # ---------------------------------------------------------------- set-up
 
-def build(no_build: bool) -> None:
+def target_dir() -> Path:
+    """Where cargo puts its builds: `target_directory` from `cargo metadata`,
+    which honours CARGO_TARGET_DIR and .cargo/config.toml's build.target-dir."""
+    cmd = ["cargo", "metadata", "--format-version", "1", "--no-deps"]
+    try:
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
+        return Path(json.loads(done.stdout)["target_directory"])
+    except (OSError, subprocess.CalledProcessError, ValueError, KeyError) as e:
+        print(f"bench: {shlex.join(cmd)} failed ({e}); looking in target/", file=sys.stderr)
+        return REPO / "target"
+
+
+def build(no_build: bool, release: Path) -> None:
     if not no_build:
         cmd = ["cargo", "build", "--release", "--bins", "--examples"]
         print("bench: " + shlex.join(cmd), file=sys.stderr)
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
             print("bench: the build failed", file=sys.stderr)
             sys.exit(2)
-    release = REPO / "target" / "release"
     needed = [release / "uring-echo", release / "loadgen", release / "examples" / "pingpong",
               release / "examples" / "tokio_echo", release / "examples" / "monoio_echo"]
-    missing = [str(p.relative_to(REPO)) for p in needed if not p.exists()]
+    missing = [str(p) for p in needed if not p.exists()]
     if missing:
         print(f"bench: missing {', '.join(missing)}: run cargo build --release --bins --examples",
               file=sys.stderr)
@@ -206,6 +219,14 @@ def build(no_build: bool) -> None:
     if shutil.which("taskset") is None:
         print("bench: taskset not found (util-linux): it pins the server and loadgen", file=sys.stderr)
         sys.exit(2)
+
+
+def shown(path: Path) -> Path:
+    """`path` relative to the repository when inside it, so commands read as typed there."""
+    try:
+        return path.relative_to(REPO)
+    except ValueError:
+        return path
 
 
 def matrix_cells(args: argparse.Namespace) -> list:
@@ -251,7 +272,7 @@ def estimate_s(args: argparse.Namespace, plan: list) -> float:
 class Bench:
     """One invocation: its options, environment, and everything it measured."""
 
-    def __init__(self, args: argparse.Namespace, out: Path):
+    def __init__(self, args: argparse.Namespace, out: Path, release: Path):
         self.args = args
         self.out = out
         self.started = time.monotonic()
@@ -265,7 +286,7 @@ class Bench:
             (out / "runs").mkdir(parents=True, exist_ok=True)
             self._log_file = open(out / "bench.log", "a")
         self.env = procs.Env(
-            repo=REPO, bin_dir=Path("target") / "release", runs_dir=out / "runs",
+            repo=REPO, bin_dir=shown(release), runs_dir=out / "runs",
             server_cpus=args.server_cpus, client_cpus=args.client_cpus,
             loadgen_threads=args.loadgen_threads, duration=args.duration,
             warmup=args.warmup, nofile=self.nofile, log=self.log, dry_run=args.dry_run)
@@ -299,8 +320,7 @@ class Bench:
             return
         report.write_json(self.out / "runs" / f"{run.file_stem}.json", run.to_json())
 
-    def run_matrix(self) -> None:
-        plan = plan_matrix(self.args, self.nofile)
+    def run_matrix(self, plan: list) -> None:
         todo = [r for r in plan if r.status != "skipped"]
         self.log(f"matrix: {len(todo)} runs, {len(plan) - len(todo)} cells skipped")
         for r in plan:
@@ -386,11 +406,12 @@ class Bench:
 
 def main(argv: list) -> int:
     args = parse_args(argv)
+    release = target_dir() / "release"
     if not args.dry_run:
-        build(args.no_build)
+        build(args.no_build, release)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "bench-results" / stamp
-    bench = Bench(args, out)
+    bench = Bench(args, out, release)
     plan = plan_matrix(args, bench.nofile, host.tcp_memory_limit_bytes()) if not args.only_targets else []
     est = estimate_s(args, plan)
     bench.log(f"output: {out}; open-files limit {bench.nofile}; estimated {est / 60:.1f} min "
@@ -406,7 +427,7 @@ def main(argv: list) -> int:
         return 0
     try:
         if not args.only_targets:
-            bench.run_matrix()
+            bench.run_matrix(plan)
         if args.targets:
             bench.run_targets()
     except KeyboardInterrupt:

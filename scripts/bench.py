@@ -28,11 +28,13 @@ Standard library only. Linux only (taskset, /proc).
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
-import re
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -43,149 +45,14 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import chart, host, procs, report, targets  # noqa: E402
+from benchkit import chart, env, host, options, procs, report, targets, topology  # noqa: E402
 from benchkit.model import (  # noqa: E402
     BACKENDS, MODES, Cell, Run, rotated, server_workers, skip_reason, summarise)
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULTS = {
-    "backends": list(BACKENDS),
-    "conns": [100, 1000, 10_000, 50_000],
-    "sizes": [64, 1024, 16_384],
-    "modes": ["closed", "pipelined"],
-    "reps": 3,
-    "duration": 5.0,
-    "warmup": 1.0,
-}
-QUICK = {
-    "backends": ["uring", "epoll"],
-    "conns": [100, 1000],
-    "sizes": [64],
-    "modes": ["closed"],
-    "reps": 1,
-    "duration": 2.0,
-    "warmup": 0.5,
-}
 # Seconds a run takes beyond ramp, warm-up and measured time (server start and
 # stop, loadgen start, drain), measured on the 2-core development VM.
 RUN_OVERHEAD_S = 0.4
-
-
-# ---------------------------------------------------------------- arguments
-
-def int_list(s: str) -> list:
-    try:
-        vals = [int(x.replace("_", "")) for x in s.split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of integers")
-    if not vals or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"'{s}': values must be positive")
-    return vals
-
-
-def choice_list(choices: list):
-    def parse(s: str) -> list:
-        vals = [x for x in s.split(",") if x]
-        bad = [v for v in vals if v not in choices]
-        if bad or not vals:
-            raise argparse.ArgumentTypeError(
-                f"'{','.join(bad) or s}' not among {', '.join(choices)}")
-        return vals
-    return parse
-
-
-def cpu_list(s: str) -> str:
-    if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", s):
-        raise argparse.ArgumentTypeError(f"'{s}' is not a CPU list for taskset -c (e.g. 0 or 0-7,16)")
-    return s
-
-
-def positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a number")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{v} must be > 0")
-    return v
-
-
-def parse_args(argv: list) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="scripts/bench.py",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:3]),
-        epilog="""examples:
-  scripts/bench.py --quick                      smoke test, about a minute
-  scripts/bench.py                              the full matrix (see docs/benchmarks.md for its length)
-  scripts/bench.py --targets --update-doc       matrix + targets, then rewrite docs/benchmarks.md
-  scripts/bench.py --only-targets               the target measurements alone
-  scripts/bench.py --workers 8 --server-cpus 0-7 --client-cpus 8-15   a bigger host
-  scripts/bench.py --dry-run                    print the plan and its length, run nothing
-
-exit status: 0 when every run passed; 1 when a run failed (results are still
-written); 2 on bad arguments, a failed build or missing binaries.""")
-    a = p.add_argument
-    a("--backends", type=choice_list(list(BACKENDS)),
-      help="comma-separated servers to compare [default: " + ",".join(DEFAULTS["backends"]) + "]")
-    a("--conns", type=int_list,
-      help="comma-separated connection counts [default: 100,1000,10000,50000]")
-    a("--sizes", type=int_list, help="comma-separated message sizes in bytes [default: 64,1024,16384]")
-    a("--modes", type=choice_list(list(MODES)),
-      help="closed (pipeline 1) and/or pipelined (pipeline 16) [default: closed,pipelined]")
-    a("--reps", type=int, help="repetitions of every cell, interleaved [default: 3]")
-    a("--duration", type=positive_float, help="measured seconds per run [default: 5]")
-    a("--warmup", type=float, help="loadgen warm-up seconds per run, not measured [default: 1]")
-    a("--workers", type=int, default=1,
-      help="server worker threads (the io_uring backend gets more when its rings need "
-           "them for the connections: ceil(conns / (open-files limit - 64))) [default: 1]")
-    a("--server-cpus", type=cpu_list, default="0", help="taskset CPU list for the server [default: 0]")
-    a("--client-cpus", type=cpu_list, default="1", help="taskset CPU list for loadgen [default: 1]")
-    a("--loadgen-threads", type=int,
-      help="loadgen --threads [default: loadgen decides: CPUs it may run on, raised to what "
-           "the connections need]")
-    a("--quick", action="store_true",
-      help="smoke test: uring,epoll x 100,1000 conns x 64 B x closed loop, 1 rep, 2 s "
-           "(flags given explicitly still apply)")
-    a("--targets", action="store_true", help="after the matrix, measure the targets (docs/benchmarks.md)")
-    a("--only-targets", action="store_true", help="measure the targets only, no matrix")
-    a("--targets-scale", type=positive_float, default=1.0, help=argparse.SUPPRESS)
-    a("--out", type=Path, help="output directory [default: bench-results/<UTC timestamp>]")
-    a("--update-doc", action="store_true",
-      help="rewrite the results section of docs/benchmarks.md (between <!-- bench:begin --> "
-           "and <!-- bench:end -->) and copy chart.svg to docs/benchmarks.svg")
-    a("--no-build", action="store_true",
-      help="use the release binaries as they are, in cargo's target directory (asked of "
-           "cargo metadata: CARGO_TARGET_DIR is honoured) [default: cargo build --release "
-           "--bins --examples first, so the binaries match the commit recorded]")
-    a("--dry-run", action="store_true", help="print the plan and its estimated length; run nothing")
-    args = p.parse_args(argv)
-
-    base = QUICK if args.quick else DEFAULTS
-    for key, val in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, val)
-    for flag, v, lo in (("--reps", args.reps, 1), ("--workers", args.workers, 1),
-                        ("--loadgen-threads", args.loadgen_threads or 1, 1)):
-        if v < lo:
-            p.error(f"{flag} must be >= {lo}, not {v}")
-    if args.warmup < 0:
-        p.error(f"--warmup must be >= 0, not {args.warmup}")
-    if args.only_targets:
-        args.targets = True
-    if set(cpus(args.server_cpus)) & set(cpus(args.client_cpus)):
-        print(f"bench: warning: --server-cpus {args.server_cpus} and --client-cpus "
-              f"{args.client_cpus} overlap: server and loadgen will compete for CPU",
-              file=sys.stderr)
-    return args
-
-
-def cpus(spec: str) -> list:
-    out = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        out += range(int(lo), int(hi or lo) + 1)
-    return out
 
 
 # ---------------------------------------------------------------- set-up
@@ -252,7 +119,7 @@ def plan_matrix(args: argparse.Namespace, nofile: int, tcp_mem: Optional[int]) -
 
 
 def run_seconds(cell: Cell, duration: float, warmup: float) -> float:
-    return RUN_OVERHEAD_S + cell.conns / procs.LOADGEN_CONNECT_RATE + warmup + duration
+    return RUN_OVERHEAD_S + cell.conns / env.LOADGEN_CONNECT_RATE + warmup + duration
 
 
 def estimate_s(args: argparse.Namespace, plan: list) -> float:
@@ -285,7 +152,7 @@ class Bench:
         if not args.dry_run:
             (out / "runs").mkdir(parents=True, exist_ok=True)
             self._log_file = open(out / "bench.log", "a")
-        self.env = procs.Env(
+        self.env = env.Env(
             repo=REPO, bin_dir=shown(release), runs_dir=out / "runs",
             server_cpus=args.server_cpus, client_cpus=args.client_cpus,
             loadgen_threads=args.loadgen_threads, duration=args.duration,
@@ -307,6 +174,13 @@ class Bench:
                 "nofile": self.nofile,
             },
         }
+
+    def set_topology(self, net_plan, why_loopback) -> None:
+        self.env.net = net_plan
+        self.meta["options"]["topology"] = self.env.topology
+        self.meta["options"]["load_hosts"] = len(self.env.load_hosts)
+        self.meta["topology"] = (net_plan.to_json() if net_plan else
+                                 {"kind": "loopback", "why": why_loopback})
 
     def log(self, msg: str) -> None:
         line = f"[{time.monotonic() - self.started:7.1f}s] {msg}"
@@ -404,20 +278,67 @@ class Bench:
         self.log(f"updated {doc.relative_to(REPO)}" + (" and docs/benchmarks.svg" if charts else ""))
 
 
+def choose_topology(args) -> tuple:
+    """(plan or None for loopback, why loopback). Without --topology: netns
+    where it can be made, else loopback and one line saying why; asked for
+    explicitly (or needed by --load-hosts) and impossible: exit 2."""
+    if args.topology == "loopback":
+        return None, "asked for (--topology loopback)"
+    reason = topology.unavailable_reason()
+    if reason:
+        if args.topology == "netns" or args.load_hosts > 1:
+            print(f"bench: --topology netns cannot be made here: {reason}", file=sys.stderr)
+            sys.exit(2)
+        print(f"bench: topology loopback: {reason}", file=sys.stderr)
+        return None, reason
+    return topology.plan(os.getpid(), args.load_hosts, options.cpus(args.server_cpus),
+                         options.cpus(args.client_cpus)), None
+
+
+def check_start_at(release: Path, load_hosts: int) -> None:
+    """Several load hosts need loadgen --start-at to measure the same window."""
+    if load_hosts < 2:
+        return
+    done = subprocess.run([str(release / "loadgen"), "--help"], capture_output=True, text=True)
+    if "--start-at" not in done.stdout:
+        print("bench: --load-hosts needs loadgen --start-at (to start every host's load at one "
+              "instant), which this loadgen does not have: build a newer one", file=sys.stderr)
+        sys.exit(2)
+
+
+def interrupt_on(*signums) -> None:
+    """SIGINT (set here too: a background job inherits it ignored), SIGTERM and
+    SIGHUP end the run as Ctrl-C does: results written,
+    namespaces removed (the finally clauses run)."""
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    for s in signums:
+        signal.signal(s, handler)
+
+
 def main(argv: list) -> int:
-    args = parse_args(argv)
+    args = options.parse_args(argv, __doc__)
     release = target_dir() / "release"
     if not args.dry_run:
         build(args.no_build, release)
+        check_start_at(release, args.load_hosts)
+    net_plan, why_loopback = choose_topology(args)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "bench-results" / stamp
     bench = Bench(args, out, release)
+    bench.set_topology(net_plan, why_loopback)
     plan = plan_matrix(args, bench.nofile, host.tcp_memory_limit_bytes()) if not args.only_targets else []
+    if args.only_sweep or args.only_targets:
+        plan = []
     est = estimate_s(args, plan)
     bench.log(f"output: {out}; open-files limit {bench.nofile}; estimated {est / 60:.1f} min "
               f"({len([r for r in plan if r.status != 'skipped'])} matrix runs"
-              f"{' + targets' if args.targets else ''})")
+              f"{' + targets' if args.targets else ''}{' + sweep' if args.sweep else ''}); "
+              f"topology {bench.env.topology}")
     if args.dry_run:
+        if net_plan:
+            print("topology: " + net_plan.describe())
+            print("\n".join(shlex.join(c) for c in net_plan.setup_commands()))
         for r in plan:
             if r.status != "skipped":
                 procs.execute(bench.env, r)  # dry: fills in the commands only
@@ -425,15 +346,36 @@ def main(argv: list) -> int:
                   + (r.commands.get("server", "") + "\n" + " " * 22 + "client: "
                      + r.commands.get("client", "") if r.reason == "dry run" else f"SKIP {r.reason}"))
         return 0
+    interrupt_on(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    net = None
     try:
-        if not args.only_targets:
-            bench.run_matrix(plan)
-        if args.targets:
-            bench.run_targets()
-    except KeyboardInterrupt:
-        bench.interrupted = True
-        bench.log("interrupted: writing what was measured")
-    bench.write_outputs()
+        if net_plan:
+            topology.remove_leftovers(bench.log)
+            net = topology.Topology(net_plan, bench.log)
+            atexit.register(net.remove)  # the last resort: an exception past finally
+            try:
+                net.create()
+                bench.log("topology netns: " + net_plan.describe())
+            except RuntimeError as e:
+                if args.topology == "netns" or args.load_hosts > 1:
+                    bench.log(f"--topology netns: {e}")
+                    return 2
+                bench.log(f"topology loopback: the namespaces could not be made: {e}")
+                bench.set_topology(None, f"the namespaces could not be made: {e}")
+        try:
+            if plan:
+                bench.run_matrix(plan)
+            if args.sweep:
+                bench.run_sweep()
+            if args.targets:
+                bench.run_targets()
+        except KeyboardInterrupt:
+            bench.interrupted = True
+            bench.log("interrupted: writing what was measured")
+        bench.write_outputs()
+    finally:
+        if net:
+            net.remove()
     failed = [r for r in bench.runs if r.status == "failed"]
     if failed:
         bench.log(f"{len(failed)} run(s) failed: see results.md")

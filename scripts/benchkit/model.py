@@ -142,6 +142,9 @@ class Run:
 SUMMARY_METRICS = (
     "msgs_per_s",
     "server_cpu_ns_per_msg",
+    "server_irq_ns_per_msg",
+    "server_total_ns_per_msg",
+    "rate_achieved",
     "loadgen_cpu_ns_per_msg",
     "p50_us",
     "p99_us",

@@ -51,6 +51,7 @@ def header(meta: dict) -> list:
         lines += ["**Smoke run (`--quick`) on a busy, shared machine: it checks that the "
                   "script works; these are not the published results.**", ""]
     lines += [
+        f"- Topology: {topology_line(meta)}",
         f"- Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, "
         f"Linux {m['kernel']}; open files {m['nofile']['hard']}; "
         f"netdev_max_backlog {m['sysctl'].get('net.core.netdev_max_backlog')}",
@@ -63,6 +64,20 @@ def header(meta: dict) -> list:
         f"{o['reps']} interleaved repetition(s), medians shown",
     ]
     return lines
+
+
+def topology_line(meta: dict) -> str:
+    """One line naming where the server and loadgen ran."""
+    t = meta.get("topology") or {"kind": "loopback", "why": None}
+    if t["kind"] == "loopback":
+        why = f" ({t['why']})" if t.get("why") else ""
+        return f"**loopback**: server and loadgen on 127.0.0.1 in one network namespace{why}"
+    hosts = t["load_hosts"]
+    return (f"**netns**: server in its own network namespace, {len(hosts)} load host"
+            f"{'s' if len(hosts) > 1 else ''} each in its own, joined by veth pairs "
+            f"({hosts[0]['server_addr']} ← {', '.join(h['client_addrs'][0] for h in hosts)}); "
+            f"RPS steers the server's receive processing to CPUs {t['server_cpus']} and "
+            f"each load host's to its own ({', '.join(h['cpus'] for h in hosts)})")
 
 
 def matrix_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:

@@ -15,7 +15,7 @@ sys.dont_write_bytecode = True
 SCRIPTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(SCRIPTS))
 
-from benchkit import procs  # noqa: E402
+from benchkit import options, procs, topology  # noqa: E402
 
 
 def load_bench():
@@ -43,7 +43,7 @@ class Script(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d, \
                 mock.patch.object(procs, "execute", fake_execute), \
                 mock.patch.object(bench, "build", lambda *_: None):
-            rc = bench.main(["--quick", "--no-build", "--out", d])
+            rc = bench.main(["--quick", "--no-build", "--topology", "loopback", "--out", d])
             self.assertEqual(rc, 0)
             res = json.loads((Path(d) / "results.json").read_text())
             cells = {(m["cell"]["conns"], m["backend"]) for m in res["medians"]}
@@ -55,6 +55,32 @@ class Script(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d, \
                 mock.patch.dict(os.environ, {"CARGO_TARGET_DIR": d}):
             self.assertEqual(bench.target_dir(), Path(d))
+
+
+class TopologyChoice(unittest.TestCase):
+    def args(self, *argv):
+        return options.parse_args(["--quick", *argv], "doc")
+
+    def test_without_a_flag_netns_is_chosen_where_it_can_be_made(self):
+        bench = load_bench()
+        with mock.patch.object(topology, "unavailable_reason", lambda: None):
+            plan, why = bench.choose_topology(self.args())
+        self.assertEqual(plan.namespaces, [f"ue-{os.getpid()}-srv", f"ue-{os.getpid()}-c0"])
+        self.assertIsNone(why)
+
+    def test_without_root_it_falls_back_to_loopback_saying_why(self):
+        bench = load_bench()
+        with mock.patch.object(topology, "unavailable_reason", lambda: "needs root"):
+            self.assertEqual(bench.choose_topology(self.args()), (None, "needs root"))
+            with self.assertRaises(SystemExit) as e:
+                bench.choose_topology(self.args("--topology", "netns"))
+            self.assertEqual(e.exception.code, 2)
+            with self.assertRaises(SystemExit):
+                bench.choose_topology(self.args("--load-hosts", "2"))
+
+    def test_several_load_hosts_on_loopback_are_refused(self):
+        with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
+            self.args("--topology", "loopback", "--load-hosts", "2")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import chart, env, host, options, procs, report, targets, topology  # noqa: E402
+from benchkit import chart, env, host, options, procs, report, sweep, targets, topology  # noqa: E402
 from benchkit.model import (  # noqa: E402
     BACKENDS, MODES, Cell, Run, rotated, server_workers, skip_reason, summarise)
 
@@ -131,6 +131,11 @@ def estimate_s(args: argparse.Namespace, plan: list) -> float:
         t4 = (run_seconds(Cell(conns, 64, 1), max(args.duration, targets.T4_MIN_DURATION_S),
                           args.warmup) + targets.T4_WARM_S + args.warmup + 3)
         total += t_runs * t1 + t4
+    if args.sweep:
+        for c in args.conns:
+            per_run = run_seconds(Cell(c, 64, 1), args.duration, args.warmup)
+            runs = len(args.backends) * (args.reps * args.sweep_steps + (1 if args.only_sweep else 0))
+            total += len(args.sizes) * runs * per_run
     return total
 
 
@@ -147,6 +152,7 @@ class Bench:
         self.runs: list = []
         self.summaries: list = []
         self.targets: list = []
+        self.sweeps: list = []  # per (conns, size): maxima, grid, backends
         self.interrupted = False
         self._log_file = None
         if not args.dry_run:
@@ -163,7 +169,9 @@ class Bench:
             "git": host.git(str(REPO)),
             "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
             "options": {
-                "matrix": not args.only_targets,
+                "matrix": not (args.only_targets or args.only_sweep),
+                "sweep": args.sweep, "sweep_steps": args.sweep_steps,
+                "p99_bound_us": args.p99_bound_us, "large": args.large,
                 "targets": args.targets,
                 "quick": args.quick,
                 "backends": args.backends, "conns": args.conns, "sizes": args.sizes,
@@ -202,20 +210,65 @@ class Bench:
                 self.log(f"  skip {r.cell.name} {r.backend}: {r.reason}")
                 self.runs.append(r)
         for i, r in enumerate(todo, 1):
-            self.log(f"  [{i}/{len(todo)}] {r.cell.name} {r.backend} rep {r.rep + 1}/{self.args.reps}"
-                     f"{f' workers={r.workers}' if r.workers != self.args.workers else ''}")
-            procs.execute(self.env, r)
-            m = r.metrics
-            if r.status == "ok":
-                self.log(f"      {m.get('msgs_per_s', 0):,.0f} msgs/s, server "
-                         f"{m.get('server_cpu_ns_per_msg', 0):,.0f} ns/msg, p99 "
-                         f"{m.get('p99_us', 0):,} us"
-                         + (f"  {'SUSPECT' if r.suspect else 'flags'}: {'; '.join(r.flags)}"
-                            if r.flags else ""))
-            elif r.status == "failed":
-                self.log(f"      FAILED: {r.reason}")
-            self.runs.append(r)
-            self.save_run(r)
+            self.execute(r, f"[{i}/{len(todo)}]")
+
+    def execute(self, r: Run, counter: str) -> None:
+        """Runs `r`, logs what it measured, keeps it."""
+        self.log(f"  {counter} {r.phase} {r.cell.name} {r.backend} rep {r.rep + 1}/{self.args.reps}"
+                 f"{f' workers={r.workers}' if r.workers != self.args.workers else ''}")
+        procs.execute(self.env, r)
+        m = r.metrics
+        if r.status == "ok":
+            self.log(f"      {m.get('msgs_per_s', 0):,.0f} msgs/s, server "
+                     f"{m.get('server_cpu_ns_per_msg', 0):,.0f} + "
+                     f"{m.get('server_irq_ns_per_msg', 0):,.0f} (irq) ns/msg, p99 "
+                     f"{m.get('p99_us', 0):,} us"
+                     + (f"  {'SUSPECT' if r.suspect else 'flags'}: {'; '.join(r.flags)}"
+                        if r.flags else ""))
+        elif r.status == "failed":
+            self.log(f"      FAILED: {r.reason}")
+        self.runs.append(r)
+        self.save_run(r)
+
+    def run_sweep(self) -> None:
+        """Latency against load per (conns, size): each backend's closed-loop
+        maximum (from the matrix when it ran that cell, else measured now),
+        then every backend open loop at each rate of the grid, interleaved
+        and rotated like the matrix."""
+        a = self.args
+        for conns in a.conns:
+            for size in a.sizes:
+                closed = Cell(conns, size, 1)
+                backends = [b for b in a.backends
+                            if not skip_reason(BACKENDS[b], closed, self.nofile)]
+                maxima = sweep.maxima_from(summarise(self.runs), "matrix", conns, size, backends)
+                missing = [b for b in backends if b not in maxima]
+                if missing:
+                    self.log(f"sweep {closed.name}: closed-loop maxima of {', '.join(missing)}")
+                    for b in missing:
+                        self.execute(Run("sweep-max", closed, b, 0, self.workers(b, conns)),
+                                     "[max]")
+                    maxima.update(sweep.maxima_from(summarise(self.runs), "sweep-max", conns,
+                                                    size, missing))
+                if not maxima:
+                    self.log(f"sweep {closed.name}: no closed-loop maximum measured; skipped")
+                    continue
+                grid = sweep.rate_grid(maxima, a.sweep_steps)
+                self.sweeps.append({"conns": conns, "size": size, "maxima": maxima,
+                                    "grid": grid, "backends": backends})
+                self.log(f"sweep {closed.name}: rates {', '.join(f'{r:,.0f}' for r in grid)} "
+                         f"msgs/s (maxima: {', '.join(f'{b} {v:,.0f}' for b, v in maxima.items())})")
+                total = a.reps * len(grid) * len(backends)
+                done = 0
+                for rep in range(a.reps):
+                    for i, rate in enumerate(grid):
+                        for b in rotated(backends, rep + i):
+                            done += 1
+                            self.execute(Run("sweep", Cell(conns, size, 1, rate=rate), b, rep,
+                                             self.workers(b, conns)), f"[{done}/{total}]")
+
+    def workers(self, backend: str, conns: int) -> int:
+        return server_workers(BACKENDS[backend], conns, self.args.workers, self.nofile)
 
     def run_targets(self) -> None:
         reps = self.args.reps
@@ -231,51 +284,77 @@ class Bench:
         self.summaries = summarise(self.runs)
         self.meta["elapsed_s"] = round(time.monotonic() - self.started, 1)
         self.meta["interrupted"] = self.interrupted
+        sweeps = self.sweep_results()
+        missing = chart.unavailable()
+        charts = {} if missing else self.write_charts(sweeps)
         report.write_json(self.out / "results.json",
-                          report.results_json(self.meta, self.runs, self.summaries, self.targets))
-        charts = self.write_charts()
+                          report.results_json(self.meta, self.runs, self.summaries, self.targets,
+                                              sweeps))
         (self.out / "results.md").write_text(
-            report.markdown(self.meta, self.runs, self.summaries, self.targets, charts))
+            report.markdown(self.meta, self.runs, self.summaries, self.targets, charts, sweeps))
         self.log(f"wrote {self.out}/results.json, results.md"
                  + (", " + ", ".join(charts.values()) if charts else ""))
+        if missing:
+            self.log(missing)
         if self.args.update_doc:
-            main = next(iter(charts.items()), None)
-            self.update_doc(main)
+            self.update_doc(charts, sweeps)
 
-    def write_charts(self) -> dict:
-        """chart.svg for 64 B closed loop (or the first shape measured), then one
-        per other (size, mode); returns (size, mode) -> file name, main first."""
-        if not self.meta["options"]["matrix"]:
-            return {}
+    def sweep_results(self) -> list:
+        """Per swept cell: its grid, points and each backend's knee."""
+        out = []
+        for sw in self.sweeps:
+            pts = sweep.points(self.summaries, "sweep", sw["conns"], sw["size"], sw["backends"],
+                               sw["grid"])
+            knees = {b: sweep.knee([p for p in pts if p.backend == b], self.args.p99_bound_us)
+                     for b in sw["backends"]}
+            out.append({**sw, "bound_us": self.args.p99_bound_us, "points": pts,
+                        "knees": {b: k for b, k in knees.items() if k}})
+        return out
+
+    def caption(self) -> str:
         a, m, g = self.args, self.meta["machine"], self.meta["git"]
-        caption = (f"{m['cpu_model']}, {m['cores']} cores, Linux {m['kernel']}; commit "
-                   f"{g['commit'][:12]}{' (dirty)' if g['dirty'] else ''}; {self.meta['date']}; "
-                   f"server CPUs {a.server_cpus}, loadgen CPUs {a.client_cpus}; medians of {a.reps}"
-                   + ("; SMOKE RUN" if a.quick else ""))
-        shapes = [(s, mode) for s in a.sizes for mode in a.modes]
-        first = (64, "closed") if (64, "closed") in shapes else shapes[0]
-        names = {}
-        for size, mode in [first] + [x for x in shapes if x != first]:
-            name = "chart.svg" if (size, mode) == first else f"chart-{size}-{mode}.svg"
-            svg = chart.render(self.summaries, "matrix", size, MODES[mode], a.backends,
-                               sorted(a.conns), caption)
-            (self.out / name).write_text(svg)
-            names[(size, mode)] = name
+        return (f"topology {self.env.topology}"
+                f"{f' ({len(self.env.load_hosts)} load hosts)' if len(self.env.load_hosts) > 1 else ''}; "
+                f"{m['cpu_model']}, {m['cores']} cores, Linux {m['kernel']}; commit "
+                f"{g['commit'][:12]}{' (dirty)' if g['dirty'] else ''}; {self.meta['date']}; "
+                f"server CPUs {a.server_cpus}, loadgen CPUs {a.client_cpus}, {a.workers} worker(s); "
+                f"medians of {a.reps}" + ("; SMOKE RUN" if a.quick else ""))
+
+    def write_charts(self, sweeps: list) -> dict:
+        """chart.png for 64 B closed loop (or the first shape measured), one
+        per other (size, mode), sweep-<conns>-<size>.png per swept cell;
+        returns shape or ("sweep", conns, size) -> file name, main first."""
+        a, names = self.args, {}
+        if self.meta["options"]["matrix"] and any(r.phase == "matrix" for r in self.runs):
+            shapes = [(s, mode) for s in a.sizes for mode in a.modes]
+            first = (64, "closed") if (64, "closed") in shapes else shapes[0]
+            for size, mode in [first] + [x for x in shapes if x != first]:
+                name = "chart.png" if (size, mode) == first else f"chart-{size}-{mode}.png"
+                if chart.matrix(self.out / name, self.summaries, size, MODES[mode], a.backends,
+                                sorted(a.conns), self.caption()):
+                    names[(size, mode)] = name
+        for sw in sweeps:
+            name = f"sweep-{sw['conns']}-{sw['size']}.png"
+            if chart.sweep(self.out / name, sw["points"], sw["knees"], sw["conns"], sw["size"],
+                           sw["bound_us"], self.caption()):
+                names[("sweep", sw["conns"], sw["size"])] = name
         return names
 
-    def update_doc(self, main_chart) -> None:
-        """Rewrites the results section of docs/benchmarks.md; the main chart
-        (64 B closed loop) becomes docs/benchmarks.svg, the others stay in --out."""
+    def update_doc(self, charts: dict, sweeps: list) -> None:
+        """Rewrites the results section of docs/benchmarks.md for this
+        topology (<!-- bench:begin TOPOLOGY --> ... <!-- bench:end TOPOLOGY -->)
+        and copies its charts to docs/benchmarks-<topology>-*.png."""
         doc = REPO / "docs" / "benchmarks.md"
-        charts = {}
-        if main_chart:
-            shape, name = main_chart
-            shutil.copyfile(self.out / name, REPO / "docs" / "benchmarks.svg")
-            charts[shape] = "benchmarks.svg"
-        section = report.markdown(self.meta, self.runs, self.summaries, self.targets, charts,
-                                  level=3)
-        report.update_doc(doc, section)
-        self.log(f"updated {doc.relative_to(REPO)}" + (" and docs/benchmarks.svg" if charts else ""))
+        topo, copied = self.env.topology, {}
+        for key, name in charts.items():
+            dest = f"benchmarks-{topo}-{name}"
+            shutil.copyfile(self.out / name, REPO / "docs" / dest)
+            copied[key] = dest
+        section = report.markdown(self.meta, self.runs, self.summaries, self.targets, copied,
+                                  sweeps, level=3)
+        report.update_doc(doc, section, topo)
+        self.log(f"updated {doc.relative_to(REPO)} ({topo} section)"
+                 + (f" and {len(copied)} chart(s) in docs/" if copied else ""))
 
 
 def choose_topology(args) -> tuple:

@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import chart, env, host, options, procs, report, sweep, targets, topology  # noqa: E402
 from benchkit.model import (  # noqa: E402
-    BACKENDS, MODES, Cell, Run, rotated, server_workers, skip_reason, summarise)
+    BACKENDS, MODES, Cell, Run, rotated, saturated, server_workers, skip_reason, summarise)
 
 REPO = Path(__file__).resolve().parent.parent
 # Seconds a run takes beyond ramp, warm-up and measured time (server start and
@@ -218,7 +218,11 @@ class Bench:
                  f"{f' workers={r.workers}' if r.workers != self.args.workers else ''}")
         procs.execute(self.env, r)
         m = r.metrics
-        if r.status == "ok":
+        if saturated(r):
+            r.status = "saturated"
+            self.log(f"      saturated: {m.get('unfinished'):,} messages still queued at the end "
+                     f"(asked {r.cell.rate:,.0f} msgs/s)")
+        elif r.status == "ok":
             self.log(f"      {m.get('msgs_per_s', 0):,.0f} msgs/s, server "
                      f"{m.get('server_cpu_ns_per_msg', 0):,.0f} + "
                      f"{m.get('server_irq_ns_per_msg', 0):,.0f} (irq) ns/msg, p99 "

@@ -78,7 +78,7 @@ def points(summaries: list, phase: str, conns: int, size: int, backends: list,
             if s is None:
                 continue
             if not s.runs:
-                if s.failed:
+                if s.saturated:
                     out.append(Point(b, rate, None, {}, 0, saturated=True))
                 continue
             ach = s.stats.get("rate_achieved") or s.stats.get("msgs_per_s")

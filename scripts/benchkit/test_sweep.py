@@ -10,7 +10,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchkit import sweep  # noqa: E402
-from benchkit.model import Cell, Run, summarise  # noqa: E402
+from benchkit.model import Cell, Run, saturated, summarise  # noqa: E402
 
 
 def point(backend, asked, achieved, p99, saturated=False):
@@ -81,11 +81,28 @@ class KneeOf(unittest.TestCase):
                              p999_us=p99 * 2)
             runs.append(r)
         failed = Run("sweep", Cell(1000, 64, 1, rate=2000.0), "uring", 0, 1, status="failed")
+        failed.metrics.update(mismatches=0, errors=0, lost=0, unfinished=3701)
+        self.assertTrue(saturated(failed))
+        failed.status = "saturated"
         (p, sat) = sweep.points(summarise(runs + [failed]), "sweep", 1000, 64, ["uring"],
                                 [1000.0, 2000.0])
         self.assertEqual(p.achieved, {"median": 1000.0, "min": 990.0, "max": 1010.0})
         self.assertEqual(p.latency["p99_us"]["median"], 200)
         self.assertTrue(sat.saturated)
+
+
+class Saturation(unittest.TestCase):
+    def test_only_queued_messages_at_the_end_of_an_open_loop_run_mean_saturated(self):
+        def run(rate=1e4, **m):
+            r = Run("sweep", Cell(1000, 64, 1, rate=rate), "uring", 0, 1, status="failed")
+            r.metrics.update(dict(mismatches=0, errors=0, lost=0, unfinished=10), **m)
+            return r
+        self.assertTrue(saturated(run()))
+        self.assertFalse(saturated(run(mismatches=1)))
+        self.assertFalse(saturated(run(errors=2)))
+        self.assertFalse(saturated(run(lost=1)))
+        self.assertFalse(saturated(run(unfinished=0)))
+        self.assertFalse(saturated(run(rate=None)))
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def counter_delta(before: dict, after: dict) -> dict:
 
 # Counter -> how a run that grew it is flagged.
 NOISE_FLAGS = (
-    ("softnet_dropped", "loopback drops at netdev_max_backlog"),
+    ("softnet_dropped", "backlog drops (netdev_max_backlog)"),
     ("TCPTimeouts", "RTO timeouts"),
     ("RetransSegs", "TCP retransmits"),
     ("ListenOverflows", "accept queue overflows"),

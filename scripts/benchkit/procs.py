@@ -297,6 +297,15 @@ def _client_metrics(run: Run, client: str, stdout: str) -> int:
     )
     if j.get("rate"):
         m["rate_achieved"] = j["rate"]["achieved"]
+    start = j.get("start") or {}
+    if start.get("requested") is not None:
+        # Several load hosts: how far apart their measured windows began, and
+        # whether one's connection ramp ran past the instant they were given.
+        m["start_spread_s"] = start.get("spread_s")
+        m["start_late"] = start.get("late")
+        if start.get("late"):
+            run.flags.append("a load host started late: its connections took longer "
+                             "than the --start-at lead")
     return j["cpu"]["msgs"]
 
 

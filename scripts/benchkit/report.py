@@ -207,7 +207,8 @@ def failures(runs: list, h: str) -> list:
         lines.append("")
     if flagged or mild:
         lines += [f"{h}## Suspect runs", "",
-                  "Loopback drops, RTOs or accept-queue overflows during the run (system-wide "
+                  "Backlog drops (netdev_max_backlog: loopback, or RPS off a veth), RTOs or "
+                  "accept-queue overflows during the run (system-wide "
                   "counters: a neighbour's traffic counts too). They stay in the medians, marked †."
                   f" {mild} other run(s) saw only retransmits, mostly tail loss probes "
                   "(in results.json).", ""]

@@ -132,10 +132,12 @@ def estimate_s(args: argparse.Namespace, plan: list) -> float:
                           args.warmup) + targets.T4_WARM_S + args.warmup + 3)
         total += t_runs * t1 + t4
     if args.sweep:
-        for c in args.conns:
+        for c, _size in args.sweep_cells:
             per_run = run_seconds(Cell(c, 64, 1), args.duration, args.warmup)
             runs = len(args.backends) * (args.reps * args.sweep_steps + (1 if args.only_sweep else 0))
-            total += len(args.sizes) * runs * per_run
+            # The top rates saturate some backends: loadgen then waits out its drain.
+            saturated = len(args.backends) * args.reps * 3 * env.LOADGEN_DRAIN_S
+            total += runs * per_run + saturated
     return total
 
 
@@ -240,36 +242,35 @@ class Bench:
         then every backend open loop at each rate of the grid, interleaved
         and rotated like the matrix."""
         a = self.args
-        for conns in a.conns:
-            for size in a.sizes:
-                closed = Cell(conns, size, 1)
-                backends = [b for b in a.backends
-                            if not skip_reason(BACKENDS[b], closed, self.nofile)]
-                maxima = sweep.maxima_from(summarise(self.runs), "matrix", conns, size, backends)
-                missing = [b for b in backends if b not in maxima]
-                if missing:
-                    self.log(f"sweep {closed.name}: closed-loop maxima of {', '.join(missing)}")
-                    for b in missing:
-                        self.execute(Run("sweep-max", closed, b, 0, self.workers(b, conns)),
-                                     "[max]")
-                    maxima.update(sweep.maxima_from(summarise(self.runs), "sweep-max", conns,
-                                                    size, missing))
-                if not maxima:
-                    self.log(f"sweep {closed.name}: no closed-loop maximum measured; skipped")
-                    continue
-                grid = sweep.rate_grid(maxima, a.sweep_steps)
-                self.sweeps.append({"conns": conns, "size": size, "maxima": maxima,
-                                    "grid": grid, "backends": backends})
-                self.log(f"sweep {closed.name}: rates {', '.join(f'{r:,.0f}' for r in grid)} "
-                         f"msgs/s (maxima: {', '.join(f'{b} {v:,.0f}' for b, v in maxima.items())})")
-                total = a.reps * len(grid) * len(backends)
-                done = 0
-                for rep in range(a.reps):
-                    for i, rate in enumerate(grid):
-                        for b in rotated(backends, rep + i):
-                            done += 1
-                            self.execute(Run("sweep", Cell(conns, size, 1, rate=rate), b, rep,
-                                             self.workers(b, conns)), f"[{done}/{total}]")
+        for conns, size in a.sweep_cells:
+            closed = Cell(conns, size, 1)
+            backends = [b for b in a.backends
+                        if not skip_reason(BACKENDS[b], closed, self.nofile)]
+            maxima = sweep.maxima_from(summarise(self.runs), "matrix", conns, size, backends)
+            missing = [b for b in backends if b not in maxima]
+            if missing:
+                self.log(f"sweep {closed.name}: closed-loop maxima of {', '.join(missing)}")
+                for b in missing:
+                    self.execute(Run("sweep-max", closed, b, 0, self.workers(b, conns)),
+                                 "[max]")
+                maxima.update(sweep.maxima_from(summarise(self.runs), "sweep-max", conns,
+                                                size, missing))
+            if not maxima:
+                self.log(f"sweep {closed.name}: no closed-loop maximum measured; skipped")
+                continue
+            grid = sweep.rate_grid(maxima, a.sweep_steps)
+            self.sweeps.append({"conns": conns, "size": size, "maxima": maxima,
+                                "grid": grid, "backends": backends})
+            self.log(f"sweep {closed.name}: rates {', '.join(f'{r:,.0f}' for r in grid)} "
+                     f"msgs/s (maxima: {', '.join(f'{b} {v:,.0f}' for b, v in maxima.items())})")
+            total = a.reps * len(grid) * len(backends)
+            done = 0
+            for rep in range(a.reps):
+                for i, rate in enumerate(grid):
+                    for b in rotated(backends, rep + i):
+                        done += 1
+                        self.execute(Run("sweep", Cell(conns, size, 1, rate=rate), b, rep,
+                                         self.workers(b, conns)), f"[{done}/{total}]")
 
     def workers(self, backend: str, conns: int) -> int:
         return server_workers(BACKENDS[backend], conns, self.args.workers, self.nofile)
@@ -345,11 +346,12 @@ class Bench:
         return names
 
     def update_doc(self, charts: dict, sweeps: list) -> None:
-        """Rewrites the results section of docs/benchmarks.md for this
-        topology (<!-- bench:begin TOPOLOGY --> ... <!-- bench:end TOPOLOGY -->)
-        and copies its charts to docs/benchmarks-<topology>-*.png."""
+        """Rewrites this run's results section of docs/benchmarks.md
+        (<!-- bench:begin KEY --> ... <!-- bench:end KEY -->, KEY the topology,
+        or TOPOLOGY-sweep for --only-sweep) and copies its charts to
+        docs/benchmarks-KEY-*.png."""
         doc = REPO / "docs" / "benchmarks.md"
-        topo, copied = self.env.topology, {}
+        topo, copied = self.env.topology + ("-sweep" if self.args.only_sweep else ""), {}
         for key, name in charts.items():
             dest = f"benchmarks-{topo}-{name}"
             shutil.copyfile(self.out / name, REPO / "docs" / dest)

@@ -63,6 +63,18 @@ def cpu_list(s: str) -> str:
     return s
 
 
+def cell_list(s: str) -> list:
+    """'1000x64,10000x1024' -> [(1000, 64), (10000, 1024)]."""
+    out = []
+    for part in s.split(","):
+        m = re.fullmatch(r"(\d[\d_]*)x(\d[\d_]*)", part.strip())
+        if not m or not int(m.group(1).replace("_", "")) or not int(m.group(2).replace("_", "")):
+            raise argparse.ArgumentTypeError(
+                f"'{part}' is not CONNSxSIZE with both positive (e.g. 1000x64)")
+        out.append((int(m.group(1).replace("_", "")), int(m.group(2).replace("_", ""))))
+    return out
+
+
 def positive_float(s: str) -> float:
     try:
         v = float(s)
@@ -130,6 +142,9 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
            "closed-loop maximum to 120%% of the fastest's, per --conns x --sizes cell")
     a("--only-sweep", action="store_true",
       help="the sweep alone (the closed-loop maxima it starts from are measured first)")
+    a("--sweep-cells", type=cell_list,
+      help="comma-separated CONNSxSIZE cells to sweep, e.g. 1000x64,10000x1024 "
+           "[default: every --conns x --sizes cell]")
     a("--sweep-steps", type=int, default=10, help="rates in the sweep grid, 2..=50 [default: 10]")
     a("--p99-bound-us", type=positive_float, default=1000.0,
       help="the sweep reports each backend's knee: the highest achieved rate whose p99 "
@@ -145,8 +160,9 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
     a("--targets-scale", type=positive_float, default=1.0, help=argparse.SUPPRESS)
     a("--out", type=Path, help="output directory [default: bench-results/<UTC timestamp>]")
     a("--update-doc", action="store_true",
-      help="rewrite the results section of docs/benchmarks.md (between <!-- bench:begin --> "
-           "and <!-- bench:end -->) and copy chart.svg to docs/benchmarks.svg")
+      help="rewrite this topology's results section of docs/benchmarks.md (between "
+           "<!-- bench:begin TOPOLOGY --> and <!-- bench:end TOPOLOGY -->; TOPOLOGY-sweep "
+           "with --only-sweep) and copy the charts to docs/benchmarks-TOPOLOGY-*.png")
     a("--no-build", action="store_true",
       help="use the release binaries as they are, in cargo's target directory (asked of "
            "cargo metadata: CARGO_TARGET_DIR is honoured) [default: cargo build --release "
@@ -178,6 +194,8 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
         args.targets = True
     if args.only_sweep:
         args.sweep = True
+    if args.sweep_cells is None:
+        args.sweep_cells = [(c, s) for c in args.conns for s in args.sizes]
     if set(cpus(args.server_cpus)) & set(cpus(args.client_cpus)):
         print(f"bench: warning: --server-cpus {args.server_cpus} and --client-cpus "
               f"{args.client_cpus} overlap: server and loadgen will compete for CPU",

@@ -168,6 +168,9 @@ class Bench:
         self.meta = {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": host.machine(),
+            # The 1, 5 and 15-minute load averages: on a shared machine, how busy
+            # the neighbours were (2 cores: above 2, they took CPU from the run).
+            "load_average": {"start": [round(v, 2) for v in os.getloadavg()]},
             "git": host.git(str(REPO)),
             "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
             "options": {
@@ -288,6 +291,8 @@ class Bench:
     def write_outputs(self) -> None:
         self.summaries = summarise(self.runs)
         self.meta["elapsed_s"] = round(time.monotonic() - self.started, 1)
+        self.meta["load_average"] = {"start": self.meta["load_average"]["start"],
+                                     "end": [round(v, 2) for v in os.getloadavg()]}
         self.meta["interrupted"] = self.interrupted
         sweeps = self.sweep_results()
         missing = chart.unavailable()

@@ -103,8 +103,11 @@ def git(repo: str) -> dict:
     return {
         "commit": out("rev-parse", "HEAD") or "unknown",
         "branch": out("rev-parse", "--abbrev-ref", "HEAD"),
-        # Results from an uncommitted tree cannot be reproduced from the hash alone.
-        "dirty": bool(out("status", "--porcelain", "--untracked-files=no")),
+        # Results from an uncommitted tree cannot be reproduced from the hash
+        # alone. Documentation does not change them (--update-doc rewrites
+        # docs/ between the invocations of one full run).
+        "dirty": bool(out("status", "--porcelain", "--untracked-files=no", "--", ".",
+                          ":(exclude)docs", ":(exclude)*.md")),
     }
 
 

@@ -72,6 +72,11 @@ def header(meta: dict) -> list:
         f"- Each run: fresh server, {o['warmup']:g} s warm-up + {o['duration']:g} s measured; "
         f"{o['reps']} interleaved repetition(s), medians shown",
     ]
+    la = meta.get("load_average")
+    if la and la.get("end"):
+        lines.append(f"- Load average (1/5/15 min) at the start {' / '.join(map(str, la['start']))}, "
+                     f"at the end {' / '.join(map(str, la['end']))}: above the core count, other "
+                     "processes were taking CPU from the run; compare backends within a table")
     return lines
 
 

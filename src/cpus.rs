@@ -1,7 +1,8 @@
 //! CPU lists as `taskset -c` and the kernel write them (`0-7`, `0,2,4`,
 //! `0-3,8`): parsing, printing back in the same compact form, and the order
-//! that gives worker *i* its CPU. Pure data: pinning a thread is
-//! `sys::pin_current_thread`, steering connections is `steering`.
+//! that gives worker *i* its CPU, and the check that every listed CPU is one
+//! this process may run on. Pinning a thread is `sys::pin_current_thread`,
+//! steering connections is `steering`.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -74,6 +75,27 @@ impl CpuList {
     /// when there are more threads than CPUs.
     pub fn for_index(&self, index: usize) -> usize {
         self.0[index % self.0.len()]
+    }
+
+    /// Every listed CPU must be one this process may run on, or pinning fails
+    /// in a thread after the sockets are set up: say so first, naming the flag.
+    pub fn check_allowed(&self) -> Result<(), String> {
+        let allowed = crate::sys::allowed_cpus()
+            .map_err(|e| format!("--cpus: reading this process's CPU affinity: {e}"))?;
+        let allowed = CpuList::from_cpus(allowed).ok_or("--cpus: this process may run on no CPU")?;
+        let missing = self.missing_from(&allowed);
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (cpu, verb) = match missing.len() {
+            1 => ("CPU", "is"),
+            _ => ("CPUs", "are"),
+        };
+        Err(format!(
+            "--cpus {self}: {cpu} {} {verb} not in this process's allowed set ({allowed}; \
+             taskset, a cgroup cpuset or offline CPUs limit it)",
+            format_cpus(&missing)
+        ))
     }
 
     /// CPUs of `self` that `other` lacks, in `self`'s order.

@@ -16,7 +16,7 @@ use anyhow::{Context, anyhow};
 use socket2::Socket;
 
 use crate::config::{Backend, Config};
-use crate::cpus::{CpuList, format_cpus};
+use crate::cpus::CpuList;
 use crate::shutdown::{Shutdown, SignalThread};
 use crate::stats::{Snapshot, Stats};
 use crate::steering::{self, Steering};
@@ -38,7 +38,7 @@ type Ready = Result<String, String>;
 pub fn run(config: Config) -> anyhow::Result<Summary> {
     crate::sys::ignore_sigpipe();
     if let Some(cpus) = &config.cpus {
-        check_cpus_allowed(cpus)?;
+        cpus.check_allowed().map_err(|e| anyhow!(e))?;
     }
     let listeners = net::bind_listeners(config.socket_addr(), config.backlog, config.workers)
         .map_err(|e| anyhow!(net::describe_bind_error(config.socket_addr(), &e)))?;
@@ -146,22 +146,6 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
             each.map(|(id, w)| (worker_cpu(&config, id), w)).collect()
         }),
     })
-}
-
-/// Every listed CPU must be one this process may run on, or pinning fails
-/// in a worker after the listeners are bound; say so first, naming the flag.
-fn check_cpus_allowed(cpus: &CpuList) -> anyhow::Result<()> {
-    let allowed = crate::sys::allowed_cpus().context("--cpus: reading this process's CPU affinity")?;
-    let allowed = CpuList::from_cpus(allowed).ok_or_else(|| anyhow!("--cpus: this process may run on no CPU"))?;
-    let missing = cpus.missing_from(&allowed);
-    if !missing.is_empty() {
-        return Err(anyhow!(
-            "--cpus {cpus}: CPU{} {} not in this process's allowed set ({allowed}; taskset, a cgroup cpuset or offline CPUs limit it)",
-            if missing.len() == 1 { "" } else { "s" },
-            if missing.len() == 1 { format!("{} is", missing[0]) } else { format!("{} are", format_cpus(&missing)) },
-        ));
-    }
-    Ok(())
 }
 
 /// Attaches the CPU steering program to the TCP group (and the UDP group with

@@ -46,6 +46,8 @@ pub struct Server {
     /// Taken by `signal_and_wait`; `Drop` kills whatever is left.
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The start-up line (the effective configuration).
+    pub start_line: String,
     /// Lines the server printed after its start-up line.
     lines: Receiver<String>,
     stderr: Receiver<String>,
@@ -99,6 +101,7 @@ impl Server {
         Server {
             child: Some(child),
             addr,
+            start_line: first,
             lines,
             stderr,
         }
@@ -410,6 +413,7 @@ pub fn set_recv_buffer(stream: &TcpStream, bytes: i32) {
 
 pub mod loadgen;
 pub mod seccomp;
+pub mod steering;
 pub mod stream;
 
 impl Server {

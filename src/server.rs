@@ -159,9 +159,9 @@ fn steer(config: &Config, listeners: &[Socket], udp: &[Option<Socket>]) -> (Stee
         (Ok(()), None) => return (Steering::Hash("no --cpus".into()), None),
     };
     let online = crate::sys::online_cpus();
-    let tcp = steering::attach(listeners, cpus, online.as_deref());
+    let tcp = steering::attach(listeners, steering::Kind::Tcp, cpus, online.as_deref());
     let udp: Vec<Socket> = udp.iter().flatten().filter_map(|s| s.try_clone().ok()).collect();
-    let udp = (!udp.is_empty()).then(|| steering::attach(&udp, cpus, online.as_deref()));
+    let udp = (!udp.is_empty()).then(|| steering::attach(&udp, steering::Kind::Udp, cpus, online.as_deref()));
     let udp = udp.filter(|u| *u != tcp);
     (tcp, udp)
 }

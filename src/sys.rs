@@ -250,3 +250,22 @@ pub fn attach_reuseport_cbpf(fd: std::os::fd::RawFd, program: &[libc::sock_filte
     ))?;
     Ok(())
 }
+
+/// Which of `fds` are readable (for a listener: a connection is waiting),
+/// waiting up to `timeout` for the first. `poll(2)`.
+pub fn poll_readable(
+    fds: &[std::os::fd::RawFd],
+    timeout: std::time::Duration,
+) -> io::Result<Vec<bool>> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    syscall!(poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, millis))?;
+    Ok(polled.iter().map(|p| p.revents & libc::POLLIN != 0).collect())
+}

@@ -41,7 +41,7 @@ fn each_worker_thread_is_pinned_to_its_cpu_in_the_listed_order() {
     for backend in BACKENDS {
         let server = Server::start(backend, &["--cpus", "1,0", "--workers", "2"]);
         assert!(server.start_line.contains(" cpus=1,0 "), "{}", server.start_line);
-        assert!(server.start_line.contains(" steering=cpu"), "{}", server.start_line);
+        assert_steered(&server.start_line);
         let affinity = thread_affinity(server.pid(), "worker-");
         assert_eq!(affinity.len(), 2, "{backend}: {affinity:?}");
         assert_eq!(affinity[&0], [1], "{backend}: worker 0");
@@ -123,7 +123,7 @@ fn udp_datagrams_are_served_by_the_worker_on_the_cpu_that_received_them() {
     }
     for backend in ["uring", "epoll"] {
         let server = Server::start(backend, &["--cpus", "0,1", "--udp", "--stats-per-worker"]);
-        assert!(server.start_line.contains(" steering=cpu"), "{}", server.start_line);
+        assert_steered(&server.start_line);
         assert!(!server.start_line.contains("udp_steering"), "{}", server.start_line);
         let udp = ["--udp", "--rate", "2000", "--size", "64"];
         let out = load_from_cpu(1, &server.addr.to_string(), 8, &udp);

@@ -13,7 +13,7 @@ use std::process::{Output, Stdio};
 
 use common::loadgen::{LOADGEN, stderr, u};
 use common::netns::{Topology, TopologySpec};
-use common::steering::{per_worker, thread_affinity, two_cpus};
+use common::steering::{assert_steered, per_worker, thread_affinity, two_cpus};
 use common::*;
 use serde_json::Value;
 
@@ -51,7 +51,7 @@ for_each_backend! {
     fn with_cpus_every_connection_is_served_by_the_worker_on_its_hosts_rps_cpu(backend) {
         let Some(topo) = two_hosts_on_two_cpus() else { return };
         let server = Server::start_in_namespace(&topo, backend, &["--cpus", "0,1", "--stats-per-worker"]);
-        assert!(server.start_line.contains(" steering=cpu"), "{}", server.start_line);
+        assert_steered(&server.start_line);
         let affinity = thread_affinity(server.pid(), "worker-");
         assert_eq!((affinity[&0].as_slice(), affinity[&1].as_slice()), (&[0][..], &[1][..]));
         // Both hosts at once, with different counts, so a swap would show.

@@ -67,3 +67,14 @@ pub fn per_worker(stopped: &Stopped) -> Vec<HashMap<String, u64>> {
     workers
 }
 
+
+/// The start line says connections are steered by CPU, and the reuseport
+/// group's order was checked (no "unverified" note).
+pub fn assert_steered(start_line: &str) {
+    let steering = start_line
+        .split(" steering=")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no steering= in {start_line}"));
+    assert!(steering.starts_with("cpu"), "{start_line}");
+    assert!(!steering.contains("unverified"), "{start_line}");
+}

@@ -17,11 +17,15 @@
 //! *i*. A socket leaves the group only when closed (the last one then moves
 //! into its index), and none is closed before the workers stop.
 //!
+//! [`order_probe`] checks that order before the program relies on it.
+//!
 //! An index past the group's end makes the kernel fall back to the hash, which
 //! is what the program returns for a CPU outside the list. This module decides
 //! whether steering applies, builds the program and attaches it; it pins no
 //! thread (`sys::pin_current_thread`) and does no I/O on connections.
 #![forbid(unsafe_code)]
+
+pub mod order_probe;
 
 use std::fmt;
 use std::os::fd::AsRawFd;
@@ -29,13 +33,20 @@ use std::os::fd::AsRawFd;
 use socket2::Socket;
 
 use crate::cpus::{CpuList, format_cpus};
+pub use order_probe::Kind;
+use order_probe::Order;
 
 /// How the kernel picks the worker for a new connection, for the start line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Steering {
     /// The CPU that received the SYN picks the worker pinned to it. `unlisted`:
     /// online CPUs outside `--cpus`, whose connections are hashed.
-    Cpu { unlisted: Vec<usize> },
+    /// `unverified`: why the group's order could not be probed (it then
+    /// rests on construction alone).
+    Cpu {
+        unlisted: Vec<usize>,
+        unverified: Option<String>,
+    },
     /// The kernel's 4-tuple hash, and why steering does not apply.
     Hash(String),
 }
@@ -45,13 +56,27 @@ pub enum Steering {
 impl fmt::Display for Steering {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Steering::Cpu { unlisted } if unlisted.is_empty() => f.write_str("cpu"),
-            Steering::Cpu { unlisted } => write!(
-                f,
-                "cpu (connections received on CPU{} {}, outside --cpus, are hashed)",
-                if unlisted.len() == 1 { "" } else { "s" },
-                format_cpus(unlisted)
-            ),
+            Steering::Cpu {
+                unlisted,
+                unverified,
+            } => {
+                f.write_str("cpu")?;
+                let mut notes = Vec::new();
+                if !unlisted.is_empty() {
+                    notes.push(format!(
+                        "connections received on CPU{} {}, outside --cpus, are hashed",
+                        if unlisted.len() == 1 { "" } else { "s" },
+                        format_cpus(unlisted)
+                    ));
+                }
+                if let Some(why) = unverified {
+                    notes.push(format!("group order unverified: {why}"));
+                }
+                if !notes.is_empty() {
+                    write!(f, " ({})", notes.join("; "))?;
+                }
+                Ok(())
+            }
             Steering::Hash(why) => write!(f, "hash ({why})"),
         }
     }
@@ -73,11 +98,24 @@ pub fn plan(cpus: Option<&CpuList>, workers: usize) -> Result<(), Steering> {
 }
 
 /// Attaches the CPU-to-index program to a group whose sockets are listed in
-/// join order (worker order). `online`: the kernel's online CPUs, to name
-/// those whose connections stay hashed.
-pub fn attach(group: &[Socket], cpus: &CpuList, online: Option<&[usize]>) -> Steering {
+/// join order (worker order), once [`order_probe`] has found the group in that
+/// order. `online`: the kernel's online CPUs, to name those whose connections
+/// stay hashed.
+pub fn attach(group: &[Socket], kind: Kind, cpus: &CpuList, online: Option<&[usize]>) -> Steering {
     let Some(first) = group.first() else {
         return Steering::Hash("no sockets".into());
+    };
+    let unverified = match order_probe::check(group, kind) {
+        Order::Workers => None,
+        Order::Unverified(why) => Some(why),
+        Order::Differs(why) => {
+            // The last probe program still picks one fixed socket: hash again.
+            let hash = [stmt(libc::BPF_RET | libc::BPF_K, NOT_LISTED)];
+            return match crate::sys::attach_reuseport_cbpf(first.as_raw_fd(), &hash) {
+                Ok(()) => Steering::Hash(why),
+                Err(e) => Steering::Hash(format!("{why}; and restoring the hash failed: {e}")),
+            };
+        }
     };
     if let Err(e) = crate::sys::attach_reuseport_cbpf(first.as_raw_fd(), &program(cpus.cpus())) {
         let why = match e.raw_os_error() {
@@ -95,7 +133,10 @@ pub fn attach(group: &[Socket], cpus: &CpuList, online: Option<&[usize]>) -> Ste
             .filter(|c| !cpus.cpus().contains(c))
             .collect()
     });
-    Steering::Cpu { unlisted }
+    Steering::Cpu {
+        unlisted,
+        unverified,
+    }
 }
 
 /// Returned for a CPU outside the list: past any group's end (a group holds
@@ -135,7 +176,7 @@ pub fn program(cpus: &[usize]) -> Vec<libc::sock_filter> {
     prog
 }
 
-fn stmt(code: u32, k: u32) -> libc::sock_filter {
+pub(crate) fn stmt(code: u32, k: u32) -> libc::sock_filter {
     jump(code, k, 0, 0)
 }
 
@@ -216,10 +257,18 @@ mod tests {
 
     #[test]
     fn the_start_line_names_cpus_whose_connections_stay_hashed() {
-        assert_eq!(Steering::Cpu { unlisted: vec![] }.to_string(), "cpu");
+        let cpu = |unlisted: Vec<usize>, unverified: Option<&str>| Steering::Cpu {
+            unlisted,
+            unverified: unverified.map(String::from),
+        };
+        assert_eq!(cpu(vec![], None).to_string(), "cpu");
         assert_eq!(
-            Steering::Cpu { unlisted: vec![2, 3, 5] }.to_string(),
+            cpu(vec![2, 3, 5], None).to_string(),
             "cpu (connections received on CPUs 2-3,5, outside --cpus, are hashed)"
+        );
+        assert_eq!(
+            cpu(vec![7], Some("lo is down")).to_string(),
+            "cpu (connections received on CPU 7, outside --cpus, are hashed; group order unverified: lo is down)"
         );
     }
 }

@@ -37,7 +37,9 @@ impl CpuList {
                 }
             };
             if first > last {
-                return Err(format!("'{item}' is a range that runs backwards ({expected})"));
+                return Err(format!(
+                    "'{item}' is a range that runs backwards ({expected})"
+                ));
             }
             for cpu in first..=last {
                 if cpus.contains(&cpu) {
@@ -55,7 +57,8 @@ impl CpuList {
     /// range (the kernel's own affinity masks).
     pub fn from_cpus(cpus: Vec<usize>) -> Option<CpuList> {
         let distinct = cpus.iter().enumerate().all(|(i, c)| !cpus[..i].contains(c));
-        (!cpus.is_empty() && distinct && cpus.iter().all(|&c| c < MAX_CPUS)).then_some(CpuList(cpus))
+        (!cpus.is_empty() && distinct && cpus.iter().all(|&c| c < MAX_CPUS))
+            .then_some(CpuList(cpus))
     }
 
     pub fn cpus(&self) -> &[usize] {
@@ -82,7 +85,8 @@ impl CpuList {
     pub fn check_allowed(&self) -> Result<(), String> {
         let allowed = crate::sys::allowed_cpus()
             .map_err(|e| format!("--cpus: reading this process's CPU affinity: {e}"))?;
-        let allowed = CpuList::from_cpus(allowed).ok_or("--cpus: this process may run on no CPU")?;
+        let allowed =
+            CpuList::from_cpus(allowed).ok_or("--cpus: this process may run on no CPU")?;
         let missing = self.missing_from(&allowed);
         if missing.is_empty() {
             return Ok(());
@@ -114,7 +118,10 @@ fn parse_cpu(s: &str, expected: &str) -> Result<usize, String> {
         .parse()
         .map_err(|_| format!("'{s}' is not a CPU number ({expected})"))?;
     if cpu >= MAX_CPUS {
-        return Err(format!("CPU {cpu} is out of range: CPUs are 0..={}", MAX_CPUS - 1));
+        return Err(format!(
+            "CPU {cpu} is out of range: CPUs are 0..={}",
+            MAX_CPUS - 1
+        ));
     }
     Ok(cpu)
 }

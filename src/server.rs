@@ -152,16 +152,28 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
 /// --udp) once every worker's socket is in it, or says why the kernel keeps
 /// hashing. Both groups get the same program; the start line reports TCP's,
 /// and UDP's too where it differs.
-fn steer(config: &Config, listeners: &[Socket], udp: &[Option<Socket>]) -> (Steering, Option<Steering>) {
-    let cpus = match (steering::plan(config.cpus.as_ref(), config.workers), &config.cpus) {
+fn steer(
+    config: &Config,
+    listeners: &[Socket],
+    udp: &[Option<Socket>],
+) -> (Steering, Option<Steering>) {
+    let cpus = match (
+        steering::plan(config.cpus.as_ref(), config.workers),
+        &config.cpus,
+    ) {
         (Ok(()), Some(cpus)) => cpus,
         (Err(hash), _) => return (hash, None),
         (Ok(()), None) => return (Steering::Hash("no --cpus".into()), None),
     };
     let online = crate::sys::online_cpus();
     let tcp = steering::attach(listeners, steering::Kind::Tcp, cpus, online.as_deref());
-    let udp: Vec<Socket> = udp.iter().flatten().filter_map(|s| s.try_clone().ok()).collect();
-    let udp = (!udp.is_empty()).then(|| steering::attach(&udp, steering::Kind::Udp, cpus, online.as_deref()));
+    let udp: Vec<Socket> = udp
+        .iter()
+        .flatten()
+        .filter_map(|s| s.try_clone().ok())
+        .collect();
+    let udp = (!udp.is_empty())
+        .then(|| steering::attach(&udp, steering::Kind::Udp, cpus, online.as_deref()));
     let udp = udp.filter(|u| *u != tcp);
     (tcp, udp)
 }

@@ -233,8 +233,12 @@ pub fn thread_id() -> i32 {
 /// for each incoming connection (TCP) or datagram (UDP) and hands it to the
 /// group's socket at the index the program returns; an index past the group's
 /// end falls back to the usual hash. One socket's attach applies to the group.
-pub fn attach_reuseport_cbpf(fd: std::os::fd::RawFd, program: &[libc::sock_filter]) -> io::Result<()> {
-    let len = u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+pub fn attach_reuseport_cbpf(
+    fd: std::os::fd::RawFd,
+    program: &[libc::sock_filter],
+) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let fprog = libc::sock_fprog {
         len,
         // The kernel copies the program during the call and never writes it;
@@ -266,6 +270,13 @@ pub fn poll_readable(
         })
         .collect();
     let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    syscall!(poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, millis))?;
-    Ok(polled.iter().map(|p| p.revents & libc::POLLIN != 0).collect())
+    syscall!(poll(
+        polled.as_mut_ptr(),
+        polled.len() as libc::nfds_t,
+        millis
+    ))?;
+    Ok(polled
+        .iter()
+        .map(|p| p.revents & libc::POLLIN != 0)
+        .collect())
 }

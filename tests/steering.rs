@@ -23,12 +23,24 @@ fn load_from_cpu(cpu: usize, target: &str, conns: u32, extra: &[&str]) -> Output
     let conns = conns.to_string();
     let out = Command::new("taskset")
         .args(["-c", &cpu.to_string(), LOADGEN, "--target", target])
-        .args(["--conns", &conns, "--messages", "2000", "--quiet", "--json", "-"])
+        .args([
+            "--conns",
+            &conns,
+            "--messages",
+            "2000",
+            "--quiet",
+            "--json",
+            "-",
+        ])
         .args(extra)
         .stdin(Stdio::null())
         .output()
         .expect("run taskset (util-linux) with loadgen");
-    assert!(out.status.success(), "loadgen on CPU {cpu}: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "loadgen on CPU {cpu}: {}",
+        stderr(&out)
+    );
     out
 }
 
@@ -40,7 +52,11 @@ fn each_worker_thread_is_pinned_to_its_cpu_in_the_listed_order() {
     }
     for backend in BACKENDS {
         let server = Server::start(backend, &["--cpus", "1,0", "--workers", "2"]);
-        assert!(server.start_line.contains(" cpus=1,0 "), "{}", server.start_line);
+        assert!(
+            server.start_line.contains(" cpus=1,0 "),
+            "{}",
+            server.start_line
+        );
         assert_steered(&server.start_line);
         let affinity = thread_affinity(server.pid(), "worker-");
         assert_eq!(affinity.len(), 2, "{backend}: {affinity:?}");
@@ -91,8 +107,16 @@ fn every_connection_is_served_by_the_worker_on_the_cpu_that_received_it() {
             let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             u(&r, "bytes.sent")
         };
-        assert_eq!(workers[1]["bytes_in"], sent(&from_1), "{backend}: {stopped:?}");
-        assert_eq!(workers[0]["bytes_in"], sent(&from_0), "{backend}: {stopped:?}");
+        assert_eq!(
+            workers[1]["bytes_in"],
+            sent(&from_1),
+            "{backend}: {stopped:?}"
+        );
+        assert_eq!(
+            workers[0]["bytes_in"],
+            sent(&from_0),
+            "{backend}: {stopped:?}"
+        );
         assert_eq!(workers[0]["bytes_out"], workers[0]["bytes_in"]);
     }
 }
@@ -112,7 +136,10 @@ fn without_cpus_connections_from_one_cpu_are_spread_over_both_workers_by_hash() 
     // Steered, all 201 would be on one worker; a hash of 201 4-tuples leaves
     // a worker empty with probability 2^-200.
     assert!(accepted.iter().all(|&n| n > 0), "{accepted:?}");
-    assert!(workers.iter().all(|w| !w.contains_key("cpu")), "{stopped:?}");
+    assert!(
+        workers.iter().all(|w| !w.contains_key("cpu")),
+        "{stopped:?}"
+    );
 }
 
 #[test]
@@ -124,7 +151,11 @@ fn udp_datagrams_are_served_by_the_worker_on_the_cpu_that_received_them() {
     for backend in ["uring", "epoll"] {
         let server = Server::start(backend, &["--cpus", "0,1", "--udp", "--stats-per-worker"]);
         assert_steered(&server.start_line);
-        assert!(!server.start_line.contains("udp_steering"), "{}", server.start_line);
+        assert!(
+            !server.start_line.contains("udp_steering"),
+            "{}",
+            server.start_line
+        );
         let udp = ["--udp", "--rate", "2000", "--size", "64"];
         let out = load_from_cpu(1, &server.addr.to_string(), 8, &udp);
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -190,7 +221,15 @@ fn loadgen_pins_its_threads_round_robin_over_its_cpus() {
     let server = Server::start("epoll", &["--workers", "1"]);
     let mut child = Command::new(LOADGEN)
         .args(["--target", &server.addr.to_string(), "--cpus", "1,0"])
-        .args(["--threads", "3", "--conns", "3", "--duration", "30", "--quiet"])
+        .args([
+            "--threads",
+            "3",
+            "--conns",
+            "3",
+            "--duration",
+            "30",
+            "--quiet",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -199,10 +238,14 @@ fn loadgen_pins_its_threads_round_robin_over_its_cpus() {
     // The threads pin themselves as they start: wait for all three.
     let pid = child.id() as i32;
     let mut threads = HashMap::new();
-    wait_until("loadgen's threads pinned", std::time::Duration::from_secs(10), || {
-        threads = thread_affinity(pid, "loadgen-");
-        threads.len() == 3 && threads.values().all(|c| c.len() == 1)
-    });
+    wait_until(
+        "loadgen's threads pinned",
+        std::time::Duration::from_secs(10),
+        || {
+            threads = thread_affinity(pid, "loadgen-");
+            threads.len() == 3 && threads.values().all(|c| c.len() == 1)
+        },
+    );
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(threads[&0], [1]);

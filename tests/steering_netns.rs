@@ -39,7 +39,15 @@ fn load(topo: &Topology, host: usize, port: u16, conns: u32) -> Value {
     let out: Output = topo
         .exec(topo.client_ns(host), LOADGEN)
         .args(["--target", &target, "--conns", &conns.to_string()])
-        .args(["--messages", "3000", "--size", "64", "--quiet", "--json", "-"])
+        .args([
+            "--messages",
+            "3000",
+            "--size",
+            "64",
+            "--quiet",
+            "--json",
+            "-",
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("run loadgen in a load host's namespace");

@@ -194,7 +194,10 @@ fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>,
             thread::Builder::new()
                 .name(format!("loadgen-{}", plan.id))
                 .spawn_scoped(scope, move || {
-                    let _ = tx.send(pin_thread(plan.id, shared.config).and_then(|()| engine::run_thread(plan, shared)));
+                    let _ = tx.send(
+                        pin_thread(plan.id, shared.config)
+                            .and_then(|()| engine::run_thread(plan, shared)),
+                    );
                 })
                 .map_err(|e| format!("spawning a thread: {e}"))?;
         }

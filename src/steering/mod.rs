@@ -162,14 +162,22 @@ pub fn program(cpus: &[usize]) -> Vec<libc::sock_filter> {
     let mut prog = vec![load_cpu];
     if counts_up {
         if first > 0 {
-            prog.push(stmt(libc::BPF_ALU | libc::BPF_SUB | libc::BPF_K, first as u32));
+            prog.push(stmt(
+                libc::BPF_ALU | libc::BPF_SUB | libc::BPF_K,
+                first as u32,
+            ));
         }
         prog.push(stmt(libc::BPF_RET | libc::BPF_A, 0));
         return prog;
     }
     for (index, &cpu) in cpus.iter().enumerate() {
         // Equal: fall through to the `ret` right after; not equal: skip it.
-        prog.push(jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, cpu as u32, 0, 1));
+        prog.push(jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            cpu as u32,
+            0,
+            1,
+        ));
         prog.push(stmt(libc::BPF_RET | libc::BPF_K, index as u32));
     }
     prog.push(stmt(libc::BPF_RET | libc::BPF_K, NOT_LISTED));
@@ -228,7 +236,11 @@ mod tests {
             let cpus = CpuList::parse(list).unwrap();
             let groups = cpus.len() as u32;
             for (worker, &cpu) in cpus.cpus().iter().enumerate() {
-                assert_eq!(index_for(list, cpu as u32), worker as u32, "{list}: CPU {cpu}");
+                assert_eq!(
+                    index_for(list, cpu as u32),
+                    worker as u32,
+                    "{list}: CPU {cpu}"
+                );
             }
             for cpu in 0..64 {
                 if !cpus.cpus().contains(&(cpu as usize)) {
@@ -251,7 +263,10 @@ mod tests {
         let cpus = CpuList::parse("0,1").unwrap();
         assert_eq!(plan(Some(&cpus), 2), Ok(()));
         let e = plan(Some(&cpus), 4).unwrap_err().to_string();
-        assert!(e.starts_with("hash (--workers 4") && e.contains("--cpus 0-1"), "{e}");
+        assert!(
+            e.starts_with("hash (--workers 4") && e.contains("--cpus 0-1"),
+            "{e}"
+        );
         assert_eq!(plan(None, 2).unwrap_err().to_string(), "hash (no --cpus)");
     }
 

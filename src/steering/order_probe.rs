@@ -142,7 +142,9 @@ mod tests {
     /// Listeners joined in order on one port (port 0: a fresh one), after
     /// `before` other sockets of the group.
     fn group(before: &[Socket], n: usize) -> Vec<Socket> {
-        let port = before.first().map_or(0, |s| s.local_addr().unwrap().as_socket().unwrap().port());
+        let port = before
+            .first()
+            .map_or(0, |s| s.local_addr().unwrap().as_socket().unwrap().port());
         let first = crate::net::bind_listener(loopback(port), 16).unwrap();
         let port = first.local_addr().unwrap().as_socket().unwrap().port();
         let mut all = vec![first];
@@ -157,7 +159,9 @@ mod tests {
             let probe = crate::net::bind_udp(loopback(0)).unwrap();
             probe.local_addr().unwrap().as_socket().unwrap().port()
         };
-        let udp: Vec<Socket> = (0..3).map(|_| crate::net::bind_udp(loopback(port)).unwrap()).collect();
+        let udp: Vec<Socket> = (0..3)
+            .map(|_| crate::net::bind_udp(loopback(port)).unwrap())
+            .collect();
         assert_eq!(check(&udp, Kind::Udp), Order::Workers);
     }
 
@@ -177,7 +181,10 @@ mod tests {
         let foreign = group(&[], 1);
         let ours = group(&foreign, 2);
         match check(&ours, Kind::Tcp) {
-            Order::Differs(why) => assert!(why.contains("index 0") && why.contains("another process"), "{why}"),
+            Order::Differs(why) => assert!(
+                why.contains("index 0") && why.contains("another process"),
+                "{why}"
+            ),
             other => panic!("{other:?}"),
         }
     }

@@ -12,7 +12,9 @@ pub fn two_cpus() -> Result<(), String> {
     if list.contains(&0) && list.contains(&1) {
         Ok(())
     } else {
-        Err(format!("skipping: needs CPUs 0 and 1, this process may use {list:?}"))
+        Err(format!(
+            "skipping: needs CPUs 0 and 1, this process may use {list:?}"
+        ))
     }
 }
 
@@ -66,7 +68,6 @@ pub fn per_worker(stopped: &Stopped) -> Vec<HashMap<String, u64>> {
     }
     workers
 }
-
 
 /// The start line says connections are steered by CPU, and the reuseport
 /// group's order was checked (no "unverified" note).

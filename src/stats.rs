@@ -63,24 +63,38 @@ impl Stats {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let mut s = Snapshot::default();
+        let mut sum = Snapshot::default();
         for w in &self.workers {
-            s.accepted += w.accepted.load(Relaxed);
-            s.closed += w.closed.load(Relaxed);
-            s.rejected += w.rejected.load(Relaxed);
-            s.errors += w.errors.load(Relaxed);
-            s.table_full += w.table_full.load(Relaxed);
-            s.bytes_in += w.bytes_in.load(Relaxed);
-            s.bytes_out += w.bytes_out.load(Relaxed);
-            s.buffer_starved += w.buffer_starved.load(Relaxed);
-            s.backpressured += w.backpressured.load(Relaxed);
-            s.cq_overflowed += w.cq_overflowed.load(Relaxed);
-            s.udp_in += w.udp_in.load(Relaxed);
-            s.udp_out += w.udp_out.load(Relaxed);
-            s.udp_truncated += w.udp_truncated.load(Relaxed);
-            s.udp_dropped += w.udp_dropped.load(Relaxed);
+            sum.add(&w.snapshot());
         }
-        s
+        sum
+    }
+
+    /// Each worker's counters, in worker order.
+    pub fn per_worker(&self) -> Vec<Snapshot> {
+        self.workers.iter().map(WorkerStats::snapshot).collect()
+    }
+}
+
+impl WorkerStats {
+    /// This worker's counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            accepted: self.accepted.load(Relaxed),
+            closed: self.closed.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            table_full: self.table_full.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            buffer_starved: self.buffer_starved.load(Relaxed),
+            backpressured: self.backpressured.load(Relaxed),
+            cq_overflowed: self.cq_overflowed.load(Relaxed),
+            udp_in: self.udp_in.load(Relaxed),
+            udp_out: self.udp_out.load(Relaxed),
+            udp_truncated: self.udp_truncated.load(Relaxed),
+            udp_dropped: self.udp_dropped.load(Relaxed),
+        }
     }
 }
 
@@ -104,6 +118,24 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Adds another worker's counters to these.
+    pub fn add(&mut self, o: &Snapshot) {
+        self.accepted += o.accepted;
+        self.closed += o.closed;
+        self.rejected += o.rejected;
+        self.errors += o.errors;
+        self.table_full += o.table_full;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.buffer_starved += o.buffer_starved;
+        self.backpressured += o.backpressured;
+        self.cq_overflowed += o.cq_overflowed;
+        self.udp_in += o.udp_in;
+        self.udp_out += o.udp_out;
+        self.udp_truncated += o.udp_truncated;
+        self.udp_dropped += o.udp_dropped;
+    }
+
     /// Connections open now. Counters are read one by one, so a connection accepted
     /// and closed between two reads may be missed; never negative.
     pub fn open(&self) -> u64 {
@@ -151,5 +183,7 @@ mod tests {
         assert_eq!(s.accepted, 7);
         assert_eq!(s.open(), 4);
         assert!(s.to_string().starts_with("open=4 accepted=7 closed=3"));
+        let each: Vec<u64> = stats.per_worker().iter().map(|w| w.accepted).collect();
+        assert_eq!(each, [2, 0, 5]);
     }
 }

@@ -59,6 +59,11 @@ pub struct RunArgs {
     #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 
+    /// Pin thread i to the i-th CPU of LIST (`8-15`, `0,2,4`), round-robin when
+    /// there are more threads than CPUs; --threads defaults to the list's length
+    #[arg(long, value_name = "LIST", value_parser = crate::cli::cpu_list)]
+    pub cpus: Option<crate::cpus::CpuList>,
+
     /// Source addresses to spread connections over, comma-separated, of the
     /// target's family [default: 127.0.0.1, 127.0.0.2, ... (one per 10,000
     /// connections) for an IPv4 loopback target; none otherwise. An IPv6
@@ -195,7 +200,11 @@ impl RunArgs {
         Ok(Config {
             target: self.target,
             conns: self.conns,
-            threads: self.threads.map(|t| t as usize),
+            threads: self
+                .threads
+                .map(|t| t as usize)
+                .or_else(|| self.cpus.as_ref().map(|c| c.len())),
+            cpus: self.cpus,
             source_addrs: self.source_addrs,
             connect_rate: self.connect_rate,
             connect_timeout: self.connect_timeout,

@@ -31,3 +31,9 @@ pub fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<std::time::Duratio
         Ok(std::time::Duration::from_secs_f64(v))
     }
 }
+
+/// A clap value parser for a CPU list (`0-7`, `0,2,4`, `0-3,8`); clap puts the
+/// flag's name in front of the error.
+pub fn cpu_list(s: &str) -> Result<crate::cpus::CpuList, String> {
+    crate::cpus::CpuList::parse(s)
+}

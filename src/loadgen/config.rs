@@ -81,8 +81,12 @@ pub struct Config {
     pub target: String,
     /// Invariant: >= 1.
     pub conns: u32,
-    /// `None`: one per CPU, raised to what `conns` needs.
+    /// `None`: one per CPU (one per `cpus` entry with `cpus`), raised to
+    /// what `conns` needs.
     pub threads: Option<usize>,
+    /// `--cpus`: thread *i* is pinned to the *i*-th CPU, round-robin when
+    /// there are more threads than CPUs.
+    pub cpus: Option<crate::cpus::CpuList>,
     /// Empty: picked automatically (spread over 127.0.0.x for a loopback target).
     pub source_addrs: Vec<IpAddr>,
     /// Connections opened per second, all threads together. Invariant: >= 1.

@@ -54,6 +54,9 @@ const MAX_SEND_BYTES: usize = 64 * 1024;
 /// could not start or got no connection at all.
 pub fn run(config: &Config) -> Result<Report, String> {
     crate::sys::ignore_sigpipe();
+    if let Some(cpus) = &config.cpus {
+        cpus.check_allowed()?;
+    }
     let per_ring = crate::sys::raise_open_files_limit().clamp(1, 1 << 20);
     let target = connect::resolve_target(&config.target)?;
     let sources = connect::source_plan(target, config.conns, &config.source_addrs)?;
@@ -87,7 +90,7 @@ pub fn run(config: &Config) -> Result<Report, String> {
     }
     let run_config = run_config(config, &target.to_string(), threads, &sources);
     note(format!(
-        "{} {} -> {target}: {} {} on {threads} threads, sources [{}], {}",
+        "{} {} -> {target}: {} {} on {threads} threads{}, sources [{}], {}",
         run_config.protocol,
         run_config.mode,
         config.conns,
@@ -96,6 +99,10 @@ pub fn run(config: &Config) -> Result<Report, String> {
         } else {
             "conns"
         },
+        config
+            .cpus
+            .as_ref()
+            .map_or_else(String::new, |c| format!(" pinned to CPUs {c}")),
         run_config.source_addrs.join(","),
         describe_load(config)
     ));
@@ -189,7 +196,10 @@ fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>,
             thread::Builder::new()
                 .name(format!("loadgen-{}", plan.id))
                 .spawn_scoped(scope, move || {
-                    let _ = tx.send(engine::run_thread(plan, shared));
+                    let _ = tx.send(
+                        pin_thread(plan.id, shared.config)
+                            .and_then(|()| engine::run_thread(plan, shared)),
+                    );
                 })
                 .map_err(|e| format!("spawning a thread: {e}"))?;
         }
@@ -215,6 +225,17 @@ fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>,
             Some(e) => Err(e),
             None => Ok(results),
         }
+    })
+}
+
+/// Pins engine thread `id` to its `--cpus` CPU (nothing without `--cpus`).
+fn pin_thread(id: usize, config: &Config) -> Result<(), String> {
+    let Some(cpus) = &config.cpus else {
+        return Ok(());
+    };
+    let cpu = cpus.for_index(id);
+    crate::sys::pin_current_thread(cpu).map_err(|e| {
+        format!("--cpus {cpus}: pinning thread {id} to CPU {cpu}: {e} (is CPU {cpu} in this process's allowed set? see taskset -p)")
     })
 }
 

@@ -434,6 +434,7 @@ pub fn set_recv_buffer(stream: &TcpStream, bytes: i32) {
 pub mod loadgen;
 pub mod netns;
 pub mod seccomp;
+pub mod steering;
 pub mod stream;
 
 impl Server {

@@ -44,6 +44,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
     let first = reports.first().ok_or("nothing to merge")?;
     let mut latency = new_histogram();
     let mut connect = new_histogram();
+    let mut transaction = new_histogram();
     let mut out = Report {
         schema: SCHEMA_VERSION,
         hosts: 0,
@@ -57,6 +58,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         rate: None,
         latency_us: Percentiles::default(),
         connect_us: Percentiles::default(),
+        transaction_us: Percentiles::default(),
         verify: Verify {
             enabled: true,
             mismatches: 0,
@@ -100,6 +102,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         c.established += r.connections.established;
         c.failed += r.connections.failed;
         c.lost += r.connections.lost;
+        c.completed += r.connections.completed;
         for (kind, n) in &r.errors {
             *out.errors.entry(kind.clone()).or_default() += n;
         }
@@ -125,21 +128,35 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         };
         add(&mut latency, "latency_us", &r.histograms.latency_us)?;
         add(&mut connect, "connect_us", &r.histograms.connect_us)?;
+        if !r.histograms.transaction_us.is_empty() {
+            add(
+                &mut transaction,
+                "transaction_us",
+                &r.histograms.transaction_us,
+            )?;
+        }
     }
     out.config.conns = out.connections.requested;
     out.config.rate = asked;
-    out.throughput = throughput(out.messages.received, out.bytes.received, out.duration_s);
+    out.throughput = throughput(
+        out.messages.received,
+        out.bytes.received,
+        out.connections.completed,
+        out.duration_s,
+    );
     out.rate = asked.map(|asked| Rate {
         asked,
         achieved: out.throughput.msgs_per_s,
     });
     out.latency_us = Percentiles::of(&latency);
     out.connect_us = Percentiles::of(&connect);
+    out.transaction_us = Percentiles::of(&transaction);
     out.cpu = Cpu::new(user_s, sys_s, cpu_msgs);
     out.udp = datagrams.map(Udp::new);
     out.histograms = Histograms {
         latency_us: encode_histogram(&latency),
         connect_us: encode_histogram(&connect),
+        transaction_us: encode_histogram(&transaction),
     };
     Ok(out)
 }
@@ -171,6 +188,8 @@ mod tests {
             protocol: "tcp".into(),
             udp_timeout_s: None,
             max_loss: None,
+            messages_per_conn: None,
+            linger0: false,
         }
     }
 
@@ -188,6 +207,7 @@ mod tests {
                     established: 10,
                     failed: 0,
                     lost: 0,
+                    completed: 0,
                 },
                 errors: [("ECONNRESET".to_string(), 1)].into(),
                 duration_s,
@@ -202,6 +222,7 @@ mod tests {
                 },
                 latency,
                 connect: new_histogram(),
+                transaction: new_histogram(),
                 cpu: Cpu::new(0.5, 0.25, n),
                 udp: None,
             },

@@ -123,19 +123,19 @@ impl Engine<'_> {
     }
 
     /// Submits the next send of `key` if one is due and none is in flight.
-    fn kick_send(&mut self, key: u32) {
+    pub(super) fn kick_send(&mut self, key: u32) {
         let max = self.shared.pattern.max_slice();
         let conn = &mut self.conns[key as usize];
         if let Some((offset, len)) = conn.next_send(max) {
             conn.send_in_flight = len;
             let seed = conn.seed;
-            self.ring
-                .send(key, seed, offset, len, Tag::new(OpKind::Send, key));
+            let tag = Tag::new(OpKind::Send, key).with_generation(conn.generation);
+            self.ring.send(key, seed, offset, len, tag);
         }
     }
 
     /// An established connection ended: counted, its messages abandoned, closed.
-    fn lose(&mut self, key: u32, kind: &str) {
+    pub(super) fn lose(&mut self, key: u32, kind: &str) {
         let conn = &mut self.conns[key as usize];
         if conn.state != State::Established {
             return;
@@ -146,10 +146,21 @@ impl Engine<'_> {
         self.result.counters.abandoned += abandoned;
         self.result.lost += 1;
         self.result.error(kind);
-        self.ring.close(key);
+        self.close_conn(key);
+    }
+
+    /// Closes connection `key`: its receive cancelled first if still armed,
+    /// since an operation in flight keeps the socket open however the slot is
+    /// closed (and with churn the slot is free only after the close).
+    pub(super) fn close_conn(&mut self, key: u32) {
+        if self.conns[key as usize].recv_armed {
+            self.ring.cancel(self.tag(OpKind::Recv, key));
+        }
+        self.ring.close(key, self.tag(OpKind::Close, key));
     }
 
     pub(super) fn handle_recv(&mut self, key: u32, c: &Completion, now: Nanos) {
+        let measure_start = self.measure_start_for(key);
         let Engine {
             ring,
             conns,
@@ -171,7 +182,7 @@ impl Engine<'_> {
                 let mut tally = Tally {
                     result,
                     interval,
-                    measure_start: self.measure_start,
+                    measure_start,
                     now,
                     echoed: 0,
                 };
@@ -197,14 +208,19 @@ impl Engine<'_> {
             }
             _ => {}
         }
-        if matches!(self.config().load, Load::Closed { .. }) {
+        if self.churn.is_some() {
+            if self.churn_echoed(key, echoed, now) {
+                return; // all its messages are back: closing
+            }
+        } else if matches!(self.config().load, Load::Closed { .. }) {
             for _ in 0..echoed {
                 self.create(key, now);
             }
         }
         self.kick_send(key);
-        if !self.conns[key as usize].recv_armed {
-            self.rearm.push(key);
+        let conn = &self.conns[key as usize];
+        if !conn.recv_armed {
+            self.rearm.push((key, conn.generation));
         }
     }
 
@@ -218,10 +234,12 @@ impl Engine<'_> {
             conn.send_in_flight = 0;
             return self.lose(key, errno_kind(-res));
         }
+        let measure_start = self.measure_start_for(key);
+        let conn = &mut self.conns[key as usize];
         let mut tally = Tally {
             result: &mut self.result,
             interval: &mut self.interval,
-            measure_start: self.measure_start,
+            measure_start,
             now,
             echoed: 0,
         };

@@ -15,10 +15,13 @@
 //!   completion dispatch, progress flushes.
 //! - `ramp.rs`: the connect phase.
 //! - `load.rs`: the load phase: creating messages, handling receives and sends.
+//! - `churn.rs`: the `--messages-per-conn` load phase: connections opened,
+//!   used for N messages, closed and replaced, their slots reused.
 //! - `udp.rs`: the `--udp` load phase: datagrams on the schedule, their echoes,
 //!   loss expiry.
 #![forbid(unsafe_code)]
 
+mod churn;
 mod load;
 mod ramp;
 mod udp;
@@ -95,7 +98,12 @@ pub fn run_thread(plan: Plan, shared: &Shared<'_>) -> Result<ThreadResult, Strin
             return Err(e);
         }
     };
-    let ramp = engine.ramp();
+    // A churn run opens its connections in the load phase itself.
+    let ramp = if shared.config.churn.is_some() {
+        Ok(())
+    } else {
+        engine.ramp()
+    };
     shared
         .established
         .fetch_add(engine.result.established - engine.result.lost, Relaxed);
@@ -105,6 +113,8 @@ pub fn run_thread(plan: Plan, shared: &Shared<'_>) -> Result<ThreadResult, Strin
     ramp?;
     if shared.config.udp.is_some() {
         engine.load_udp()?;
+    } else if shared.config.churn.is_some() {
+        engine.load_churn()?;
     } else {
         engine.load()?;
     }
@@ -159,11 +169,15 @@ struct Engine<'a> {
     /// Latencies since the last flush to the progress printer.
     interval: Histogram<u64>,
     cqes: Vec<Completion>,
-    /// Connections whose receive ended and must be re-armed after the buffers
-    /// are given back (re-arming before would only earn another ENOBUFS).
-    rearm: Vec<u32>,
-    /// Connects in flight with their deadlines, oldest first (one timeout for all).
-    connecting: VecDeque<(u32, Nanos)>,
+    /// Connections (slot, generation) whose receive ended and must be
+    /// re-armed after the buffers are given back (re-arming before would
+    /// only earn another ENOBUFS).
+    rearm: Vec<(u32, u32)>,
+    /// Connects in flight as (slot, generation, deadline), oldest first (one
+    /// timeout for all).
+    connecting: VecDeque<(u32, u32, Nanos)>,
+    /// `--messages-per-conn` only: the slots' lifecycles.
+    churn: Option<churn::Slots>,
     /// Connections whose connect has finished, either way.
     settled: u32,
     /// Messages created and not yet echoed, all connections.
@@ -207,6 +221,7 @@ impl<'a> Engine<'a> {
             cqes: Vec::with_capacity(4096),
             rearm: Vec::new(),
             connecting: VecDeque::new(),
+            churn: shared.config.churn.map(|_| churn::Slots::new(plan.count)),
             settled: 0,
             outstanding: 0,
             tickets: 0,
@@ -218,6 +233,22 @@ impl<'a> Engine<'a> {
 
     fn config(&self) -> &'a Config {
         self.shared.config
+    }
+
+    /// The tag of a `kind` operation on the connection now in slot `key`.
+    fn tag(&self, kind: OpKind, key: u32) -> Tag {
+        Tag::new(kind, key).with_generation(self.conns[key as usize].generation)
+    }
+
+    /// Where the measured part starts for the messages of connection `key`:
+    /// the run's, or with churn its connection's (all or none of a
+    /// connection's messages are measured).
+    fn measure_start_for(&self, key: u32) -> Nanos {
+        match &self.churn {
+            Some(slots) if slots.measured(key) => 0,
+            Some(_) => Nanos::MAX,
+            None => self.measure_start,
+        }
     }
 
     /// Where this thread's schedules sit within an interval, so threads interleave.
@@ -240,22 +271,35 @@ impl<'a> Engine<'a> {
         let udp = !self.flows.is_empty();
         for c in &cqes {
             let key = c.tag.conn();
+            let stale = (key as usize) < self.conns.len()
+                && c.tag.generation() != self.conns[key as usize].generation;
+            if stale {
+                // A completion of the slot's previous connection (the receive
+                // its close cancelled): only its buffer matters.
+                if let Some(buf) = c.buffer() {
+                    self.ring.recycle(buf);
+                }
+                continue;
+            }
             match c.tag.kind() {
                 Some(OpKind::Connect) => self.handle_connect(key, c.result, now),
                 Some(OpKind::Recv) if udp => self.handle_datagram(key, c, now),
                 Some(OpKind::Recv) => self.handle_recv(key, c, now),
                 Some(OpKind::Datagram) => self.handle_datagram_sent(key, c.result, now),
                 Some(OpKind::Send) => self.handle_send(key, c.result, now),
-                Some(OpKind::Close | OpKind::Cancel) | None => {}
+                Some(OpKind::Close) => self.handle_close(key),
+                Some(OpKind::Cancel) | None => {}
             }
         }
         self.cqes = cqes;
         self.ring.publish();
-        for key in std::mem::take(&mut self.rearm) {
+        for (key, generation) in std::mem::take(&mut self.rearm) {
             let conn = &mut self.conns[key as usize];
-            if conn.state == State::Established && !conn.recv_armed {
+            if conn.generation == generation && conn.state == State::Established && !conn.recv_armed
+            {
                 conn.recv_armed = true;
-                self.ring.recv(key, Tag::new(OpKind::Recv, key));
+                self.ring
+                    .recv(key, Tag::new(OpKind::Recv, key).with_generation(generation));
             }
         }
         Ok(())
@@ -319,8 +363,14 @@ impl<'a> Engine<'a> {
         }
         self.next_flush = self.shared.now() + FLUSH_EVERY;
         let p = &self.shared.progress[self.plan.id];
-        p.conns_up
-            .store(self.result.established - self.result.lost, Relaxed);
+        let up = match &self.churn {
+            Some(slots) => {
+                p.conns_done.store(slots.done, Relaxed);
+                u64::from(slots.active)
+            }
+            None => self.result.established - self.result.lost,
+        };
+        p.conns_up.store(up, Relaxed);
         p.conns_failed.store(self.result.failed, Relaxed);
         p.flush(&mut self.interval, self.result.msgs_all);
     }

@@ -105,8 +105,11 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
         if let Some(interval) = config.stats_interval {
             let stats = &stats;
             scope.spawn(move || {
+                let mut last = stats.snapshot();
                 while let Err(mpsc::RecvTimeoutError::Timeout) = alive_rx.recv_timeout(interval) {
-                    println!("uring-echo: stats {}", stats.snapshot());
+                    let now = stats.snapshot();
+                    println!("uring-echo: stats {}", interval_line(&now, &last));
+                    last = now;
                     let _ = std::io::stdout().flush();
                 }
             });
@@ -122,6 +125,16 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
         totals: stats.snapshot(),
         elapsed_s: started.elapsed().as_secs_f64(),
     })
+}
+
+/// A `--stats` line: the totals, then what the last interval added of the
+/// connection lifecycle (churn shows there: accepts and closes per interval).
+fn interval_line(now: &Snapshot, last: &Snapshot) -> String {
+    format!(
+        "{now} interval_accepted={} interval_closed={}",
+        now.accepted - last.accepted,
+        now.closed - last.closed
+    )
 }
 
 fn local_addr(listener: &Socket) -> anyhow::Result<SocketAddr> {

@@ -144,9 +144,10 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         out.connections.completed,
         out.duration_s,
     );
+    let churn = out.config.messages_per_conn.is_some();
     out.rate = asked.map(|asked| Rate {
         asked,
-        achieved: out.throughput.msgs_per_s,
+        achieved: out.throughput.achieved(churn),
     });
     out.latency_us = Percentiles::of(&latency);
     out.connect_us = Percentiles::of(&connect);

@@ -267,7 +267,7 @@ impl Report {
             hosts: 1,
             rate: config.rate.map(|asked| Rate {
                 asked,
-                achieved: throughput.msgs_per_s,
+                achieved: throughput.achieved(config.messages_per_conn.is_some()),
             }),
             verify: Verify {
                 enabled: config.verify,
@@ -476,6 +476,17 @@ impl Report {
             self.cpu.ns_per_msg
         );
         s
+    }
+}
+
+impl Throughput {
+    /// What `--rate` asked for: connections per second with churn, else messages.
+    pub fn achieved(&self, churn: bool) -> f64 {
+        if churn {
+            self.conns_per_s
+        } else {
+            self.msgs_per_s
+        }
     }
 }
 

@@ -156,6 +156,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "FRACTION", value_parser = fraction)]
     pub max_loss: Option<f64>,
 
+    /// Begin the load (warm-up, then the measured part) at this wall-clock
+    /// instant, in seconds since the UNIX epoch (a fraction allowed: `date
+    /// +%s.%N`), once the connections are made. Load hosts given the same
+    /// instant, with clocks in sync, measure the same window; `loadgen merge`
+    /// then sums like with like. If the connections are not all made by
+    /// then, the load starts when they are, with a warning, and the JSON says
+    /// so (`start.late`). Within a day of now
+    #[arg(long, value_name = "UNIX_SECONDS", value_parser = start_at)]
+    pub start_at: Option<f64>,
+
     /// Write the result as JSON to PATH (`-` for stdout; the summary then goes to stderr)
     #[arg(long, value_name = "PATH")]
     pub json: Option<String>,
@@ -232,6 +242,7 @@ impl RunArgs {
             allow_partial: self.allow_partial,
             quiet: self.quiet,
             drain_timeout: self.drain_timeout,
+            start_at: self.start_at,
             udp,
             churn,
             linger0: self.linger0,
@@ -342,6 +353,32 @@ fn host_port(s: &str) -> Result<String, String> {
         Ok(p) if p > 0 => Ok(s.to_string()),
         _ => Err(format!("'{port}' is not a port in 1..=65535")),
     }
+}
+
+/// The furthest `--start-at` may lie from now, either way: further is a
+/// mistake (milliseconds for seconds, a stale script), not a plan.
+const START_AT_WITHIN_S: f64 = 86_400.0;
+
+/// `--start-at`: UNIX seconds within [`START_AT_WITHIN_S`] of the clock now.
+fn start_at(s: &str) -> Result<f64, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    start_at_near(s, now)
+}
+
+fn start_at_near(s: &str, now: f64) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| {
+        format!(
+            "'{s}' is not a number (expected seconds since the UNIX epoch, e.g. $(date +%s) + 5)"
+        )
+    })?;
+    if !v.is_finite() || (v - now).abs() > START_AT_WITHIN_S {
+        return Err(format!(
+            "{v} is not within a day of now ({now:.0} seconds since the UNIX epoch)"
+        ));
+    }
+    Ok(v)
 }
 
 fn rate(s: &str) -> Result<f64, String> {
@@ -547,5 +584,27 @@ mod tests {
                 .unwrap_err()
                 .contains("--source-addrs")
         );
+    }
+
+    #[test]
+    fn a_start_instant_must_be_seconds_within_a_day_of_now() {
+        let now = 1_764_000_000.0;
+        assert_eq!(start_at_near("1764000005.25", now), Ok(1_764_000_005.25));
+        assert_eq!(start_at_near("1763999990", now), Ok(1_763_999_990.0));
+        // Milliseconds for seconds lands far in the future.
+        assert!(
+            start_at_near("1764000005000", now)
+                .unwrap_err()
+                .contains("within a day")
+        );
+        assert!(
+            start_at_near("soon", now)
+                .unwrap_err()
+                .contains("seconds since the UNIX epoch")
+        );
+        assert!(start_at_near("NaN", now).is_err());
+        let err = parse(&["--start-at", "12"]).unwrap_err();
+        assert!(err.contains("--start-at"), "{err}");
+        assert_eq!(config(&[]).unwrap().start_at, None);
     }
 }

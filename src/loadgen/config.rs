@@ -97,6 +97,9 @@ pub struct Config {
     pub quiet: bool,
     /// After the measured part, how long outstanding echoes may take to arrive.
     pub drain_timeout: Duration,
+    /// `--start-at`: the wall-clock instant (seconds since the UNIX epoch) the
+    /// load phase begins at, once the connections are made.
+    pub start_at: Option<f64>,
     /// `--udp`: datagrams over connected UDP sockets ("flows", `conns` of
     /// them) instead of TCP streams. `load` is then always [`Load::Open`].
     pub udp: Option<Udp>,

@@ -11,7 +11,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 
 use super::report::{
     Bytes, Connections, Cpu, Datagrams, Histograms, Messages, Percentiles, Rate, Report,
-    SCHEMA_VERSION, Udp, Verify, throughput,
+    SCHEMA_VERSION, Start, Udp, Verify, throughput,
 };
 use super::stats::new_histogram;
 
@@ -36,6 +36,30 @@ pub fn decode_histogram(s: &str) -> Result<Histogram<u64>, String> {
     out.add(&h)
         .map_err(|e| format!("histogram out of range: {e:?}"))?;
     Ok(out)
+}
+
+/// The hosts' starts as one: the earliest actual start, the spread to the
+/// latest, late if any was; `requested` where every host was given the same
+/// instant. `None` when no report says when it started (older loadgens).
+fn merge_starts(reports: &[Report]) -> Option<Start> {
+    let starts: Vec<&Start> = reports.iter().filter_map(|r| r.start.as_ref()).collect();
+    let first = starts.first()?;
+    let earliest = starts
+        .iter()
+        .map(|s| s.actual)
+        .fold(f64::INFINITY, f64::min);
+    let latest = starts
+        .iter()
+        .map(|s| s.actual + s.spread_s)
+        .fold(f64::NEG_INFINITY, f64::max);
+    Some(Start {
+        requested: first
+            .requested
+            .filter(|r| starts.iter().all(|s| s.requested == Some(*r))),
+        actual: earliest,
+        late: starts.iter().any(|s| s.late),
+        spread_s: latest - earliest,
+    })
 }
 
 /// Sums reports of runs made at the same time from several hosts. Durations
@@ -65,6 +89,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         },
         udp: None,
         cpu: Cpu::default(),
+        start: merge_starts(reports),
         histograms: Histograms::default(),
     };
     let (mut user_s, mut sys_s, mut cpu_msgs) = (0.0, 0.0, 0);
@@ -226,6 +251,7 @@ mod tests {
                 transaction: new_histogram(),
                 cpu: Cpu::new(0.5, 0.25, n),
                 udp: None,
+                start: Start::default(),
             },
         )
     }
@@ -242,6 +268,52 @@ mod tests {
             late: 1,
         }));
         r
+    }
+
+    fn started(requested: Option<f64>, actual: f64, late: bool) -> Report {
+        let mut r = report(&[10], 1.0);
+        r.start = Some(Start {
+            requested,
+            actual,
+            late,
+            spread_s: 0.0,
+        });
+        r
+    }
+
+    #[test]
+    fn merged_starts_keep_the_earliest_the_spread_and_any_lateness() {
+        let at = Some(1_764_000_000.0);
+        let a = started(at, 1_764_000_000.25, false);
+        let b = started(at, 1_764_000_000.0, false);
+        let m = merge(&[a.clone(), b]).unwrap().start.unwrap();
+        assert_eq!(m.requested, at);
+        assert_eq!(m.actual, 1_764_000_000.0);
+        assert_eq!(m.spread_s, 0.25);
+        assert!(!m.late);
+
+        let late = started(at, 1_764_000_001.0, true);
+        let m2 = merge(&[
+            merge(&[a.clone(), late]).unwrap(),
+            started(at, 1_763_999_999.5, false),
+        ]);
+        let m2 = m2.unwrap().start.unwrap();
+        assert!(m2.late);
+        assert_eq!(m2.actual, 1_763_999_999.5);
+        assert_eq!(m2.spread_s, 1.5, "a merged input's own spread counts");
+
+        let other = started(Some(1_764_000_009.0), 1_764_000_009.0, false);
+        assert_eq!(
+            merge(&[a.clone(), other]).unwrap().start.unwrap().requested,
+            None
+        );
+        let mut old = report(&[10], 1.0);
+        old.start = None;
+        assert_eq!(merge(&[old.clone()]).unwrap().start, None);
+        assert_eq!(
+            merge(&[old, a]).unwrap().start.unwrap().actual,
+            1_764_000_000.25
+        );
     }
 
     #[test]

@@ -42,7 +42,7 @@ use std::time::Duration;
 use config::{Config, Load, Stop};
 use engine::{Plan, Shared};
 use pattern::Pattern;
-use report::{Connections, Cpu, Report, RunConfig, Totals};
+use report::{Connections, Cpu, Report, RunConfig, Start, Totals};
 use stats::{Counters, ThreadResult, new_histogram};
 
 /// Longest send, and so the pattern's tail beyond its period.
@@ -104,9 +104,15 @@ pub fn run(config: &Config) -> Result<Report, String> {
     ));
 
     let plans = plan_threads(config.conns, threads);
+    let (epoch, epoch_unix) = (std::time::Instant::now(), unix_now());
     let shared = Shared {
         config,
-        epoch: std::time::Instant::now(),
+        epoch,
+        epoch_unix,
+        start_at: config
+            .start_at
+            .map(|unix| engine::StartAt::new(unix, epoch_unix)),
+        ramp_end: OnceLock::new(),
         target,
         sources,
         pattern: Arc::new(Pattern::new(
@@ -145,6 +151,13 @@ pub fn run(config: &Config) -> Result<Report, String> {
         ));
     }
     Ok(Report::new(run_config, totals))
+}
+
+/// The wall clock, seconds since the UNIX epoch.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A flag SIGINT/SIGTERM set: the first ends the run early with a report, a
@@ -303,6 +316,14 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
     let measure_start =
         shared.load_start.get().copied().unwrap_or(0) + shared.config.warmup.as_nanos() as u64;
     let (u0, s0) = shared.cpu_at_load_start.get().copied().unwrap_or(cpu_end);
+    // A run that never reached its load phase started, if at all, at the ramp's end.
+    let load_start = shared.load_start.get().or(shared.ramp_end.get());
+    let start = Start {
+        requested: shared.start_at.map(|s| s.unix),
+        actual: shared.epoch_unix + load_start.copied().unwrap_or(0) as f64 / 1e9,
+        late: shared.started_late(),
+        spread_s: 0.0,
+    };
     Totals {
         connections,
         errors,
@@ -313,6 +334,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         transaction,
         cpu: Cpu::new(cpu_end.0 - u0, cpu_end.1 - s0, msgs_all),
         udp: shared.config.udp.is_some().then_some(udp),
+        start,
     }
 }
 
@@ -345,8 +367,15 @@ fn describe_load(config: &Config) -> String {
         Stop::After(d) => format!("{:.1} s", d.as_secs_f64()),
         Stop::Messages(n) => format!("{n} messages"),
     };
+    let start = match config.start_at {
+        Some(at) => format!(
+            ", load from {at:.3} (--start-at, {:+.1} s from now)",
+            at - unix_now()
+        ),
+        None => String::new(),
+    };
     format!(
-        "{load}, {}..={} bytes, {stop} after {:.1} s warm-up, verify {}",
+        "{load}, {}..={} bytes, {stop} after {:.1} s warm-up, verify {}{start}",
         config.size.min,
         config.size.max,
         config.warmup.as_secs_f64(),

@@ -42,6 +42,9 @@ pub struct Report {
     #[serde(default)]
     pub udp: Option<Udp>,
     pub cpu: Cpu,
+    /// When the load phase began (null in reports from before `--start-at`).
+    #[serde(default)]
+    pub start: Option<Start>,
     pub histograms: Histograms,
 }
 
@@ -229,6 +232,22 @@ impl Cpu {
     }
 }
 
+/// When the load phase (warm-up, then the measured part) began, wall clock,
+/// seconds since the UNIX epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Start {
+    /// `--start-at`; null without it.
+    pub requested: Option<f64>,
+    /// When the load began; after a merge, the earliest host's.
+    pub actual: f64,
+    /// The connections were made only after `requested`, so the load began
+    /// late (after a merge: on any host).
+    pub late: bool,
+    /// After a merge: the latest host's `actual` minus the earliest's, how far
+    /// apart the hosts' windows were; 0 for one host.
+    pub spread_s: f64,
+}
+
 /// hdrhistogram V2 + deflate, base64 (standard alphabet, padded).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Histograms {
@@ -251,6 +270,7 @@ pub struct Totals {
     pub cpu: Cpu,
     /// UDP runs only.
     pub udp: Option<super::stats::UdpCounts>,
+    pub start: Start,
 }
 
 impl Report {
@@ -302,6 +322,7 @@ impl Report {
             connect_us: Percentiles::of(&t.connect),
             transaction_us: Percentiles::of(&t.transaction),
             cpu: t.cpu,
+            start: Some(t.start),
             histograms: Histograms {
                 latency_us: encode_histogram(&t.latency),
                 connect_us: encode_histogram(&t.connect),

@@ -2,7 +2,8 @@
 //! Two phases. The ramp opens the connections on a schedule (`--connect-rate`),
 //! each socket created and bound by [`super::connect`], installed as a direct
 //! descriptor and connected by the ring, with a deadline (`--connect-timeout`).
-//! Then all threads meet at a barrier and the load phase runs: closed loop
+//! Then all threads meet at a barrier, wait for `--start-at` if it was given,
+//! and the load phase runs: closed loop
 //! (a message per echo, `pipeline` in flight) or open loop (messages due on a
 //! [`Schedule`](super::pacing::Schedule), handed round-robin to the live connections), until the stop
 //! condition, then a drain of what is still in flight.
@@ -60,6 +61,12 @@ pub struct Shared<'a> {
     pub barrier: Barrier,
     /// Connections established by all threads, complete once past the barrier.
     pub established: AtomicU64,
+    /// The wall clock at `epoch`, seconds since the UNIX epoch.
+    pub epoch_unix: f64,
+    /// `--start-at` on this run's clock: the load phase waits for it.
+    pub start_at: Option<StartAt>,
+    /// When the last thread finished its ramp (set at the barrier).
+    pub ramp_end: OnceLock<Nanos>,
     pub load_start: OnceLock<Nanos>,
     /// CPU time (user, sys) when the load started.
     pub cpu_at_load_start: OnceLock<(f64, f64)>,
@@ -70,6 +77,26 @@ pub struct Shared<'a> {
     pub interrupt: Arc<AtomicBool>,
 }
 
+/// `--start-at`: the requested wall-clock instant, and the same instant on
+/// the run's monotonic clock (which a wall-clock step cannot move).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StartAt {
+    pub unix: f64,
+    /// Nanoseconds since [`Shared::epoch`]; 0 when the instant had already
+    /// passed when the run began.
+    pub at: Nanos,
+}
+
+impl StartAt {
+    /// Places `unix` on the clock whose zero is wall-clock `epoch_unix`.
+    pub fn new(unix: f64, epoch_unix: f64) -> StartAt {
+        StartAt {
+            unix,
+            at: ((unix - epoch_unix).max(0.0) * 1e9) as Nanos,
+        }
+    }
+}
+
 impl Shared<'_> {
     pub fn interrupted(&self) -> bool {
         self.interrupt.load(Relaxed)
@@ -77,6 +104,27 @@ impl Shared<'_> {
 
     pub fn now(&self) -> Nanos {
         self.epoch.elapsed().as_nanos() as Nanos
+    }
+
+    /// The ramp ended after `--start-at`: the load began late.
+    pub fn started_late(&self) -> bool {
+        match (self.start_at, self.ramp_end.get()) {
+            (Some(s), Some(&end)) => end > s.at,
+            _ => false,
+        }
+    }
+
+    /// With `--start-at`, sleeps until its instant (in slices, so Ctrl-C is
+    /// still heard); returns at once without it, or once it has passed.
+    fn wait_for_start(&self) {
+        let Some(start) = self.start_at else { return };
+        loop {
+            let now = self.now();
+            if now >= start.at || self.interrupted() {
+                return;
+            }
+            std::thread::sleep(Duration::from_nanos((start.at - now).min(FLUSH_EVERY)));
+        }
     }
 }
 
@@ -107,7 +155,20 @@ pub fn run_thread(plan: Plan, shared: &Shared<'_>) -> Result<ThreadResult, Strin
     shared
         .established
         .fetch_add(engine.result.established - engine.result.lost, Relaxed);
-    if shared.barrier.wait().is_leader() {
+    let leader = shared.barrier.wait().is_leader();
+    if leader {
+        let _ = shared.ramp_end.set(shared.now());
+        if let Some(start) = shared.start_at.filter(|_| shared.started_late()) {
+            let late = (shared.now() - start.at) as f64 / 1e9;
+            eprintln!(
+                "loadgen: warning: the connections were made {late:.3} s after --start-at {}; \
+                 the load starts now, late (start.late in the JSON); give the ramp more time",
+                start.unix
+            );
+        }
+    }
+    shared.wait_for_start();
+    if leader {
         let _ = shared.cpu_at_load_start.set(crate::sys::cpu_time());
     }
     ramp?;

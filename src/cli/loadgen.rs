@@ -45,6 +45,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    // The doc comment is clap's help text, not markdown: `[::1]` is no link.
+    #[allow(rustdoc::broken_intra_doc_links)]
     /// Server to load, HOST:PORT (an IPv6 address in brackets: [::1]:9999)
     #[arg(long, default_value = "127.0.0.1:9999", value_parser = host_port)]
     pub target: String,

@@ -21,7 +21,6 @@
 use std::collections::VecDeque;
 
 use super::Engine;
-use crate::loadgen::config::Stop;
 use crate::loadgen::conn::{Conn, State};
 use crate::loadgen::pacing::{Nanos, Schedule};
 use crate::loadgen::pattern::Pattern;
@@ -93,12 +92,7 @@ impl Slots {
 impl Engine<'_> {
     pub(super) fn load_churn(&mut self) -> Result<(), String> {
         let config = self.config();
-        let start = *self.shared.load_start.get_or_init(|| self.shared.now());
-        self.measure_start = start + config.warmup.as_nanos() as Nanos;
-        let mut stop_at = match config.stop {
-            Stop::After(d) => self.measure_start + d.as_nanos() as Nanos,
-            Stop::Messages(_) => Nanos::MAX,
-        };
+        let (start, mut stop_at) = self.begin_load();
         let share = f64::from(self.plan.count) / f64::from(config.conns);
         let open_loop = config.load.rate();
         // Open loop: connections due at --rate; closed loop: the first
@@ -147,11 +141,7 @@ impl Engine<'_> {
             if self.slots().active == 0 && !self.creating && waiting.is_empty() {
                 break;
             }
-            if !self.creating && drain_deadline == Nanos::MAX {
-                drain_deadline = now + config.drain_timeout.as_nanos() as Nanos;
-            }
-            if now >= drain_deadline {
-                self.result.counters.unfinished += self.outstanding;
+            if self.drain_over(now, &mut drain_deadline) {
                 break;
             }
             self.flush_progress(now);

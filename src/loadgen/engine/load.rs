@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{Engine, TICKET_BATCH, Tally};
-use crate::loadgen::config::{Load, Stop};
+use crate::loadgen::config::Load;
 use crate::loadgen::conn::{RecvError, State};
 use crate::loadgen::connect::errno_kind;
 use crate::loadgen::pacing::{Nanos, Schedule};
@@ -16,12 +16,7 @@ use crate::loadgen::ring::{Completion, OpKind, Tag};
 impl Engine<'_> {
     pub(super) fn load(&mut self) -> Result<(), String> {
         let config = self.config();
-        let start = *self.shared.load_start.get_or_init(|| self.shared.now());
-        self.measure_start = start + config.warmup.as_nanos() as Nanos;
-        let mut stop_at = match config.stop {
-            Stop::After(d) => self.measure_start + d.as_nanos() as Nanos,
-            Stop::Messages(_) => Nanos::MAX,
-        };
+        let (start, mut stop_at) = self.begin_load();
         let mut live: Vec<u32> = (0..self.plan.count)
             .filter(|&k| self.conns[k as usize].state == State::Established)
             .collect();
@@ -71,11 +66,7 @@ impl Engine<'_> {
             if self.outstanding == 0 && (!self.creating || schedule.is_none()) {
                 break;
             }
-            if !self.creating && drain_deadline == Nanos::MAX {
-                drain_deadline = now + config.drain_timeout.as_nanos() as Nanos;
-            }
-            if now >= drain_deadline {
-                self.result.counters.unfinished += self.outstanding;
+            if self.drain_over(now, &mut drain_deadline) {
                 break;
             }
             self.flush_progress(now);

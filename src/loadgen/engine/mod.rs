@@ -5,7 +5,7 @@
 //! Then all threads meet at a barrier, wait for `--start-at` if it was given,
 //! and the load phase runs: closed loop
 //! (a message per echo, `pipeline` in flight) or open loop (messages due on a
-//! [`Schedule`](super::pacing::Schedule), handed round-robin to the live connections), until the stop
+//! [`Schedule`], handed round-robin to the live connections), until the stop
 //! condition, then a drain of what is still in flight.
 //!
 //! Every loop turn: create what is due → wait for completions or the next
@@ -366,6 +366,20 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
+    /// The TCP load phase begins: the shared start (the first thread to get
+    /// here sets it), where measuring starts, and `stop_at` (the end of
+    /// `--duration`, or never with `--messages`).
+    fn begin_load(&mut self) -> (Nanos, Nanos) {
+        let config = self.config();
+        let start = *self.shared.load_start.get_or_init(|| self.shared.now());
+        self.measure_start = start + config.warmup.as_nanos() as Nanos;
+        let stop_at = match config.stop {
+            Stop::After(d) => self.measure_start + d.as_nanos() as Nanos,
+            Stop::Messages(_) => Nanos::MAX,
+        };
+        (start, stop_at)
+    }
+
     /// The start of a load-phase turn: on Ctrl-C the measured part ends now
     /// (then the drain, then the report); once `stop_at` has passed, no more
     /// messages are created.
@@ -391,6 +405,20 @@ impl<'a> Engine<'a> {
             return None;
         }
         Some(due)
+    }
+
+    /// The TCP drain: once messages are no longer created, outstanding echoes
+    /// have `--drain-timeout` to arrive; true (those left counted unfinished)
+    /// once it has passed.
+    fn drain_over(&mut self, now: Nanos, drain_deadline: &mut Nanos) -> bool {
+        if !self.creating && *drain_deadline == Nanos::MAX {
+            *drain_deadline = now + self.config().drain_timeout.as_nanos() as Nanos;
+        }
+        if now < *drain_deadline {
+            return false;
+        }
+        self.result.counters.unfinished += self.outstanding;
+        true
     }
 
     /// A load-phase turn: waits until `wake` or, while messages are being

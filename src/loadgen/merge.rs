@@ -316,6 +316,45 @@ mod tests {
         );
     }
 
+    /// A churn run: `completed` connections, each with a transaction time.
+    fn churn_report(transactions_us: &[u64], duration_s: f64) -> Report {
+        let mut r = report(&[10], duration_s);
+        let mut h = new_histogram();
+        for &v in transactions_us {
+            h.record(v).unwrap();
+        }
+        r.config.messages_per_conn = Some(1);
+        r.config.rate = Some(100.0);
+        r.rate = Some(Rate {
+            asked: 100.0,
+            achieved: 0.0,
+        });
+        r.connections.completed = transactions_us.len() as u64;
+        r.transaction_us = Percentiles::of(&h);
+        r.histograms.transaction_us = encode_histogram(&h);
+        r
+    }
+
+    #[test]
+    fn merging_churn_runs_sums_connections_and_transaction_times() {
+        let a = churn_report(&[100, 200, 300], 1.0);
+        let b = churn_report(&[400; 5], 2.0);
+        let m = merge(&[a, b]).unwrap();
+        assert_eq!(m.connections.completed, 8);
+        assert_eq!(m.throughput.conns_per_s, 4.0, "8 over the longest 2 s");
+        assert_eq!(m.transaction_us.count, 8);
+        assert_eq!(m.transaction_us.max, 400);
+        let rate = m.rate.unwrap();
+        assert_eq!(
+            (rate.asked, rate.achieved),
+            (200.0, 4.0),
+            "connections per second"
+        );
+        // A report from before churn has no transaction histogram: skipped.
+        let m = merge(&[report(&[10], 1.0), report(&[10], 1.0)]).unwrap();
+        assert_eq!(m.transaction_us.count, 0);
+    }
+
     #[test]
     fn merging_udp_runs_sums_the_datagrams_and_recomputes_the_loss_ratio() {
         let m = merge(&[udp_report(1000, 0, 1, 2), udp_report(3000, 400, 3, 4)]).unwrap();

@@ -233,7 +233,7 @@ impl<'a> Worker<'a> {
             Some(kind) => {
                 let key = ud.key();
                 match self.conns.get(key) {
-                    Some(c) if c.generation == ud.generation() => {}
+                    Some(c) if c.owns(ud) => {}
                     _ => {
                         debug_assert!(false, "completion for a freed connection: {ud:?}");
                         if let Some(first) = cqueue::buffer_select(flags).map(BufId) {

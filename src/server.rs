@@ -134,8 +134,11 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
         if let Some(interval) = config.stats_interval {
             let (stats, config) = (&stats, &config);
             scope.spawn(move || {
+                let mut last = stats.snapshot();
                 while let Err(mpsc::RecvTimeoutError::Timeout) = alive_rx.recv_timeout(interval) {
-                    println!("uring-echo: stats {}", stats.snapshot());
+                    let now = stats.snapshot();
+                    println!("uring-echo: stats {}", interval_line(&now, &last));
+                    last = now;
                     if config.stats_per_worker {
                         for (id, worker) in stats.per_worker().iter().enumerate() {
                             println!(
@@ -215,6 +218,16 @@ fn worker_counters(id: usize, cpu: Option<usize>, counters: &Snapshot) -> String
         Some(cpu) => format!("worker={id} cpu={cpu} {counters}"),
         None => format!("worker={id} {counters}"),
     }
+}
+
+/// A `--stats` line: the totals, then what the last interval added of the
+/// connection lifecycle (churn shows there: accepts and closes per interval).
+fn interval_line(now: &Snapshot, last: &Snapshot) -> String {
+    format!(
+        "{now} interval_accepted={} interval_closed={}",
+        now.accepted - last.accepted,
+        now.closed - last.closed
+    )
 }
 
 fn local_addr(listener: &Socket) -> anyhow::Result<SocketAddr> {

@@ -107,6 +107,23 @@ pub struct Config {
     /// `--udp`: datagrams over connected UDP sockets ("flows", `conns` of
     /// them) instead of TCP streams. `load` is then always [`Load::Open`].
     pub udp: Option<Udp>,
+    /// `--messages-per-conn`: connections are short-lived (see [`Churn`]).
+    pub churn: Option<Churn>,
+    /// `--linger0`: connections close with a reset (SO_LINGER 0) instead of a
+    /// FIN, so no TIME_WAIT is left behind.
+    pub linger0: bool,
+}
+
+/// Connection churn: each connection sends `messages_per_conn` messages (closed
+/// loop, `pipeline` in flight), checks their echoes, closes, and its slot is
+/// reused by a new connection. In the closed loop `conns` connections are
+/// open at once, each replaced as soon as its close completes; with a rate,
+/// new connections are due on that schedule (connections per second) and
+/// take the first free slot of the `conns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Churn {
+    /// Invariant: >= 1.
+    pub messages_per_conn: u32,
 }
 
 /// The UDP-only settings.

@@ -68,6 +68,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
     let first = reports.first().ok_or("nothing to merge")?;
     let mut latency = new_histogram();
     let mut connect = new_histogram();
+    let mut transaction = new_histogram();
     let mut out = Report {
         schema: SCHEMA_VERSION,
         hosts: 0,
@@ -81,6 +82,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         rate: None,
         latency_us: Percentiles::default(),
         connect_us: Percentiles::default(),
+        transaction_us: Percentiles::default(),
         verify: Verify {
             enabled: true,
             mismatches: 0,
@@ -127,6 +129,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         c.lost += r.connections.lost;
         c.lost_unanswered += r.connections.lost_unanswered;
         c.unanswered += r.connections.unanswered;
+        c.completed += r.connections.completed;
         for (kind, n) in &r.errors {
             *out.errors.entry(kind.clone()).or_default() += n;
         }
@@ -152,21 +155,36 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         };
         add(&mut latency, "latency_us", &r.histograms.latency_us)?;
         add(&mut connect, "connect_us", &r.histograms.connect_us)?;
+        if !r.histograms.transaction_us.is_empty() {
+            add(
+                &mut transaction,
+                "transaction_us",
+                &r.histograms.transaction_us,
+            )?;
+        }
     }
     out.config.conns = out.connections.requested;
     out.config.rate = asked;
-    out.throughput = throughput(out.messages.received, out.bytes.received, out.duration_s);
+    out.throughput = throughput(
+        out.messages.received,
+        out.bytes.received,
+        out.connections.completed,
+        out.duration_s,
+    );
+    let churn = out.config.messages_per_conn.is_some();
     out.rate = asked.map(|asked| Rate {
         asked,
-        achieved: out.throughput.msgs_per_s,
+        achieved: out.throughput.achieved(churn),
     });
     out.latency_us = Percentiles::of(&latency);
     out.connect_us = Percentiles::of(&connect);
+    out.transaction_us = Percentiles::of(&transaction);
     out.cpu = Cpu::new(user_s, sys_s, cpu_msgs);
     out.udp = datagrams.map(Udp::new);
     out.histograms = Histograms {
         latency_us: encode_histogram(&latency),
         connect_us: encode_histogram(&connect),
+        transaction_us: encode_histogram(&transaction),
     };
     Ok(out)
 }
@@ -198,6 +216,8 @@ mod tests {
             protocol: "tcp".into(),
             udp_timeout_s: None,
             max_loss: None,
+            messages_per_conn: None,
+            linger0: false,
         }
     }
 
@@ -230,6 +250,7 @@ mod tests {
                 },
                 latency,
                 connect: new_histogram(),
+                transaction: new_histogram(),
                 cpu: Cpu::new(0.5, 0.25, n),
                 udp: None,
                 start: Start::default(),
@@ -295,6 +316,45 @@ mod tests {
             merge(&[old, a]).unwrap().start.unwrap().actual,
             1_764_000_000.25
         );
+    }
+
+    /// A churn run: `completed` connections, each with a transaction time.
+    fn churn_report(transactions_us: &[u64], duration_s: f64) -> Report {
+        let mut r = report(&[10], duration_s);
+        let mut h = new_histogram();
+        for &v in transactions_us {
+            h.record(v).unwrap();
+        }
+        r.config.messages_per_conn = Some(1);
+        r.config.rate = Some(100.0);
+        r.rate = Some(Rate {
+            asked: 100.0,
+            achieved: 0.0,
+        });
+        r.connections.completed = transactions_us.len() as u64;
+        r.transaction_us = Percentiles::of(&h);
+        r.histograms.transaction_us = encode_histogram(&h);
+        r
+    }
+
+    #[test]
+    fn merging_churn_runs_sums_connections_and_transaction_times() {
+        let a = churn_report(&[100, 200, 300], 1.0);
+        let b = churn_report(&[400; 5], 2.0);
+        let m = merge(&[a, b]).unwrap();
+        assert_eq!(m.connections.completed, 8);
+        assert_eq!(m.throughput.conns_per_s, 4.0, "8 over the longest 2 s");
+        assert_eq!(m.transaction_us.count, 8);
+        assert_eq!(m.transaction_us.max, 400);
+        let rate = m.rate.unwrap();
+        assert_eq!(
+            (rate.asked, rate.achieved),
+            (200.0, 4.0),
+            "connections per second"
+        );
+        // A report from before churn has no transaction histogram: skipped.
+        let m = merge(&[report(&[10], 1.0), report(&[10], 1.0)]).unwrap();
+        assert_eq!(m.transaction_us.count, 0);
     }
 
     #[test]

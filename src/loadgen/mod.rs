@@ -59,7 +59,12 @@ pub fn run(config: &Config) -> Result<Report, String> {
     }
     let per_ring = crate::sys::raise_open_files_limit().clamp(1, 1 << 20);
     let target = connect::resolve_target(&config.target)?;
-    let sources = connect::source_plan(target, config.conns, &config.source_addrs)?;
+    let sources = connect::source_plan(
+        target,
+        config.conns,
+        config.churn.is_some(),
+        &config.source_addrs,
+    )?;
     let base = config.threads.unwrap_or_else(crate::sys::available_cpus);
     let needed = connect::threads_needed(config.conns, per_ring);
     let threads = base.max(needed).min(config.conns as usize).max(1);
@@ -127,8 +132,11 @@ pub fn run(config: &Config) -> Result<Report, String> {
         established: AtomicU64::new(0),
         load_start: OnceLock::new(),
         cpu_at_load_start: OnceLock::new(),
+        // With churn a ticket is a connection's worth of messages.
         tickets: match config.stop {
-            Stop::Messages(n) => Some(AtomicU64::new(n)),
+            Stop::Messages(n) => Some(AtomicU64::new(
+                n / config.churn.map_or(1, |c| u64::from(c.messages_per_conn)),
+            )),
             Stop::After(_) => None,
         },
         progress: (0..threads).map(|_| Default::default()).collect(),
@@ -244,15 +252,17 @@ fn pin_thread(id: usize, config: &Config) -> Result<(), String> {
 struct ProgressPrinter {
     seconds: u64,
     last_msgs: u64,
+    last_conns: u64,
 }
 
 impl ProgressPrinter {
     fn print(&mut self, shared: &Shared<'_>) {
         self.seconds += 1;
         let mut interval = new_histogram();
-        let (mut up, mut failed, mut msgs) = (0, 0, 0);
+        let (mut up, mut failed, mut msgs, mut done) = (0, 0, 0, 0);
         for p in &shared.progress {
             up += p.conns_up.load(Relaxed);
+            done += p.conns_done.load(Relaxed);
             failed += p.conns_failed.load(Relaxed);
             msgs += p.msgs.load(Relaxed);
             if let Ok(mut h) = p.interval.lock() {
@@ -272,8 +282,15 @@ impl ProgressPrinter {
         } else {
             ("conns", "msgs")
         };
+        let churn = if shared.config.churn.is_some() {
+            let conns_rate = done - self.last_conns;
+            self.last_conns = done;
+            format!(" {conns_rate} conns/s,")
+        } else {
+            String::new()
+        };
         eprintln!(
-            "loadgen: {:>4}s {what} {up} up, {failed} failed; {rate} {unit}/s; p99 {p99}",
+            "loadgen: {:>4}s {what} {up} up, {failed} failed;{churn} {rate} {unit}/s; p99 {p99}",
             self.seconds
         );
     }
@@ -286,6 +303,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
     let mut udp = stats::UdpCounts::default();
     let mut latency = new_histogram();
     let mut connect = new_histogram();
+    let mut transaction = new_histogram();
     let mut msgs_all = 0;
     let mut end = 0;
     for r in results {
@@ -295,6 +313,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         connections.lost += r.lost;
         connections.lost_unanswered += r.lost_unanswered;
         connections.unanswered += r.unanswered;
+        connections.completed += r.completed;
         for (k, n) in &r.errors {
             *errors.entry(k.clone()).or_default() += n;
         }
@@ -316,6 +335,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         udp.late += u.late;
         let _ = latency.add(&r.latency);
         let _ = connect.add(&r.connect);
+        let _ = transaction.add(&r.transaction);
         end = end.max(r.measure_end);
     }
     let measure_start =
@@ -336,6 +356,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         counters: c,
         latency,
         connect,
+        transaction,
         cpu: Cpu::new(cpu_end.0 - u0, cpu_end.1 - s0, msgs_all),
         udp: shared.config.udp.is_some().then_some(udp),
         start,
@@ -353,6 +374,19 @@ fn describe_load(config: &Config) -> String {
         (Load::Open { rate, pipeline }, None) => {
             format!("open loop at {rate} msgs/s, pipeline {pipeline}")
         }
+    };
+    let load = match (config.churn, config.load) {
+        (Some(c), Load::Open { rate, pipeline }) => format!(
+            "churn of {} msgs per connection, open loop at {rate} conns/s, pipeline {pipeline}{}",
+            c.messages_per_conn,
+            if config.linger0 { ", linger 0" } else { "" }
+        ),
+        (Some(c), Load::Closed { pipeline }) => format!(
+            "churn of {} msgs per connection, closed loop, pipeline {pipeline}{}",
+            c.messages_per_conn,
+            if config.linger0 { ", linger 0" } else { "" }
+        ),
+        (None, _) => load,
     };
     let stop = match config.stop {
         Stop::After(d) => format!("{:.1} s", d.as_secs_f64()),
@@ -410,6 +444,8 @@ fn run_config(
         protocol: if config.udp.is_some() { "udp" } else { "tcp" }.to_string(),
         udp_timeout_s: config.udp.map(|u| u.timeout.as_secs_f64()),
         max_loss: config.udp.map(|u| u.max_loss),
+        messages_per_conn: config.churn.map(|c| c.messages_per_conn),
+        linger0: config.linger0,
     }
 }
 

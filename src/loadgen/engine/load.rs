@@ -120,7 +120,7 @@ impl Engine<'_> {
         if let Some((offset, len)) = conn.next_send(max) {
             conn.send_in_flight = len;
             let seed = conn.seed;
-            let tag = Tag::new(OpKind::Send, key).with_generation(conn.generation);
+            let tag = Tag::new(OpKind::Send, key, conn.generation);
             self.ring.send(key, seed, offset, len, tag);
         }
     }

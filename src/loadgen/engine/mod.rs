@@ -306,7 +306,7 @@ impl<'a> Engine<'a> {
 
     /// The tag of a `kind` operation on the connection now in slot `key`.
     fn tag(&self, kind: OpKind, key: u32) -> Tag {
-        Tag::new(kind, key).with_generation(self.conns[key as usize].generation)
+        Tag::new(kind, key, self.conns[key as usize].generation)
     }
 
     /// Where the measured part starts for the messages of connection `key`:
@@ -339,9 +339,9 @@ impl<'a> Engine<'a> {
         let cqes = std::mem::take(&mut self.cqes);
         let udp = !self.flows.is_empty();
         for c in &cqes {
-            let key = c.tag.conn();
+            let key = c.user_data.key();
             let stale = (key as usize) < self.conns.len()
-                && c.tag.generation() != self.conns[key as usize].generation;
+                && c.user_data.generation() != self.conns[key as usize].generation;
             if stale {
                 // A completion of the slot's previous connection (the receive
                 // its close cancelled): only its buffer matters.
@@ -350,7 +350,7 @@ impl<'a> Engine<'a> {
                 }
                 continue;
             }
-            match c.tag.kind() {
+            match c.user_data.kind() {
                 Some(OpKind::Connect) => self.handle_connect(key, c.result, now),
                 Some(OpKind::Recv) if udp => self.handle_datagram(key, c, now),
                 Some(OpKind::Recv) => self.handle_recv(key, c, now),
@@ -367,8 +367,7 @@ impl<'a> Engine<'a> {
             if conn.generation == generation && conn.state == State::Established && !conn.recv_armed
             {
                 conn.recv_armed = true;
-                self.ring
-                    .recv(key, Tag::new(OpKind::Recv, key).with_generation(generation));
+                self.ring.recv(key, Tag::new(OpKind::Recv, key, generation));
             }
         }
         Ok(())

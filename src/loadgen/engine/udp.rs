@@ -119,7 +119,7 @@ impl Engine<'_> {
             };
             let queued = self
                 .ring
-                .send_datagram(key, &header, Tag::new(OpKind::Datagram, key));
+                .send_datagram(key, &header, Tag::new(OpKind::Datagram, key, 0));
             debug_assert!(queued, "one send per flow: Flow::send_in_flight");
         }
     }

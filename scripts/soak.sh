@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak test (not run in CI): the release server under target/release/loadgen
+# Soak test (not run in CI): the release server under the release loadgen
 # with many connections for a long time, on each backend. Passes when loadgen
 # reports zero mismatches and zero errors (it verifies echoes by default and
 # exits non-zero on a mismatch or error), the server drains and exits 0, and
@@ -44,13 +44,14 @@ for n in "$conns" "$duration" "$workers"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "soak.sh: '$n' is not a positive number" >&2; exit 2; }
 done
 
-server=target/release/uring-echo
-loadgen=target/release/loadgen
-cargo build --release --bin uring-echo
-if [ ! -x "$loadgen" ]; then
-  cargo build --release --bin loadgen 2>/dev/null || true
-fi
-[ -x "$loadgen" ] || { echo "soak.sh: $loadgen not found: build it with 'cargo build --release --bin loadgen'" >&2; exit 1; }
+# Where cargo puts builds: honours CARGO_TARGET_DIR and build.target-dir.
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])') ||
+  { echo "soak.sh: 'cargo metadata' failed: cannot tell where cargo puts the binaries" >&2; exit 2; }
+server=$target_dir/release/uring-echo
+loadgen=$target_dir/release/loadgen
+cargo build --release --bin uring-echo --bin loadgen ||
+  { echo "soak.sh: cargo build --release --bin uring-echo --bin loadgen failed" >&2; exit 2; }
 mkdir -p "$out"
 
 nofile=$(ulimit -n)

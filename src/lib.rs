@@ -3,6 +3,8 @@
 //! Layout (one idea per module):
 //! - [`config`]: the validated configuration both backends run from.
 //! - [`server`]: binds the listeners, starts one worker per thread, joins them.
+//! - [`capacity`]: how many connections the server holds and which limit says so;
+//!   the notices when a descriptor table fills and has room again.
 //! - [`uring`]: the io_uring backend (ring setup and probe, buffer ring, user_data, event loop).
 //! - [`epoll`]: the epoll backend, the same design on readiness notifications.
 //! - [`tokio_uring_rt`]: a tokio-uring runtime backend, a task per connection.
@@ -24,6 +26,7 @@ compile_error!("uring-echo is Linux-only: it is built on io_uring (Linux 6.0+) a
 #[macro_use]
 pub mod sys;
 
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod cpus;

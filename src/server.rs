@@ -15,6 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use socket2::Socket;
 
+use crate::capacity::{self, Capacity, TableFull};
 use crate::config::{Backend, Config};
 use crate::cpus::CpuList;
 use crate::shutdown::{Shutdown, SignalThread};
@@ -40,16 +41,17 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
     if let Some(cpus) = &config.cpus {
         cpus.check_allowed().map_err(|e| anyhow!(e))?;
     }
-    let listeners = net::bind_listeners(config.socket_addr(), config.backlog, config.workers)
-        .map_err(|e| anyhow!(net::describe_bind_error(config.socket_addr(), &e)))?;
+    let listeners = net::bind_listeners(
+        config.socket_addr(),
+        config.backlog,
+        config.workers,
+        config.udp,
+    )?;
     let local = local_addr(&listeners[0])?;
     let mut udp_sockets: Vec<Option<Socket>> = (0..config.workers).map(|_| None).collect();
     if config.udp {
         for slot in &mut udp_sockets {
-            *slot = Some(
-                net::bind_udp(local)
-                    .map_err(|e| anyhow!("UDP {}", net::describe_bind_error(local, &e)))?,
-            );
+            *slot = Some(net::bind_udp(local).map_err(|e| net::BindError::new(local, "UDP", e))?);
         }
     }
     let steering = steer(&config, &listeners, &udp_sockets);
@@ -57,6 +59,7 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
     let shutdown = Shutdown::new(config.workers).context("creating the workers' eventfds")?;
     let _signals = SignalThread::spawn(shutdown.clone()).context("installing signal handlers")?;
     let open_conns = Arc::new(AtomicUsize::new(0));
+    let fd_table = Arc::new(TableFull::default());
     let started = Instant::now();
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -68,8 +71,14 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
         for (id, (listener, udp)) in listeners.into_iter().zip(udp_sockets).enumerate() {
             let ready_tx = ready_tx.clone();
             let alive_tx = alive_tx.clone();
-            let (config, stats, shutdown, open_conns, failures) =
-                (&config, &stats, &shutdown, &open_conns, &failures);
+            let (config, stats, shutdown, open_conns, fd_table, failures) = (
+                &config,
+                &stats,
+                &shutdown,
+                &open_conns,
+                &fd_table,
+                &failures,
+            );
             thread::Builder::new()
                 .name(format!("worker-{id}"))
                 .spawn_scoped(scope, move || {
@@ -83,10 +92,11 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
                             id, listener, udp, config, stats, shutdown, open_conns, &ready_tx,
                         ),
                         Backend::Epoll => run_epoll(
-                            id, listener, udp, config, stats, shutdown, open_conns, &ready_tx,
+                            id, listener, udp, config, stats, shutdown, open_conns, fd_table,
+                            &ready_tx,
                         ),
                         Backend::TokioUring => run_tokio_uring(
-                            id, listener, config, stats, shutdown, open_conns, &ready_tx,
+                            id, listener, config, stats, shutdown, open_conns, fd_table, &ready_tx,
                         ),
                     };
                     if let Err(e) = result {
@@ -111,7 +121,14 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
             return Err(anyhow!(e));
         }
         if !config.quiet {
-            println!("{}", banner(&config, local, &features, &steering));
+            // Counted once every worker has set up, so the descriptors its
+            // rings, eventfds and listeners take are not counted as room.
+            let limit = crate::sys::open_files_limit();
+            let capacity = Capacity::of(&config, limit, capacity::fds_in_use_below(limit));
+            println!(
+                "{}",
+                banner(&config, local, &capacity, &features, &steering)
+            );
             let _ = std::io::stdout().flush();
         }
         if let Some(interval) = config.stats_interval {
@@ -211,6 +228,7 @@ fn local_addr(listener: &Socket) -> anyhow::Result<SocketAddr> {
 fn banner(
     config: &Config,
     local: SocketAddr,
+    capacity: &Capacity,
     features: &str,
     (steering, udp_steering): &(Steering, Option<Steering>),
 ) -> String {
@@ -223,7 +241,7 @@ fn banner(
         .map_or_else(String::new, |u| format!(" udp_steering={u}"));
     format!(
         "uring-echo listening on {local} backend={} workers={} cpus={cpus} buffers={}x{}B/worker ({} KiB) \
-         conn_buffers={} max_conns={} busy_poll={}us udp={} features={features} steering={steering}{udp_steering}",
+         conn_buffers={} max_conns={} capacity={capacity} busy_poll={}us udp={} features={features} steering={steering}{udp_steering}",
         config.backend.name(),
         config.workers,
         config.buf_count,
@@ -308,6 +326,7 @@ fn run_epoll(
     stats: &Stats,
     shutdown: &Shutdown,
     open_conns: &AtomicUsize,
+    fd_table: &TableFull,
     ready: &mpsc::Sender<Ready>,
 ) -> anyhow::Result<()> {
     let shared = epoll::worker::Shared {
@@ -315,6 +334,7 @@ fn run_epoll(
         stats: stats.worker(id),
         shutdown,
         open_conns,
+        fd_table,
         worker_id: id,
     };
     let udp = udp.map(|socket| epoll::udp::UdpEcho::new(socket, config.udp_max_datagram));
@@ -334,6 +354,7 @@ fn run_epoll(
     worker.run().context("epoll event loop")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_tokio_uring(
     id: usize,
     listener: Socket,
@@ -341,6 +362,7 @@ fn run_tokio_uring(
     stats: &Arc<Stats>,
     shutdown: &Shutdown,
     open_conns: &Arc<AtomicUsize>,
+    fd_table: &Arc<TableFull>,
     ready: &mpsc::Sender<Ready>,
 ) -> anyhow::Result<()> {
     let _ = ready.send(Ok("tokio_uring_runtime,task_per_connection".to_string()));
@@ -349,6 +371,7 @@ fn run_tokio_uring(
         stats: stats.clone(),
         shutdown,
         open_conns: open_conns.clone(),
+        fd_table: fd_table.clone(),
         worker_id: id,
     };
     tokio_uring_rt::run(listener, shared).context("tokio-uring runtime")

@@ -16,6 +16,9 @@ pub struct WorkerStats {
     pub rejected: AtomicU64,
     /// Connections closed because of an error (reset, broken pipe ...).
     pub errors: AtomicU64,
+    /// Times a descriptor table filled (a ring's direct descriptors, or the
+    /// process's open files): new connections waited in the accept queue.
+    pub table_full: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Times a receive found no free buffer (io_uring ENOBUFS, or the epoll pool empty).
@@ -81,6 +84,7 @@ impl WorkerStats {
             closed: self.closed.load(Relaxed),
             rejected: self.rejected.load(Relaxed),
             errors: self.errors.load(Relaxed),
+            table_full: self.table_full.load(Relaxed),
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
             buffer_starved: self.buffer_starved.load(Relaxed),
@@ -101,6 +105,7 @@ pub struct Snapshot {
     pub closed: u64,
     pub rejected: u64,
     pub errors: u64,
+    pub table_full: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub buffer_starved: u64,
@@ -119,6 +124,7 @@ impl Snapshot {
         self.closed += o.closed;
         self.rejected += o.rejected;
         self.errors += o.errors;
+        self.table_full += o.table_full;
         self.bytes_in += o.bytes_in;
         self.bytes_out += o.bytes_out;
         self.buffer_starved += o.buffer_starved;
@@ -142,13 +148,14 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "open={} accepted={} closed={} rejected={} errors={} bytes_in={} bytes_out={} buffer_starved={} backpressured={} \
+            "open={} accepted={} closed={} rejected={} errors={} table_full={} bytes_in={} bytes_out={} buffer_starved={} backpressured={} \
              cq_overflowed={} udp_in={} udp_out={} udp_truncated={} udp_dropped={}",
             self.open(),
             self.accepted,
             self.closed,
             self.rejected,
             self.errors,
+            self.table_full,
             self.bytes_in,
             self.bytes_out,
             self.buffer_starved,

@@ -40,11 +40,11 @@ fn run(args: uring_echo::cli::loadgen::RunArgs) -> ExitCode {
             print!("{}", report.summary());
         }
     }
-    if let Some(path) = &json_path {
-        if let Err(e) = write_json(&report, path) {
-            eprintln!("loadgen: error: writing --json {path}: {e}");
-            return ExitCode::FAILURE;
-        }
+    if let Some(path) = &json_path
+        && let Err(e) = write_json(&report, path)
+    {
+        eprintln!("loadgen: error: writing --json {path}: {e}");
+        return ExitCode::FAILURE;
     }
     let failures = report.failures(config.allow_partial);
     for f in &failures {

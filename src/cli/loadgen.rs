@@ -45,7 +45,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Server to load, HOST:PORT (an IPv6 address in brackets: [::1]:9999)
+    /// Server to load, HOST:PORT (an IPv6 address in brackets: `[::1]:9999`)
     #[arg(long, default_value = "127.0.0.1:9999", value_parser = host_port)]
     pub target: String,
 

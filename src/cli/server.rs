@@ -191,7 +191,7 @@ impl ServerArgs {
             (None, None) => Ok(crate::sys::available_cpus()),
             (None, Some(w)) => Ok(w as usize),
             (Some(cpus), None) => Ok(cpus.len()),
-            (Some(cpus), Some(w)) if w as usize % cpus.len() == 0 => Ok(w as usize),
+            (Some(cpus), Some(w)) if (w as usize).is_multiple_of(cpus.len()) => Ok(w as usize),
             (Some(cpus), Some(w)) => Err(format!(
                 "--workers {w} conflicts with --cpus {cpus} ({} CPUs): give one worker per CPU \
                  (leave --workers out) or a multiple of {}",

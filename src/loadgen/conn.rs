@@ -25,6 +25,9 @@ pub enum State {
     Failed,
     /// Was established, then an error or the server's close ended it.
     Lost,
+    /// Established by the kernel, sent, and had not a byte back when the load
+    /// stopped: the server never accepted it. Late echoes are ignored.
+    Unanswered,
 }
 
 /// A message created and not yet fully echoed.
@@ -166,10 +169,10 @@ impl Conn {
         while !bytes.is_empty() {
             let front = self.queue.front_mut().ok_or(RecvError::Unexpected)?;
             let take = (front.end - self.recv_off).min(bytes.len() as u64) as usize;
-            if let Some(p) = pattern {
-                if !p.matches(self.seed, self.recv_off, &bytes[..take]) {
-                    front.corrupt = true;
-                }
+            if let Some(p) = pattern
+                && !p.matches(self.seed, self.recv_off, &bytes[..take])
+            {
+                front.corrupt = true;
             }
             self.recv_off += take as u64;
             bytes = &bytes[take..];
@@ -187,6 +190,16 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Some byte was handed to a send.
+    pub fn has_sent(&self) -> bool {
+        self.send_off > 0 || self.send_in_flight > 0
+    }
+
+    /// Some byte of the echo came back.
+    pub fn answered(&self) -> bool {
+        self.recv_off > 0
     }
 
     /// Forgets every outstanding message (the connection is gone); returns how many.

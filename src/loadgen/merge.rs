@@ -125,6 +125,8 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         c.established += r.connections.established;
         c.failed += r.connections.failed;
         c.lost += r.connections.lost;
+        c.lost_unanswered += r.connections.lost_unanswered;
+        c.unanswered += r.connections.unanswered;
         for (kind, n) in &r.errors {
             *out.errors.entry(kind.clone()).or_default() += n;
         }
@@ -213,6 +215,7 @@ mod tests {
                     established: 10,
                     failed: 0,
                     lost: 0,
+                    ..Default::default()
                 },
                 errors: [("ECONNRESET".to_string(), 1)].into(),
                 duration_s,

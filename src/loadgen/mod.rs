@@ -14,6 +14,7 @@
 //! - [`pattern`]: the shared byte pattern that sends come from and echoes are checked against.
 //! - [`stats`]: per-thread counters and histograms, and what progress reads.
 //! - [`report`]: the JSON result, the human summary, the exit checks.
+//! - [`diagnosis`]: what the connection counts say about the server, in one sentence.
 //! - [`merge`]: histogram serialisation and merging results from several hosts.
 //!
 //! This file wires them together: plan the threads, start them, print progress,
@@ -25,6 +26,7 @@ pub mod config;
 pub mod conn;
 pub mod connect;
 pub mod datagram;
+pub mod diagnosis;
 pub mod engine;
 pub mod flow;
 pub mod merge;
@@ -291,6 +293,8 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         connections.established += r.established;
         connections.failed += r.failed;
         connections.lost += r.lost;
+        connections.lost_unanswered += r.lost_unanswered;
+        connections.unanswered += r.unanswered;
         for (k, n) in &r.errors {
             *errors.entry(k.clone()).or_default() += n;
         }

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::connect::hint_for;
+use super::diagnosis::{diagnose, hint_in_context};
 use super::merge::encode_histogram;
 
 /// Bumped when a field changes meaning; `merge` refuses mixed versions.
@@ -86,12 +86,19 @@ pub struct Connections {
     pub failed: u64,
     /// Established, then ended by an error or by the server before the run ended.
     pub lost: u64,
+    /// Of `lost`: ended before the server echoed a byte (closed at accept).
+    #[serde(default)]
+    pub lost_unanswered: u64,
+    /// Established by the kernel and open to the end, but never answered: the
+    /// server never accepted them (its accept queue). Not held.
+    #[serde(default)]
+    pub unanswered: u64,
 }
 
 impl Connections {
-    /// Connections held to the end.
+    /// Connections held to the end, and answered.
     pub fn held(&self) -> u64 {
-        self.established - self.lost
+        self.established - self.lost - self.unanswered
     }
 }
 
@@ -333,7 +340,7 @@ impl Report {
         let held = self.connections.held();
         if held < self.connections.requested && !allow_partial {
             out.push(format!(
-                "held {held} of {} connections{} (--allow-partial accepts this)",
+                "held {held} of {} connections: {} (--allow-partial accepts this)",
                 self.connections.requested,
                 self.limit_note()
             ));
@@ -341,11 +348,18 @@ impl Report {
         out
     }
 
-    /// ": stopped by ECONNREFUSED x3 (hint)" for the most frequent error, or "".
+    /// Why connections were not held: the diagnosis when the counts make one,
+    /// else the most frequent error and its knob.
     fn limit_note(&self) -> String {
+        if let Some(d) = diagnose(&self.connections, &self.errors) {
+            return d;
+        }
         match self.errors.iter().max_by_key(|(_, n)| **n) {
-            Some((kind, n)) => format!(": mostly {kind} x{n}; {}", hint_for(kind)),
-            None => String::new(),
+            Some((kind, n)) => format!(
+                "mostly {kind} x{n}; {}",
+                hint_in_context(&self.connections, kind)
+            ),
+            None => "no error was seen".to_string(),
         }
     }
 
@@ -355,7 +369,7 @@ impl Report {
         let c = &self.connections;
         let _ = writeln!(
             s,
-            "loadgen: {} {} -> {}: {} {} held of {} ({} established, {} failed, {} lost)",
+            "loadgen: {} {} -> {}: {} {} held of {} ({} established, {} failed, {} lost, {} never answered)",
             self.config.protocol,
             self.config.mode,
             self.config.target,
@@ -368,10 +382,17 @@ impl Report {
             c.requested,
             c.established,
             c.failed,
-            c.lost
+            c.lost,
+            c.unanswered
         );
         for (kind, n) in &self.errors {
-            let _ = writeln!(s, "  error {kind}: {n} ({})", hint_for(kind));
+            let hint = hint_in_context(c, kind);
+            let _ = writeln!(s, "  error {kind}: {n} ({hint})");
+        }
+        if c.held() < c.requested
+            && let Some(d) = diagnose(c, &self.errors)
+        {
+            let _ = writeln!(s, "  diagnosis: {d}");
         }
         let _ = writeln!(
             s,

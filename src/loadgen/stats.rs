@@ -62,6 +62,11 @@ pub struct ThreadResult {
     pub failed: u64,
     /// Established, then lost to an error or the server's close.
     pub lost: u64,
+    /// Of `lost`: lost before the server echoed a byte.
+    pub lost_unanswered: u64,
+    /// Established and open at the end, sent something, never got a byte
+    /// back: the server never accepted them (they sat in its accept queue).
+    pub unanswered: u64,
     /// Failures by kind (errno name or a word), connects and established connections alike.
     pub errors: BTreeMap<String, u64>,
     pub counters: Counters,
@@ -81,6 +86,8 @@ impl ThreadResult {
             established: 0,
             failed: 0,
             lost: 0,
+            lost_unanswered: 0,
+            unanswered: 0,
             errors: BTreeMap::new(),
             counters: Counters::default(),
             udp: UdpCounts::default(),

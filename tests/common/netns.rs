@@ -4,7 +4,8 @@
 //! receive queue steering that side's receive processing to chosen CPUs.
 //!
 //! Used by the integration tests and, through `#[path]`, by the criterion
-//! benches, so it depends on nothing but `std` and `libc`. It runs `ip(8)`
+//! benches, so it depends on nothing but `std` and the crate's own
+//! dependencies (`libc`, `signal-hook`). It runs `ip(8)`
 //! and needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); where a namespace cannot
 //! be made, [`Topology::create`] returns the reason for the caller to print
 //! and skip. It changes no setting of the machine itself: both ends of every
@@ -15,14 +16,16 @@
 //! keeps concurrent runs (other engineers, CI, the bench script) apart, and
 //! `n`, a per-process counter, keeps apart the topologies of tests running as
 //! threads of one process. Dropping a [`Topology`] deletes every namespace it
-//! made, also while a panic unwinds; namespaces of this prefix whose PID is no
-//! longer alive (a run killed before its `Drop` ran) are deleted by the next
-//! [`Topology::create`].
+//! made, also while a panic unwinds; on SIGINT, SIGTERM or SIGHUP the process
+//! deletes the namespaces it holds and exits (128 + the signal); namespaces of
+//! this prefix whose PID is no longer alive (a run killed by SIGKILL) are
+//! deleted by the next [`Topology::create`].
 #![allow(dead_code)] // each user takes a different subset
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 /// Prefix of every namespace this module (and the bench script) creates.
@@ -140,6 +143,7 @@ impl Topology {
             }
         }
         remove_leftovers();
+        delete_live_namespaces_on_signal();
 
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let base = format!(
@@ -211,9 +215,9 @@ impl Topology {
 
     /// `ip netns exec NS program`: add the arguments, then spawn. The
     /// program replaces `ip` (exec), so the child's PID is the program's.
-    pub fn exec(&self, ns: &str, program: &str) -> Command {
+    pub fn exec(&self, ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, program]);
+        cmd.args(["netns", "exec", ns]).arg(program);
         cmd
     }
 
@@ -223,6 +227,20 @@ impl Topology {
     pub fn rps_cpus(&self, ns: &str, dev: &str) -> Result<String, String> {
         let out = run(self.exec(ns, "cat").arg(rps_path(dev)))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Moves the calling thread into namespace `ns` (one of this
+    /// topology's) until the guard drops, which moves it back. Sockets the
+    /// thread creates meanwhile live in `ns` for good, so a client can make
+    /// its connections inside and then run anywhere. Other threads of the
+    /// process stay where they are: a network namespace is per thread.
+    pub fn enter(&self, ns: &str) -> Result<NetnsGuard, String> {
+        let home = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(|e| format!("open /proc/thread-self/ns/net: {e}"))?;
+        let target = std::fs::File::open(format!("/var/run/netns/{ns}"))
+            .map_err(|e| format!("open /var/run/netns/{ns}: {e}"))?;
+        set_thread_netns(&target).map_err(|e| format!("setns into {ns}: {e}"))?;
+        Ok(NetnsGuard { home })
     }
 
     /// A counter of `dev` in `ns` from /sys/class/net/DEV/statistics
@@ -237,8 +255,11 @@ impl Topology {
     }
 
     fn add_namespace(&mut self, ns: &str) -> Result<(), String> {
+        let mut live = lock_live();
         run(Command::new("ip").args(["netns", "add", ns]))
             .map_err(|e| format!("network namespaces unavailable: {e}"))?;
+        live.push(ns.to_string());
+        drop(live);
         self.created.push(ns.to_string());
         run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
         Ok(())
@@ -325,14 +346,85 @@ impl Drop for Topology {
         // end gone its peer goes too. A process still running inside keeps
         // the namespace itself alive until it exits, but the name is gone.
         for ns in self.created.drain(..).rev() {
+            let mut live = lock_live();
             if let Err(e) = run(Command::new("ip").args(["netns", "delete", &ns])) {
                 eprintln!("netns: could not delete {ns}: {e}");
             }
+            live.retain(|n| *n != ns);
         }
     }
 }
 
-/// Names of the network namespaces that exist now (`ip netns list`).
+/// The calling thread's way back to the namespace it was in before
+/// [`Topology::enter`]; dropping it returns there.
+#[derive(Debug)]
+pub struct NetnsGuard {
+    home: std::fs::File,
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        // It can hardly fail (the file is open, we are root); a panic here
+        // while unwinding would abort, so it is said instead.
+        if let Err(e) = set_thread_netns(&self.home) {
+            eprintln!("netns: cannot return this thread to its network namespace: {e}");
+        }
+    }
+}
+
+/// setns(2) of the calling thread into the network namespace `ns` refers to.
+fn set_thread_netns(ns: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `ns` is an open file for the whole call, so its descriptor is
+    // valid; setns(2) reads nothing from our memory and changes only this
+    // thread's network namespace, which no Rust invariant depends on.
+    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Namespaces this process has made and not yet deleted, for the signal
+/// watcher. Held across each `ip netns add`/`delete`, so the watcher never
+/// misses one being made nor races one being deleted.
+static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn lock_live() -> std::sync::MutexGuard<'static, Vec<String>> {
+    LIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Once per process: a thread that, on SIGINT, SIGTERM or SIGHUP, deletes
+/// the namespaces in [`LIVE`] and exits with 128 + the signal, as the signal
+/// would have (a Ctrl-C of `cargo test` or `cargo bench` runs no `Drop`).
+fn delete_live_namespaces_on_signal() {
+    static WATCH: Once = Once::new();
+    WATCH.call_once(|| {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+            eprintln!(
+                "netns: cannot watch signals; a Ctrl-C will leave namespaces to the next run"
+            );
+            return;
+        };
+        std::thread::spawn(move || {
+            if let Some(signal) = signals.forever().next() {
+                let live = lock_live();
+                for ns in live.iter() {
+                    let _ = run(Command::new("ip").args(["netns", "delete", ns]));
+                }
+                eprintln!(
+                    "netns: signal {signal}: deleted {} namespaces; exiting",
+                    live.len()
+                );
+                std::process::exit(128 + signal);
+            }
+        });
+    });
+}
+
+/// Names of the network namespaces that exist now/// Names of the network namespaces that exist now (`ip netns list`).
 pub fn list_namespaces() -> Vec<String> {
     match run(Command::new("ip").args(["netns", "list"])) {
         // Lines are "NAME" or "NAME (id: N)".

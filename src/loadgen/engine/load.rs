@@ -75,6 +75,7 @@ impl Engine<'_> {
                 drain_deadline = now + config.drain_timeout.as_nanos() as Nanos;
             }
             if now >= drain_deadline {
+                self.set_apart_unanswered();
                 self.result.counters.unfinished += self.outstanding;
                 break;
             }
@@ -134,11 +135,32 @@ impl Engine<'_> {
         }
     }
 
+    /// At the end of the drain: established connections that sent and never
+    /// got a byte back were never accepted by the server (the kernel completed
+    /// the handshake and queued them). They are not held, and their messages
+    /// are abandoned, not unfinished: the report says what happened to them.
+    /// No thread closes its connections before every thread is past this
+    /// point (`run_thread`), or the server could take these late.
+    fn set_apart_unanswered(&mut self) {
+        for conn in &mut self.conns {
+            if conn.state == State::Established && conn.has_sent() && !conn.answered() {
+                conn.state = State::Unanswered;
+                let abandoned = conn.abandon() as u64;
+                self.outstanding -= abandoned;
+                self.result.counters.abandoned += abandoned;
+                self.result.unanswered += 1;
+            }
+        }
+    }
+
     /// An established connection ended: counted, its messages abandoned, closed.
     fn lose(&mut self, key: u32, kind: &str) {
         let conn = &mut self.conns[key as usize];
         if conn.state != State::Established {
             return;
+        }
+        if !conn.answered() {
+            self.result.lost_unanswered += 1;
         }
         conn.state = State::Lost;
         let abandoned = conn.abandon() as u64;

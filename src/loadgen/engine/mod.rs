@@ -5,7 +5,7 @@
 //! Then all threads meet at a barrier, wait for `--start-at` if it was given,
 //! and the load phase runs: closed loop
 //! (a message per echo, `pipeline` in flight) or open loop (messages due on a
-//! [`Schedule`](super::pacing::Schedule), handed round-robin to the live connections), until the stop
+//! [`Schedule`], handed round-robin to the live connections), until the stop
 //! condition, then a drain of what is still in flight.
 //!
 //! Every loop turn: create what is due → wait for completions or the next
@@ -133,12 +133,13 @@ pub struct Plan {
     pub count: u32,
 }
 
-/// Runs one engine thread to the end. Always reaches the barrier, even when
-/// its own setup fails, so the other threads are never left waiting.
+/// Runs one engine thread to the end. Always reaches both barriers, even
+/// when its own setup fails, so the other threads are never left waiting.
 pub fn run_thread(plan: Plan, shared: &Shared<'_>) -> Result<ThreadResult, String> {
     let mut engine = match Engine::new(plan, shared) {
         Ok(e) => e,
         Err(e) => {
+            shared.barrier.wait();
             shared.barrier.wait();
             return Err(e);
         }
@@ -163,12 +164,19 @@ pub fn run_thread(plan: Plan, shared: &Shared<'_>) -> Result<ThreadResult, Strin
     if leader {
         let _ = shared.cpu_at_load_start.set(crate::sys::cpu_time());
     }
-    ramp?;
-    if shared.config.udp.is_some() {
-        engine.load_udp()?;
-    } else {
-        engine.load()?;
-    }
+    let loaded = ramp.and_then(|()| {
+        if shared.config.udp.is_some() {
+            engine.load_udp()
+        } else {
+            engine.load()
+        }
+    });
+    // Connections close when the engine drops, and all threads close theirs
+    // together: one that finished its drain first would otherwise free
+    // server slots for connections another thread still waits on, and those
+    // would look answered when the server never took them during the run.
+    shared.barrier.wait();
+    loaded?;
     Ok(engine.result)
 }
 

@@ -45,7 +45,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Server to load, HOST:PORT (an IPv6 address in brackets: `[::1]:9999`)
+    /// Server to load, HOST:PORT: HOST an IP address (IPv6 in brackets:
+    /// `[::1]:9999`) or a host name, resolved once at start
     #[arg(long, default_value = "127.0.0.1:9999", value_parser = host_port)]
     pub target: String,
 

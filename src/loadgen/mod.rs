@@ -55,7 +55,8 @@ const MAX_SEND_BYTES: usize = 64 * 1024;
 pub fn run(config: &Config) -> Result<Report, String> {
     crate::sys::ignore_sigpipe();
     let per_ring = crate::sys::raise_open_files_limit().clamp(1, 1 << 20);
-    let target = connect::resolve_target(&config.target)?;
+    let candidates = connect::resolve_target(&config.target)?;
+    let target = connect::pick_target(&candidates, config.udp.is_some(), config.connect_timeout)?;
     let sources = connect::source_plan(target, config.conns, &config.source_addrs)?;
     let base = config.threads.unwrap_or_else(crate::sys::available_cpus);
     let needed = connect::threads_needed(config.conns, per_ring);
@@ -80,10 +81,17 @@ pub fn run(config: &Config) -> Result<Report, String> {
             config.conns
         ));
     }
-    if config.udp.is_some() {
-        connect::probe_udp(target, config.connect_timeout)?;
-    } else {
-        connect::probe(target, config.connect_timeout)?;
+    if config.target.parse::<std::net::SocketAddr>().is_err() {
+        let all: Vec<String> = candidates.iter().map(|a| a.to_string()).collect();
+        let of = if all.len() > 1 {
+            format!(" (of {}: the first that answered)", all.join(", "))
+        } else {
+            String::new()
+        };
+        note(format!(
+            "--target {} resolved to {target}{of}",
+            config.target
+        ));
     }
     let run_config = run_config(config, &target.to_string(), threads, &sources);
     note(format!(

@@ -4,8 +4,9 @@
 //! each with its own SO_REUSEPORT listener. A peer for the benchmarks, not part
 //! of the product.
 //!
-//! `monoio_echo [PORT] [THREADS]` prints `monoio-echo listening on ADDR` and
-//! echoes until killed.
+//! `monoio_echo [PORT] [THREADS] [ADDR]` prints `monoio-echo listening on ADDR:PORT`
+//! and echoes until killed. ADDR defaults to 127.0.0.1; scripts/bench.py
+//! passes 0.0.0.0 inside its server network namespace.
 
 use std::env;
 use std::net::SocketAddr;
@@ -17,9 +18,12 @@ fn main() {
     let mut args = env::args().skip(1);
     let port: u16 = args.next().map_or(0, |p| p.parse().expect("PORT"));
     let threads: usize = args.next().map_or(1, |t| t.parse().expect("THREADS"));
+    let ip: std::net::IpAddr = args
+        .next()
+        .map_or([127, 0, 0, 1].into(), |a| a.parse().expect("ADDR"));
     // Bind the first listener here to learn the port when PORT is 0; the other
     // threads join it through SO_REUSEPORT.
-    let first = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    let first = std::net::TcpListener::bind((ip, port)).expect("bind");
     let addr = first.local_addr().expect("local addr");
     drop(first);
     let (bound_tx, bound_rx) = std::sync::mpsc::channel();

@@ -28,10 +28,13 @@ Standard library only. Linux only (taskset, /proc).
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
-import re
+import json
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -42,163 +45,40 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import chart, host, procs, report, targets  # noqa: E402
+from benchkit import chart, env, host, options, procs, report, sweep, targets, topology  # noqa: E402
 from benchkit.model import (  # noqa: E402
-    BACKENDS, MODES, Cell, Run, rotated, server_workers, skip_reason, summarise)
+    BACKENDS, MODES, Cell, Run, rotated, saturated, server_workers, skip_reason, summarise)
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULTS = {
-    "backends": list(BACKENDS),
-    "conns": [100, 1000, 10_000, 50_000],
-    "sizes": [64, 1024, 16_384],
-    "modes": ["closed", "pipelined"],
-    "reps": 3,
-    "duration": 5.0,
-    "warmup": 1.0,
-}
-QUICK = {
-    "backends": ["uring", "epoll"],
-    "conns": [100, 1000],
-    "sizes": [64],
-    "modes": ["closed"],
-    "reps": 1,
-    "duration": 2.0,
-    "warmup": 0.5,
-}
 # Seconds a run takes beyond ramp, warm-up and measured time (server start and
 # stop, loadgen start, drain), measured on the 2-core development VM.
 RUN_OVERHEAD_S = 0.4
 
 
-# ---------------------------------------------------------------- arguments
-
-def int_list(s: str) -> list:
-    try:
-        vals = [int(x.replace("_", "")) for x in s.split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a comma-separated list of integers")
-    if not vals or any(v <= 0 for v in vals):
-        raise argparse.ArgumentTypeError(f"'{s}': values must be positive")
-    return vals
-
-
-def choice_list(choices: list):
-    def parse(s: str) -> list:
-        vals = [x for x in s.split(",") if x]
-        bad = [v for v in vals if v not in choices]
-        if bad or not vals:
-            raise argparse.ArgumentTypeError(
-                f"'{','.join(bad) or s}' not among {', '.join(choices)}")
-        return vals
-    return parse
-
-
-def cpu_list(s: str) -> str:
-    if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", s):
-        raise argparse.ArgumentTypeError(f"'{s}' is not a CPU list for taskset -c (e.g. 0 or 0-7,16)")
-    return s
-
-
-def positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{s}' is not a number")
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{v} must be > 0")
-    return v
-
-
-def parse_args(argv: list) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="scripts/bench.py",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n")[0] + "\n\n" + "\n\n".join(__doc__.split("\n\n")[1:3]),
-        epilog="""examples:
-  scripts/bench.py --quick                      smoke test, about a minute
-  scripts/bench.py                              the full matrix (see docs/benchmarks.md for its length)
-  scripts/bench.py --targets --update-doc       matrix + targets, then rewrite docs/benchmarks.md
-  scripts/bench.py --only-targets               the target measurements alone
-  scripts/bench.py --workers 8 --server-cpus 0-7 --client-cpus 8-15   a bigger host
-  scripts/bench.py --dry-run                    print the plan and its length, run nothing
-
-exit status: 0 when every run passed; 1 when a run failed (results are still
-written); 2 on bad arguments, a failed build or missing binaries.""")
-    a = p.add_argument
-    a("--backends", type=choice_list(list(BACKENDS)),
-      help="comma-separated servers to compare [default: " + ",".join(DEFAULTS["backends"]) + "]")
-    a("--conns", type=int_list,
-      help="comma-separated connection counts [default: 100,1000,10000,50000]")
-    a("--sizes", type=int_list, help="comma-separated message sizes in bytes [default: 64,1024,16384]")
-    a("--modes", type=choice_list(list(MODES)),
-      help="closed (pipeline 1) and/or pipelined (pipeline 16) [default: closed,pipelined]")
-    a("--reps", type=int, help="repetitions of every cell, interleaved [default: 3]")
-    a("--duration", type=positive_float, help="measured seconds per run [default: 5]")
-    a("--warmup", type=float, help="loadgen warm-up seconds per run, not measured [default: 1]")
-    a("--workers", type=int, default=1,
-      help="server worker threads (the io_uring backend gets more when its rings need "
-           "them for the connections: ceil(conns / (open-files limit - 64))) [default: 1]")
-    a("--server-cpus", type=cpu_list, default="0", help="taskset CPU list for the server [default: 0]")
-    a("--client-cpus", type=cpu_list, default="1", help="taskset CPU list for loadgen [default: 1]")
-    a("--loadgen-threads", type=int,
-      help="loadgen --threads [default: loadgen decides: CPUs it may run on, raised to what "
-           "the connections need]")
-    a("--quick", action="store_true",
-      help="smoke test: uring,epoll x 100,1000 conns x 64 B x closed loop, 1 rep, 2 s "
-           "(flags given explicitly still apply)")
-    a("--targets", action="store_true", help="after the matrix, measure the targets (docs/benchmarks.md)")
-    a("--only-targets", action="store_true", help="measure the targets only, no matrix")
-    a("--targets-scale", type=positive_float, default=1.0, help=argparse.SUPPRESS)
-    a("--out", type=Path, help="output directory [default: bench-results/<UTC timestamp>]")
-    a("--update-doc", action="store_true",
-      help="rewrite the results section of docs/benchmarks.md (between <!-- bench:begin --> "
-           "and <!-- bench:end -->) and copy chart.svg to docs/benchmarks.svg")
-    a("--no-build", action="store_true",
-      help="use the binaries in target/release as they are [default: cargo build --release "
-           "--bins --examples first, so the binaries match the commit recorded]")
-    a("--dry-run", action="store_true", help="print the plan and its estimated length; run nothing")
-    args = p.parse_args(argv)
-
-    base = QUICK if args.quick else DEFAULTS
-    for key, val in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, val)
-    for flag, v, lo in (("--reps", args.reps, 1), ("--workers", args.workers, 1),
-                        ("--loadgen-threads", args.loadgen_threads or 1, 1)):
-        if v < lo:
-            p.error(f"{flag} must be >= {lo}, not {v}")
-    if args.warmup < 0:
-        p.error(f"--warmup must be >= 0, not {args.warmup}")
-    if args.only_targets:
-        args.targets = True
-    if set(cpus(args.server_cpus)) & set(cpus(args.client_cpus)):
-        print(f"bench: warning: --server-cpus {args.server_cpus} and --client-cpus "
-              f"{args.client_cpus} overlap: server and loadgen will compete for CPU",
-              file=sys.stderr)
-    return args
-
-
-def cpus(spec: str) -> list:
-    out = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        out += range(int(lo), int(hi or lo) + 1)
-    return out
-
-
 # ---------------------------------------------------------------- set-up
 
-def build(no_build: bool) -> None:
+def target_dir() -> Path:
+    """Where cargo puts its builds: `target_directory` from `cargo metadata`,
+    which honours CARGO_TARGET_DIR and .cargo/config.toml's build.target-dir."""
+    cmd = ["cargo", "metadata", "--format-version", "1", "--no-deps"]
+    try:
+        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
+        return Path(json.loads(done.stdout)["target_directory"])
+    except (OSError, subprocess.CalledProcessError, ValueError, KeyError) as e:
+        print(f"bench: {shlex.join(cmd)} failed ({e}); looking in target/", file=sys.stderr)
+        return REPO / "target"
+
+
+def build(no_build: bool, release: Path) -> None:
     if not no_build:
         cmd = ["cargo", "build", "--release", "--bins", "--examples"]
         print("bench: " + shlex.join(cmd), file=sys.stderr)
         if subprocess.run(cmd, cwd=REPO).returncode != 0:
             print("bench: the build failed", file=sys.stderr)
             sys.exit(2)
-    release = REPO / "target" / "release"
     needed = [release / "uring-echo", release / "loadgen", release / "examples" / "pingpong",
               release / "examples" / "tokio_echo", release / "examples" / "monoio_echo"]
-    missing = [str(p.relative_to(REPO)) for p in needed if not p.exists()]
+    missing = [str(p) for p in needed if not p.exists()]
     if missing:
         print(f"bench: missing {', '.join(missing)}: run cargo build --release --bins --examples",
               file=sys.stderr)
@@ -206,6 +86,14 @@ def build(no_build: bool) -> None:
     if shutil.which("taskset") is None:
         print("bench: taskset not found (util-linux): it pins the server and loadgen", file=sys.stderr)
         sys.exit(2)
+
+
+def shown(path: Path) -> Path:
+    """`path` relative to the repository when inside it, so commands read as typed there."""
+    try:
+        return path.relative_to(REPO)
+    except ValueError:
+        return path
 
 
 def matrix_cells(args: argparse.Namespace) -> list:
@@ -231,7 +119,7 @@ def plan_matrix(args: argparse.Namespace, nofile: int, tcp_mem: Optional[int]) -
 
 
 def run_seconds(cell: Cell, duration: float, warmup: float) -> float:
-    return RUN_OVERHEAD_S + cell.conns / procs.LOADGEN_CONNECT_RATE + warmup + duration
+    return RUN_OVERHEAD_S + cell.conns / env.LOADGEN_CONNECT_RATE + warmup + duration
 
 
 def estimate_s(args: argparse.Namespace, plan: list) -> float:
@@ -243,6 +131,13 @@ def estimate_s(args: argparse.Namespace, plan: list) -> float:
         t4 = (run_seconds(Cell(conns, 64, 1), max(args.duration, targets.T4_MIN_DURATION_S),
                           args.warmup) + targets.T4_WARM_S + args.warmup + 3)
         total += t_runs * t1 + t4
+    if args.sweep:
+        for c, _size in args.sweep_cells:
+            per_run = run_seconds(Cell(c, 64, 1), args.duration, args.warmup)
+            runs = len(args.backends) * (args.reps * args.sweep_steps + (1 if args.only_sweep else 0))
+            # The top rates saturate some backends: loadgen then waits out its drain.
+            saturated = len(args.backends) * args.reps * 3 * env.LOADGEN_DRAIN_S
+            total += runs * per_run + saturated
     return total
 
 
@@ -251,7 +146,7 @@ def estimate_s(args: argparse.Namespace, plan: list) -> float:
 class Bench:
     """One invocation: its options, environment, and everything it measured."""
 
-    def __init__(self, args: argparse.Namespace, out: Path):
+    def __init__(self, args: argparse.Namespace, out: Path, release: Path):
         self.args = args
         self.out = out
         self.started = time.monotonic()
@@ -259,23 +154,29 @@ class Bench:
         self.runs: list = []
         self.summaries: list = []
         self.targets: list = []
+        self.sweeps: list = []  # per (conns, size): maxima, grid, backends
         self.interrupted = False
         self._log_file = None
         if not args.dry_run:
             (out / "runs").mkdir(parents=True, exist_ok=True)
             self._log_file = open(out / "bench.log", "a")
-        self.env = procs.Env(
-            repo=REPO, bin_dir=Path("target") / "release", runs_dir=out / "runs",
+        self.env = env.Env(
+            repo=REPO, bin_dir=shown(release), runs_dir=out / "runs",
             server_cpus=args.server_cpus, client_cpus=args.client_cpus,
             loadgen_threads=args.loadgen_threads, duration=args.duration,
             warmup=args.warmup, nofile=self.nofile, log=self.log, dry_run=args.dry_run)
         self.meta = {
             "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": host.machine(),
+            # The 1, 5 and 15-minute load averages: on a shared machine, how busy
+            # the neighbours were (2 cores: above 2, they took CPU from the run).
+            "load_average": {"start": [round(v, 2) for v in os.getloadavg()]},
             "git": host.git(str(REPO)),
             "command": shlex.join([sys.argv[0], *sys.argv[1:]]),
             "options": {
-                "matrix": not args.only_targets,
+                "matrix": not (args.only_targets or args.only_sweep),
+                "sweep": args.sweep, "sweep_steps": args.sweep_steps,
+                "p99_bound_us": args.p99_bound_us, "large": args.large,
                 "targets": args.targets,
                 "quick": args.quick,
                 "backends": args.backends, "conns": args.conns, "sizes": args.sizes,
@@ -286,6 +187,13 @@ class Bench:
                 "nofile": self.nofile,
             },
         }
+
+    def set_topology(self, net_plan, why_loopback) -> None:
+        self.env.net = net_plan
+        self.meta["options"]["topology"] = self.env.topology
+        self.meta["options"]["load_hosts"] = len(self.env.load_hosts)
+        self.meta["topology"] = (net_plan.to_json() if net_plan else
+                                 {"kind": "loopback", "why": why_loopback})
 
     def log(self, msg: str) -> None:
         line = f"[{time.monotonic() - self.started:7.1f}s] {msg}"
@@ -299,8 +207,7 @@ class Bench:
             return
         report.write_json(self.out / "runs" / f"{run.file_stem}.json", run.to_json())
 
-    def run_matrix(self) -> None:
-        plan = plan_matrix(self.args, self.nofile)
+    def run_matrix(self, plan: list) -> None:
         todo = [r for r in plan if r.status != "skipped"]
         self.log(f"matrix: {len(todo)} runs, {len(plan) - len(todo)} cells skipped")
         for r in plan:
@@ -308,20 +215,68 @@ class Bench:
                 self.log(f"  skip {r.cell.name} {r.backend}: {r.reason}")
                 self.runs.append(r)
         for i, r in enumerate(todo, 1):
-            self.log(f"  [{i}/{len(todo)}] {r.cell.name} {r.backend} rep {r.rep + 1}/{self.args.reps}"
-                     f"{f' workers={r.workers}' if r.workers != self.args.workers else ''}")
-            procs.execute(self.env, r)
-            m = r.metrics
-            if r.status == "ok":
-                self.log(f"      {m.get('msgs_per_s', 0):,.0f} msgs/s, server "
-                         f"{m.get('server_cpu_ns_per_msg', 0):,.0f} ns/msg, p99 "
-                         f"{m.get('p99_us', 0):,} us"
-                         + (f"  {'SUSPECT' if r.suspect else 'flags'}: {'; '.join(r.flags)}"
-                            if r.flags else ""))
-            elif r.status == "failed":
-                self.log(f"      FAILED: {r.reason}")
-            self.runs.append(r)
-            self.save_run(r)
+            self.execute(r, f"[{i}/{len(todo)}]")
+
+    def execute(self, r: Run, counter: str) -> None:
+        """Runs `r`, logs what it measured, keeps it."""
+        self.log(f"  {counter} {r.phase} {r.cell.name} {r.backend} rep {r.rep + 1}/{self.args.reps}"
+                 f"{f' workers={r.workers}' if r.workers != self.args.workers else ''}")
+        procs.execute(self.env, r)
+        m = r.metrics
+        if saturated(r):
+            r.status = "saturated"
+            self.log(f"      saturated: {m.get('unfinished'):,} messages still queued at the end "
+                     f"(asked {r.cell.rate:,.0f} msgs/s)")
+        elif r.status == "ok":
+            self.log(f"      {m.get('msgs_per_s', 0):,.0f} msgs/s, server "
+                     f"{m.get('server_cpu_ns_per_msg', 0):,.0f} + "
+                     f"{m.get('server_irq_ns_per_msg', 0):,.0f} (irq) ns/msg, p99 "
+                     f"{m.get('p99_us', 0):,} us"
+                     + (f"  {'SUSPECT' if r.suspect else 'flags'}: {'; '.join(r.flags)}"
+                        if r.flags else ""))
+        elif r.status == "failed":
+            self.log(f"      FAILED: {r.reason}")
+        self.runs.append(r)
+        self.save_run(r)
+
+    def run_sweep(self) -> None:
+        """Latency against load per (conns, size): each backend's closed-loop
+        maximum (from the matrix when it ran that cell, else measured now),
+        then every backend open loop at each rate of the grid, interleaved
+        and rotated like the matrix."""
+        a = self.args
+        for conns, size in a.sweep_cells:
+            closed = Cell(conns, size, 1)
+            backends = [b for b in a.backends
+                        if not skip_reason(BACKENDS[b], closed, self.nofile)]
+            maxima = sweep.maxima_from(summarise(self.runs), "matrix", conns, size, backends)
+            missing = [b for b in backends if b not in maxima]
+            if missing:
+                self.log(f"sweep {closed.name}: closed-loop maxima of {', '.join(missing)}")
+                for b in missing:
+                    self.execute(Run("sweep-max", closed, b, 0, self.workers(b, conns)),
+                                 "[max]")
+                maxima.update(sweep.maxima_from(summarise(self.runs), "sweep-max", conns,
+                                                size, missing))
+            if not maxima:
+                self.log(f"sweep {closed.name}: no closed-loop maximum measured; skipped")
+                continue
+            grid = sweep.rate_grid(maxima, a.sweep_steps)
+            self.sweeps.append({"conns": conns, "size": size, "maxima": maxima,
+                                "grid": grid, "backends": backends})
+            self.log(f"sweep {closed.name}: rates {', '.join(f'{r:,.0f}' for r in grid)} "
+                     f"msgs/s (maxima: {', '.join(f'{b} {v:,.0f}' for b, v in maxima.items())})")
+            total = a.reps * len(grid) * len(backends)
+            done = 0
+            for rep in range(a.reps):
+                for i, rate in enumerate(grid):
+                    for b in rotated(backends, rep + i):
+                        done += 1
+                        self.execute(Run("sweep", Cell(conns, size, 1, rate=rate), b, rep,
+                                         self.workers(b, conns)), f"[{done}/{total}]")
+
+    def workers(self, backend: str, conns: int) -> int:
+        return server_workers(BACKENDS[backend], conns, self.args.workers, self.nofile)
 
     def run_targets(self) -> None:
         reps = self.args.reps
@@ -336,67 +291,144 @@ class Bench:
     def write_outputs(self) -> None:
         self.summaries = summarise(self.runs)
         self.meta["elapsed_s"] = round(time.monotonic() - self.started, 1)
+        self.meta["load_average"] = {"start": self.meta["load_average"]["start"],
+                                     "end": [round(v, 2) for v in os.getloadavg()]}
         self.meta["interrupted"] = self.interrupted
+        sweeps = self.sweep_results()
+        missing = chart.unavailable()
+        charts = {} if missing else self.write_charts(sweeps)
         report.write_json(self.out / "results.json",
-                          report.results_json(self.meta, self.runs, self.summaries, self.targets))
-        charts = self.write_charts()
+                          report.results_json(self.meta, self.runs, self.summaries, self.targets,
+                                              sweeps))
         (self.out / "results.md").write_text(
-            report.markdown(self.meta, self.runs, self.summaries, self.targets, charts))
+            report.markdown(self.meta, self.runs, self.summaries, self.targets, charts, sweeps))
         self.log(f"wrote {self.out}/results.json, results.md"
                  + (", " + ", ".join(charts.values()) if charts else ""))
+        if missing:
+            self.log(missing)
         if self.args.update_doc:
-            main = next(iter(charts.items()), None)
-            self.update_doc(main)
+            self.update_doc(charts, sweeps)
 
-    def write_charts(self) -> dict:
-        """chart.svg for 64 B closed loop (or the first shape measured), then one
-        per other (size, mode); returns (size, mode) -> file name, main first."""
-        if not self.meta["options"]["matrix"]:
-            return {}
+    def sweep_results(self) -> list:
+        """Per swept cell: its grid, points and each backend's knee."""
+        out = []
+        for sw in self.sweeps:
+            pts = sweep.points(self.summaries, "sweep", sw["conns"], sw["size"], sw["backends"],
+                               sw["grid"])
+            knees = {b: sweep.knee([p for p in pts if p.backend == b], self.args.p99_bound_us)
+                     for b in sw["backends"]}
+            out.append({**sw, "bound_us": self.args.p99_bound_us, "points": pts,
+                        "knees": {b: k for b, k in knees.items() if k}})
+        return out
+
+    def caption(self) -> str:
         a, m, g = self.args, self.meta["machine"], self.meta["git"]
-        caption = (f"{m['cpu_model']}, {m['cores']} cores, Linux {m['kernel']}; commit "
-                   f"{g['commit'][:12]}{' (dirty)' if g['dirty'] else ''}; {self.meta['date']}; "
-                   f"server CPUs {a.server_cpus}, loadgen CPUs {a.client_cpus}; medians of {a.reps}"
-                   + ("; SMOKE RUN" if a.quick else ""))
-        shapes = [(s, mode) for s in a.sizes for mode in a.modes]
-        first = (64, "closed") if (64, "closed") in shapes else shapes[0]
-        names = {}
-        for size, mode in [first] + [x for x in shapes if x != first]:
-            name = "chart.svg" if (size, mode) == first else f"chart-{size}-{mode}.svg"
-            svg = chart.render(self.summaries, "matrix", size, MODES[mode], a.backends,
-                               sorted(a.conns), caption)
-            (self.out / name).write_text(svg)
-            names[(size, mode)] = name
+        return (f"topology {self.env.topology}"
+                f"{f' ({len(self.env.load_hosts)} load hosts)' if len(self.env.load_hosts) > 1 else ''}; "
+                f"{m['cpu_model']}, {m['cores']} cores, Linux {m['kernel']}; commit "
+                f"{g['commit'][:12]}{' (dirty)' if g['dirty'] else ''}; {self.meta['date']}; "
+                f"server CPUs {a.server_cpus}, loadgen CPUs {a.client_cpus}, {a.workers} worker(s); "
+                f"medians of {a.reps}" + ("; SMOKE RUN" if a.quick else ""))
+
+    def write_charts(self, sweeps: list) -> dict:
+        """chart.png for 64 B closed loop (or the first shape measured), one
+        per other (size, mode), sweep-<conns>-<size>.png per swept cell;
+        returns shape or ("sweep", conns, size) -> file name, main first."""
+        a, names = self.args, {}
+        if self.meta["options"]["matrix"] and any(r.phase == "matrix" for r in self.runs):
+            shapes = [(s, mode) for s in a.sizes for mode in a.modes]
+            first = (64, "closed") if (64, "closed") in shapes else shapes[0]
+            for size, mode in [first] + [x for x in shapes if x != first]:
+                name = "chart.png" if (size, mode) == first else f"chart-{size}-{mode}.png"
+                if chart.matrix(self.out / name, self.summaries, size, MODES[mode], a.backends,
+                                sorted(a.conns), self.caption()):
+                    names[(size, mode)] = name
+        for sw in sweeps:
+            name = f"sweep-{sw['conns']}-{sw['size']}.png"
+            if chart.sweep(self.out / name, sw["points"], sw["knees"], sw["conns"], sw["size"],
+                           sw["bound_us"], self.caption()):
+                names[("sweep", sw["conns"], sw["size"])] = name
         return names
 
-    def update_doc(self, main_chart) -> None:
-        """Rewrites the results section of docs/benchmarks.md; the main chart
-        (64 B closed loop) becomes docs/benchmarks.svg, the others stay in --out."""
+    def update_doc(self, charts: dict, sweeps: list) -> None:
+        """Rewrites this run's results section of docs/benchmarks.md
+        (<!-- bench:begin KEY --> ... <!-- bench:end KEY -->, KEY the topology,
+        or TOPOLOGY-sweep for --only-sweep) and copies its charts to
+        docs/benchmarks-KEY-*.png."""
         doc = REPO / "docs" / "benchmarks.md"
-        charts = {}
-        if main_chart:
-            shape, name = main_chart
-            shutil.copyfile(self.out / name, REPO / "docs" / "benchmarks.svg")
-            charts[shape] = "benchmarks.svg"
-        section = report.markdown(self.meta, self.runs, self.summaries, self.targets, charts,
-                                  level=3)
-        report.update_doc(doc, section)
-        self.log(f"updated {doc.relative_to(REPO)}" + (" and docs/benchmarks.svg" if charts else ""))
+        topo, copied = self.env.topology + ("-sweep" if self.args.only_sweep else ""), {}
+        for key, name in charts.items():
+            dest = f"benchmarks-{topo}-{name}"
+            shutil.copyfile(self.out / name, REPO / "docs" / dest)
+            copied[key] = dest
+        section = report.markdown(self.meta, self.runs, self.summaries, self.targets, copied,
+                                  sweeps, level=3)
+        report.update_doc(doc, section, topo)
+        self.log(f"updated {doc.relative_to(REPO)} ({topo} section)"
+                 + (f" and {len(copied)} chart(s) in docs/" if copied else ""))
+
+
+def choose_topology(args) -> tuple:
+    """(plan or None for loopback, why loopback). Without --topology: netns
+    where it can be made, else loopback and one line saying why; asked for
+    explicitly (or needed by --load-hosts) and impossible: exit 2."""
+    if args.topology == "loopback":
+        return None, "asked for (--topology loopback)"
+    reason = topology.unavailable_reason()
+    if reason:
+        if args.topology == "netns" or args.load_hosts > 1:
+            print(f"bench: --topology netns cannot be made here: {reason}", file=sys.stderr)
+            sys.exit(2)
+        print(f"bench: topology loopback: {reason}", file=sys.stderr)
+        return None, reason
+    return topology.plan(os.getpid(), args.load_hosts, options.cpus(args.server_cpus),
+                         options.cpus(args.client_cpus)), None
+
+
+def check_start_at(release: Path, load_hosts: int) -> None:
+    """Several load hosts need loadgen --start-at to measure the same window."""
+    if load_hosts < 2:
+        return
+    done = subprocess.run([str(release / "loadgen"), "--help"], capture_output=True, text=True)
+    if "--start-at" not in done.stdout:
+        print("bench: --load-hosts needs loadgen --start-at (to start every host's load at one "
+              "instant), which this loadgen does not have: build a newer one", file=sys.stderr)
+        sys.exit(2)
+
+
+def interrupt_on(*signums) -> None:
+    """SIGINT (set here too: a background job inherits it ignored), SIGTERM and
+    SIGHUP end the run as Ctrl-C does: results written,
+    namespaces removed (the finally clauses run)."""
+    def handler(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    for s in signums:
+        signal.signal(s, handler)
 
 
 def main(argv: list) -> int:
-    args = parse_args(argv)
+    args = options.parse_args(argv, __doc__)
+    release = target_dir() / "release"
     if not args.dry_run:
-        build(args.no_build)
+        build(args.no_build, release)
+        check_start_at(release, args.load_hosts)
+    net_plan, why_loopback = choose_topology(args)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     out = args.out or REPO / "bench-results" / stamp
-    bench = Bench(args, out)
+    bench = Bench(args, out, release)
+    bench.set_topology(net_plan, why_loopback)
     plan = plan_matrix(args, bench.nofile, host.tcp_memory_limit_bytes()) if not args.only_targets else []
+    if args.only_sweep or args.only_targets:
+        plan = []
     est = estimate_s(args, plan)
     bench.log(f"output: {out}; open-files limit {bench.nofile}; estimated {est / 60:.1f} min "
               f"({len([r for r in plan if r.status != 'skipped'])} matrix runs"
-              f"{' + targets' if args.targets else ''})")
+              f"{' + targets' if args.targets else ''}{' + sweep' if args.sweep else ''}); "
+              f"topology {bench.env.topology}")
     if args.dry_run:
+        if net_plan:
+            print("topology: " + net_plan.describe())
+            print("\n".join(shlex.join(c) for c in net_plan.setup_commands()))
         for r in plan:
             if r.status != "skipped":
                 procs.execute(bench.env, r)  # dry: fills in the commands only
@@ -404,15 +436,36 @@ def main(argv: list) -> int:
                   + (r.commands.get("server", "") + "\n" + " " * 22 + "client: "
                      + r.commands.get("client", "") if r.reason == "dry run" else f"SKIP {r.reason}"))
         return 0
+    interrupt_on(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    net = None
     try:
-        if not args.only_targets:
-            bench.run_matrix()
-        if args.targets:
-            bench.run_targets()
-    except KeyboardInterrupt:
-        bench.interrupted = True
-        bench.log("interrupted: writing what was measured")
-    bench.write_outputs()
+        if net_plan:
+            topology.remove_leftovers(bench.log)
+            net = topology.Topology(net_plan, bench.log)
+            atexit.register(net.remove)  # the last resort: an exception past finally
+            try:
+                net.create()
+                bench.log("topology netns: " + net_plan.describe())
+            except RuntimeError as e:
+                if args.topology == "netns" or args.load_hosts > 1:
+                    bench.log(f"--topology netns: {e}")
+                    return 2
+                bench.log(f"topology loopback: the namespaces could not be made: {e}")
+                bench.set_topology(None, f"the namespaces could not be made: {e}")
+        try:
+            if plan:
+                bench.run_matrix(plan)
+            if args.sweep:
+                bench.run_sweep()
+            if args.targets:
+                bench.run_targets()
+        except KeyboardInterrupt:
+            bench.interrupted = True
+            bench.log("interrupted: writing what was measured")
+        bench.write_outputs()
+    finally:
+        if net:
+            net.remove()
     failed = [r for r in bench.runs if r.status == "failed"]
     if failed:
         bench.log(f"{len(failed)} run(s) failed: see results.md")

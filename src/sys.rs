@@ -176,3 +176,107 @@ pub fn send_vectored(fd: std::os::fd::RawFd, bufs: &[std::io::IoSlice<'_>]) -> i
     let n = syscall!(sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL))?;
     Ok(n as usize)
 }
+
+/// Pins the calling thread to one CPU (`sched_setaffinity` on thread id 0,
+/// which means "this thread"). Threads it spawns later inherit the mask.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `cpu_set_t` is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` < CPU_SETSIZE (checked above), the number of bits in `set`,
+    // so CPU_SET writes inside the local `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    syscall!(sched_setaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &set
+    ))?;
+    Ok(())
+}
+
+/// The CPUs this process may run on (its affinity mask: taskset, a cgroup
+/// cpuset), ascending.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: `cpu_set_t` is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    syscall!(sched_getaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &mut set
+    ))?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` < CPU_SETSIZE, the number of bits in the local `set`.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// The CPUs the kernel has online (`/sys/devices/system/cpu/online`, in the
+/// kernel's list form, `0-7`); `None` where it cannot be read.
+pub fn online_cpus() -> Option<Vec<usize>> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    crate::cpus::CpuList::parse(text.trim())
+        .ok()
+        .map(|list| list.cpus().to_vec())
+}
+
+/// The kernel's thread id of the calling thread (what `/proc/self/task/`
+/// lists).
+pub fn thread_id() -> i32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Attaches a classic BPF program to a SO_REUSEPORT socket's group
+/// (`SO_ATTACH_REUSEPORT_CBPF`, Linux 4.5+): from then on the kernel runs it
+/// for each incoming connection (TCP) or datagram (UDP) and hands it to the
+/// group's socket at the index the program returns; an index past the group's
+/// end falls back to the usual hash. One socket's attach applies to the group.
+pub fn attach_reuseport_cbpf(
+    fd: std::os::fd::RawFd,
+    program: &[libc::sock_filter],
+) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fprog = libc::sock_fprog {
+        len,
+        // The kernel copies the program during the call and never writes it;
+        // the pointer is mutable only because the C struct says so.
+        filter: program.as_ptr().cast_mut(),
+    };
+    syscall!(setsockopt(
+        fd,
+        libc::SOL_SOCKET,
+        libc::SO_ATTACH_REUSEPORT_CBPF,
+        (&fprog as *const libc::sock_fprog).cast(),
+        std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t
+    ))?;
+    Ok(())
+}
+
+/// Which of `fds` are readable (for a listener: a connection is waiting),
+/// waiting up to `timeout` for the first. `poll(2)`.
+pub fn poll_readable(
+    fds: &[std::os::fd::RawFd],
+    timeout: std::time::Duration,
+) -> io::Result<Vec<bool>> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    syscall!(poll(
+        polled.as_mut_ptr(),
+        polled.len() as libc::nfds_t,
+        millis
+    ))?;
+    Ok(polled
+        .iter()
+        .map(|p| p.revents & libc::POLLIN != 0)
+        .collect())
+}

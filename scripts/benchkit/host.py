@@ -4,6 +4,7 @@ reveal drops and retransmits. Reads /proc and runs git; changes nothing."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import resource
@@ -32,7 +33,13 @@ def tcp_memory_limit_bytes() -> Optional[int]:
     return int(fields[2]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _read(path: str) -> str:
+def _read(path: str, ns: Optional[str] = None) -> str:
+    """A file's text ("" when unreadable); with `ns`, as seen from inside that
+    network namespace (/proc/net/* is per namespace)."""
+    if ns is not None:
+        done = subprocess.run(["ip", "netns", "exec", ns, "cat", path], capture_output=True,
+                              text=True)
+        return done.stdout if done.returncode == 0 else ""
     try:
         with open(path) as f:
             return f.read()
@@ -96,8 +103,11 @@ def git(repo: str) -> dict:
     return {
         "commit": out("rev-parse", "HEAD") or "unknown",
         "branch": out("rev-parse", "--abbrev-ref", "HEAD"),
-        # Results from an uncommitted tree cannot be reproduced from the hash alone.
-        "dirty": bool(out("status", "--porcelain", "--untracked-files=no")),
+        # Results from an uncommitted tree cannot be reproduced from the hash
+        # alone. Documentation does not change them (--update-doc rewrites
+        # docs/ between the invocations of one full run).
+        "dirty": bool(out("status", "--porcelain", "--untracked-files=no", "--", ".",
+                          ":(exclude)docs", ":(exclude)*.md")),
     }
 
 
@@ -122,11 +132,13 @@ def memory_kib(pid: int) -> dict:
     return out
 
 
-def net_counters() -> dict:
-    """System-wide counters whose growth during a run means lost packets.
+def net_counters(namespaces: tuple = (None,)) -> dict:
+    """Counters whose growth during a run means lost packets: the TCP ones
+    summed over `namespaces` (None: this process's own), softnet once.
 
     softnet_dropped: packets dropped because a CPU's backlog queue
-    (net.core.netdev_max_backlog) was full; on loopback every packet passes
+    (net.core.netdev_max_backlog, one for the whole machine) was full; every
+    packet on loopback, and every packet RPS steers off a veth, passes
     through it, and a drop costs a retransmit, often after an RTO.
     """
     c = {"softnet_dropped": 0, "softnet_squeezed": 0}
@@ -145,8 +157,8 @@ def net_counters() -> dict:
             "ListenDrops",
         ),
     }
-    for path in ("/proc/net/snmp", "/proc/net/netstat"):
-        lines = _read(path).splitlines()
+    for path, ns in ((p, ns) for ns in namespaces for p in ("/proc/net/snmp", "/proc/net/netstat")):
+        lines = _read(path, ns).splitlines()
         # Each group is a header line of names followed by a line of values.
         for names, values in zip(lines[::2], lines[1::2]):
             group, _, names = names.partition(":")
@@ -156,17 +168,21 @@ def net_counters() -> dict:
             row = dict(zip(names.split(), values.partition(":")[2].split()))
             for k in keys:
                 if k in row:
-                    c[k] = int(row[k])
+                    c[k] = c.get(k, 0) + int(row[k])
     return c
 
 
-def tcp_sockstat() -> dict:
-    """TCP sockets system-wide: inuse, orphan, tw (TIME_WAIT), alloc, mem (pages)."""
-    for line in _read("/proc/net/sockstat").splitlines():
-        if line.startswith("TCP:"):
-            parts = line.split()[1:]
-            return {parts[i]: int(parts[i + 1]) for i in range(0, len(parts) - 1, 2)}
-    return {}
+def tcp_sockstat(namespaces: tuple = (None,)) -> dict:
+    """TCP sockets in `namespaces` together: inuse, orphan, tw (TIME_WAIT),
+    alloc, mem (pages; the kernel's count is machine-wide)."""
+    out: dict = {}
+    for ns in namespaces:
+        for line in _read("/proc/net/sockstat", ns).splitlines():
+            if line.startswith("TCP:"):
+                parts = line.split()[1:]
+                for i in range(0, len(parts) - 1, 2):
+                    out[parts[i]] = out.get(parts[i], 0) + int(parts[i + 1])
+    return out
 
 
 def counter_delta(before: dict, after: dict) -> dict:
@@ -175,7 +191,7 @@ def counter_delta(before: dict, after: dict) -> dict:
 
 # Counter -> how a run that grew it is flagged.
 NOISE_FLAGS = (
-    ("softnet_dropped", "loopback drops at netdev_max_backlog"),
+    ("softnet_dropped", "backlog drops (netdev_max_backlog)"),
     ("TCPTimeouts", "RTO timeouts"),
     ("RetransSegs", "TCP retransmits"),
     ("ListenOverflows", "accept queue overflows"),
@@ -206,3 +222,32 @@ def noise_flags(delta: dict) -> list:
                 flag += f" ({delta['TCPLossProbes']} tail loss probes)"
             flags.append(flag)
     return flags
+
+
+def irq_seconds(cpus: list) -> Optional[float]:
+    """Hard and soft interrupt time of `cpus` (the irq and softirq columns of
+    /proc/stat), seconds. Receive processing runs there, in softirq, and is
+    charged to no process: on the netns topology RPS steers each side's to
+    its own CPUs; on loopback it runs in the sender's softirq."""
+    total, seen = 0, 0
+    for line in _read("/proc/stat").splitlines():
+        name, _, rest = line.partition(" ")
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            cols = rest.split()
+            total += int(cols[5]) + int(cols[6])  # irq, softirq
+            seen += 1
+    return total / CLK_TCK if seen else None
+
+
+
+# Loaded once here, so that the forked child in die_with_parent only calls it.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """For Popen's preexec_fn: the child gets SIGKILL when this process dies,
+    however it dies (SIGKILL included), so no server outlives a killed bench
+    run. prctl(PR_SET_PDEATHSIG) survives the execs of `ip netns exec` and
+    taskset (neither is set-uid)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, 9, 0, 0, 0)  # SIGKILL

@@ -105,6 +105,17 @@ def rotated(items: list, by: int) -> list:
     return items[k:] + items[:k]
 
 
+def saturated(run: "Run") -> bool:
+    """An open-loop run that failed only because messages were still queued
+    at the end (loadgen's unfinished count), nothing lost or corrupted: the
+    rate was past what the server can echo, which is what a sweep's top
+    rates are for. Any mismatch, error or lost connection is a failure."""
+    m = run.metrics
+    return (run.cell.rate is not None and run.status == "failed"
+            and m.get("mismatches") == 0 and m.get("errors") == 0 and m.get("lost") == 0
+            and (m.get("unfinished") or 0) > 0)
+
+
 @dataclass
 class Run:
     """One server start, one client run against it, one stop."""
@@ -114,7 +125,7 @@ class Run:
     backend: str
     rep: int
     workers: int  # effective server workers
-    status: str = "ok"  # ok | failed | skipped
+    status: str = "ok"  # ok | failed | skipped | saturated (open loop past the server's limit)
     reason: Optional[str] = None
     commands: dict = field(default_factory=dict)  # server, client: shell lines
     metrics: dict = field(default_factory=dict)
@@ -142,6 +153,9 @@ class Run:
 SUMMARY_METRICS = (
     "msgs_per_s",
     "server_cpu_ns_per_msg",
+    "server_irq_ns_per_msg",
+    "server_total_ns_per_msg",
+    "rate_achieved",
     "loadgen_cpu_ns_per_msg",
     "p50_us",
     "p99_us",
@@ -164,6 +178,7 @@ class Summary:
     suspect: int  # runs whose flags distort results
     skipped: Optional[str]
     stats: dict  # metric -> {"median", "min", "max"}
+    saturated: int = 0  # open-loop runs that ended with messages never echoed
 
     def median(self, metric: str) -> Optional[float]:
         s = self.stats.get(metric)
@@ -203,6 +218,7 @@ def summarise(runs: list) -> list:
                 workers=max((r.workers for r in rs), default=0),
                 runs=len(ok),
                 failed=sum(r.status == "failed" for r in rs),
+                saturated=sum(r.status == "saturated" for r in rs),
                 flagged=sum(bool(r.flags) for r in ok),
                 suspect=sum(r.suspect for r in ok),
                 skipped=skipped if not ok and skipped else None,

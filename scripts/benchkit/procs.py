@@ -1,6 +1,8 @@
-"""The processes of one run: a server started fresh and pinned, one client
-(loadgen or the minimal ping-pong client) pinned elsewhere, the sampling of the
-server's memory while the client runs, and the stop with SIGTERM."""
+"""The processes of one run: a server started fresh and pinned, its clients
+(clients.py) pinned elsewhere, the sampling of the server's memory while they
+run, and the stop with SIGTERM. On the netns topology every process runs
+inside its namespace through `ip netns exec`, which execs: the PID is the
+program's own, so /proc/PID reads the server itself."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ import signal
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from . import host
+from . import clients, host
+from .env import Env, client_timeout_s, cpus
 from .model import BACKENDS, Cell, Run
 
 SERVER_START_TIMEOUT_S = 15.0
@@ -27,58 +29,19 @@ RSS_SAMPLE_S = 0.2
 SETTLE_MAX_S = 10.0
 SETTLE_ORPHANS = 100
 SETTLE_STALL_S = 2.0
-LOADGEN_CONNECT_RATE = 20_000  # loadgen's default --connect-rate
-LOADGEN_DRAIN_S = 5.0  # loadgen's default --drain-timeout
 PINGPONG_LINE = re.compile(
     r"msgs=(\d+) secs=([\d.]+) msgs_per_s=([\d.]+) cpu_ns_per_msg=([\d.]+)"
 )
 
 
-@dataclass
-class Env:
-    """What every run shares: binaries, pinning, timing, where logs go."""
-
-    repo: Path
-    bin_dir: Path  # target/release, relative to repo: commands read as typed there
-    runs_dir: Path
-    server_cpus: str
-    client_cpus: str
-    loadgen_threads: Optional[int]
-    duration: float
-    warmup: float
-    nofile: int
-    log: Callable[[str], None]
-    dry_run: bool = False
-
-    def pinned(self, cpus: str, argv: list) -> list:
-        return ["taskset", "-c", cpus, *map(str, argv)]
-
-
 def server_argv(env: Env, backend: str, workers: int, extra: tuple = ()) -> list:
     b = BACKENDS[backend]
     if b.ours:
-        argv = [env.bin_dir / "uring-echo", "--port", "0", "--addr", "127.0.0.1",
+        argv = [env.bin_dir / "uring-echo", "--port", "0", "--addr", env.listen_addr,
                 "--workers", workers, "--backend", backend, *extra]
     else:
-        argv = [env.bin_dir / "examples" / f"{backend}_echo", 0, workers]
-    return env.pinned(env.server_cpus, argv)
-
-
-def loadgen_argv(env: Env, addr: str, cell: Cell, duration: float) -> list:
-    argv = [env.bin_dir / "loadgen", "--target", addr, "--conns", cell.conns,
-            "--size", cell.size, "--pipeline", cell.pipeline,
-            "--duration", duration, "--warmup", env.warmup, "--json", "-", "--quiet"]
-    if cell.rate is not None:
-        argv += ["--rate", f"{cell.rate:.0f}"]
-    if env.loadgen_threads:
-        argv += ["--threads", env.loadgen_threads]
-    return env.pinned(env.client_cpus, argv)
-
-
-def pingpong_argv(env: Env, addr: str, cell: Cell, duration: float) -> list:
-    argv = [env.bin_dir / "examples" / "pingpong", addr, cell.conns, cell.size,
-            cell.pipeline, duration]
-    return env.pinned(env.client_cpus, argv)
+        argv = [env.bin_dir / "examples" / f"{backend}_echo", 0, workers, env.listen_addr]
+    return env.server_pinned(argv)
 
 
 class Server:
@@ -89,15 +52,17 @@ class Server:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
+            argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            preexec_fn=host.die_with_parent,
         )
-        self.addr = self._wait_listening()
+        self.port = self._wait_listening()
 
     def _wait_listening(self) -> str:
+        """The port the server listens on."""
         # Every server under test prints `... listening on ADDR` first.
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
         while time.monotonic() < deadline:
-            m = re.search(r"listening on (\S+)", self.log_path.read_text(errors="replace"))
+            m = re.search(r"listening on \S+:(\d+)", self.log_path.read_text(errors="replace"))
             if m:
                 return m.group(1)
             if self.proc.poll() is not None:
@@ -156,26 +121,21 @@ class RssSampler(threading.Thread):
         return self.peak
 
 
-def settle() -> dict:
+def settle(namespaces: tuple = (None,)) -> dict:
     """Waits while the sockets orphaned by earlier runs (closed, still sending
     FINs or retransmitting) go away, at most SETTLE_MAX_S and only while their
     number keeps falling; returns the TCP socket counts the run starts with."""
-    now = host.tcp_sockstat()
+    now = host.tcp_sockstat(namespaces)
     deadline = time.monotonic() + SETTLE_MAX_S
     best, best_at = now.get("orphan", 0), time.monotonic()
     while now.get("orphan", 0) > SETTLE_ORPHANS and time.monotonic() < deadline:
         if time.monotonic() - best_at > SETTLE_STALL_S:
             break  # not falling: someone else's, or stuck in backoff
         time.sleep(0.2)
-        now = host.tcp_sockstat()
+        now = host.tcp_sockstat(namespaces)
         if now.get("orphan", 0) < best:
             best, best_at = now.get("orphan", 0), time.monotonic()
     return now
-
-
-def client_timeout_s(cell: Cell, duration: float, warmup: float) -> float:
-    ramp = cell.conns / LOADGEN_CONNECT_RATE
-    return ramp + warmup + duration + LOADGEN_DRAIN_S + 60.0
 
 
 def execute(env: Env, run: Run, client: str = "loadgen", server_extra: tuple = (),
@@ -189,14 +149,14 @@ def execute(env: Env, run: Run, client: str = "loadgen", server_extra: tuple = (
     if run.status == "skipped":
         return run
     duration = env.duration if duration is None else duration
-    build = loadgen_argv if client == "loadgen" else pingpong_argv
     argv = server_argv(env, run.backend, run.workers, server_extra)
     run.commands["server"] = shlex.join(map(str, argv))
     if env.dry_run:
-        run.commands["client"] = shlex.join(map(str, build(env, "ADDR", run.cell, duration)))
+        planned = clients.plan(env, client, "PORT", run.cell, duration, run.file_stem)
+        run.commands["client"] = "\n".join(shlex.join(map(str, a)) for a in planned.argvs)
         run.status, run.reason = "skipped", "dry run"
         return run
-    run.metrics["tcp_sockets_before"] = settle()
+    run.metrics["tcp_sockets_before"] = settle(env.namespaces)
     t0 = time.monotonic()
     try:
         server = Server(argv, env.runs_dir / f"{run.file_stem}.server.log", env.repo)
@@ -206,8 +166,7 @@ def execute(env: Env, run: Run, client: str = "loadgen", server_extra: tuple = (
     try:
         if warm_cell is not None:
             warm_up(env, run, server, warm_cell, warm_s)
-        seen = observe(env, run, server, build(env, server.addr, run.cell, duration),
-                       duration, keep_rss_series)
+        seen = observe(env, run, server, client, duration, keep_rss_series)
     except RuntimeError as e:
         run.status, run.reason = "failed", str(e)
         return run
@@ -222,38 +181,42 @@ def warm_up(env: Env, run: Run, server: Server, cell: Cell, seconds: float) -> N
     """An unmeasured loadgen run against the server, then a pause while the
     server closes its connections."""
     run.metrics["rss_fresh_kib"] = host.memory_kib(server.pid).get("VmRSS")
-    argv = loadgen_argv(env, server.addr, cell, seconds)
+    argv = clients.loadgen_argv(env, server.port, cell, seconds)
     run.commands["warmup"] = shlex.join(map(str, argv))
     try:
         with open(env.runs_dir / f"{run.file_stem}.warmup.log", "wb") as err:
             subprocess.run(argv, cwd=env.repo, stdout=subprocess.DEVNULL, stderr=err,
+                           preexec_fn=host.die_with_parent,
                            timeout=client_timeout_s(cell, seconds, env.warmup))
     except subprocess.TimeoutExpired:
         raise RuntimeError("the warm-up client timed out")
     time.sleep(1.0)
 
 
-def observe(env: Env, run: Run, server: Server, cargv: list, duration: float,
+def observe(env: Env, run: Run, server: Server, client: str, duration: float,
             keep_rss_series: bool) -> dict:
-    """Runs the client while watching the server; returns the raw readings."""
-    run.commands["client"] = shlex.join(map(str, cargv))
+    """Runs the clients while watching the server; returns the raw readings."""
+    start_at = None
+    planned = clients.plan(env, client, server.port, run.cell, duration, run.file_stem)
+    if planned.start_delay:
+        start_at = time.time() + planned.start_delay
+        planned = clients.plan(env, client, server.port, run.cell, duration, run.file_stem,
+                               start_at)
+        run.metrics["start_at"] = round(start_at, 3)
+    run.commands["client"] = "\n".join(shlex.join(map(str, a)) for a in planned.argvs)
+    server_cpus = cpus(env.server_cpus)
     seen = {"rss_before": host.memory_kib(server.pid), "cpu_before": host.cpu_seconds(server.pid),
-            "net_before": host.net_counters()}
+            "irq_before": host.irq_seconds(server_cpus),
+            "net_before": host.net_counters(env.namespaces)}
     sampler = RssSampler(server.pid, keep_rss_series)
     sampler.start()
-    client_log = env.runs_dir / f"{run.file_stem}.client.log"
     try:
-        with open(client_log, "wb") as err:
-            done = subprocess.run(cargv, cwd=env.repo, stdout=subprocess.PIPE, stderr=err,
-                                  timeout=client_timeout_s(run.cell, duration, env.warmup))
-        seen["rc"], seen["stdout"] = done.returncode, done.stdout.decode(errors="replace")
-    except subprocess.TimeoutExpired:
-        seen["rc"], seen["stdout"] = None, ""
+        seen.update(clients.run(env, planned, run.cell, duration, run.file_stem))
     finally:
         seen["peak"] = sampler.finish()
     seen.update(cpu_after=host.cpu_seconds(server.pid), rss_after=host.memory_kib(server.pid),
-                net_after=host.net_counters(), series=sampler.series,
-                client_err=_tail(client_log))
+                irq_after=host.irq_seconds(server_cpus),
+                net_after=host.net_counters(env.namespaces), series=sampler.series)
     return seen
 
 
@@ -280,7 +243,7 @@ def record(run: Run, client: str, seen: dict, server_log: Path, keep_rss_series:
 
     rc = seen["rc"]
     if rc is None:
-        run.status, run.reason = "failed", f"client timed out: {seen['client_err']}"
+        run.status, run.reason = "failed", seen["client_err"]
         return
     try:
         msgs = _client_metrics(run, client, seen["stdout"])
@@ -292,6 +255,12 @@ def record(run: Run, client: str, seen: dict, server_log: Path, keep_rss_series:
     if cpu_before is not None and cpu_after is not None and msgs:
         m["server_cpu_s"] = round(cpu_after - cpu_before, 3)
         m["server_cpu_ns_per_msg"] = (cpu_after - cpu_before) * 1e9 / msgs
+    if seen["irq_before"] is not None and seen["irq_after"] is not None and msgs:
+        # Charged to no process: the receive processing that runs on the
+        # server's CPUs in softirq (ticks, 10 ms each: meaningful over seconds).
+        m["server_irq_ns_per_msg"] = (seen["irq_after"] - seen["irq_before"]) * 1e9 / msgs
+        if "server_cpu_ns_per_msg" in m:
+            m["server_total_ns_per_msg"] = m["server_cpu_ns_per_msg"] + m["server_irq_ns_per_msg"]
     if rc != 0:
         run.status, run.reason = "failed", f"client exit {rc}: {seen['client_err']}"
 
@@ -328,6 +297,15 @@ def _client_metrics(run: Run, client: str, stdout: str) -> int:
     )
     if j.get("rate"):
         m["rate_achieved"] = j["rate"]["achieved"]
+    start = j.get("start") or {}
+    if start.get("requested") is not None:
+        # Several load hosts: how far apart their measured windows began, and
+        # whether one's connection ramp ran past the instant they were given.
+        m["start_spread_s"] = start.get("spread_s")
+        m["start_late"] = start.get("late")
+        if start.get("late"):
+            run.flags.append("a load host started late: its connections took longer "
+                             "than the --start-at lead")
     return j["cpu"]["msgs"]
 
 
@@ -335,8 +313,3 @@ def _server_errors(log: Path) -> Optional[int]:
     # uring-echo's summary line: "uring-echo stopped after ...: ... errors=N ..."
     m = re.search(r"stopped after .* errors=(\d+)", log.read_text(errors="replace"))
     return int(m.group(1)) if m else None
-
-
-def _tail(path: Path) -> str:
-    lines = path.read_text(errors="replace").strip().splitlines()
-    return " | ".join(lines[-2:]) or "(no output)"

@@ -11,7 +11,11 @@ from typing import Optional
 from .chart import size_label
 from .model import MODES, Cell, find
 
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def markers(topology: str) -> tuple:
+    """The lines that bound a topology's results in docs/benchmarks.md."""
+    return f"<!-- bench:begin {topology} -->", f"<!-- bench:end {topology} -->"
 
 
 def k(v: Optional[float]) -> str:
@@ -29,7 +33,8 @@ def n(v: Optional[float], digits: int = 0) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
 
-def results_json(meta: dict, runs: list, summaries: list, targets: list) -> dict:
+def results_json(meta: dict, runs: list, summaries: list, targets: list,
+                 sweeps: list = ()) -> dict:
     return {
         "schema": 1,
         **meta,
@@ -37,6 +42,10 @@ def results_json(meta: dict, runs: list, summaries: list, targets: list) -> dict
         "runs": [r.to_json(with_histograms=False) for r in runs],
         "medians": [s.to_json() for s in summaries],
         "targets": [t.to_json() for t in targets],
+        "sweeps": [{**{k: v for k, v in sw.items() if k not in ("points", "knees")},
+                    "points": [p.to_json() for p in sw["points"]],
+                    "knees": {b: k.to_json() for b, k in sw["knees"].items()}}
+                   for sw in sweeps],
     }
 
 
@@ -51,6 +60,7 @@ def header(meta: dict) -> list:
         lines += ["**Smoke run (`--quick`) on a busy, shared machine: it checks that the "
                   "script works; these are not the published results.**", ""]
     lines += [
+        f"- Topology: {topology_line(meta)}",
         f"- Machine: {m['cpu_model']}, {m['cores']} cores, {m['memory_gib']} GiB, "
         f"Linux {m['kernel']}; open files {m['nofile']['hard']}; "
         f"netdev_max_backlog {m['sysctl'].get('net.core.netdev_max_backlog')}",
@@ -62,7 +72,26 @@ def header(meta: dict) -> list:
         f"- Each run: fresh server, {o['warmup']:g} s warm-up + {o['duration']:g} s measured; "
         f"{o['reps']} interleaved repetition(s), medians shown",
     ]
+    la = meta.get("load_average")
+    if la and la.get("end"):
+        lines.append(f"- Load average (1/5/15 min) at the start {' / '.join(map(str, la['start']))}, "
+                     f"at the end {' / '.join(map(str, la['end']))}: above the core count, other "
+                     "processes were taking CPU from the run; compare backends within a table")
     return lines
+
+
+def topology_line(meta: dict) -> str:
+    """One line naming where the server and loadgen ran."""
+    t = meta.get("topology") or {"kind": "loopback", "why": None}
+    if t["kind"] == "loopback":
+        why = f" ({t['why']})" if t.get("why") else ""
+        return f"**loopback**: server and loadgen on 127.0.0.1 in one network namespace{why}"
+    hosts = t["load_hosts"]
+    return (f"**netns**: server in its own network namespace, {len(hosts)} load host"
+            f"{'s' if len(hosts) > 1 else ''} each in its own, joined by veth pairs "
+            f"({hosts[0]['server_addr']} ← {', '.join(h['client_addrs'][0] for h in hosts)}); "
+            f"RPS steers the server's receive processing to CPUs {t['server_cpus']} and "
+            f"each load host's to its own ({', '.join(h['cpus'] for h in hosts)})")
 
 
 def matrix_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
@@ -78,8 +107,10 @@ def matrix_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
             title = ("closed loop (pipeline 1)" if mode == "closed"
                      else f"pipelined (pipeline {pipeline})")
             lines += [f"{h}## {size_label(size)}, {title}", "",
-                      "msgs/s median · server CPU ns per message († a run saw loopback "
-                      "drops, RTOs or accept-queue overflows; ✗ a run failed)", "",
+                      "msgs/s median · server CPU ns per message: the server process's "
+                      "own plus the irq and softirq time of its CPUs, where receive "
+                      "processing runs († a run saw drops, RTOs or accept-queue "
+                      "overflows; ✗ a run failed)", "",
                       "| conns | " + " | ".join(backends) + " |",
                       "|---:|" + "---:|" * len(backends)]
             for c in conns:
@@ -94,7 +125,8 @@ def matrix_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
                     elif not s.runs:
                         cells.append("✗ failed")
                     else:
-                        txt = f"{k(s.median('msgs_per_s'))} · {n(s.median('server_cpu_ns_per_msg'))} ns"
+                        cpu = s.median("server_total_ns_per_msg") or s.median("server_cpu_ns_per_msg")
+                        txt = f"{k(s.median('msgs_per_s'))} · {n(cpu)} ns"
                         if s.workers != o["workers"]:
                             txt += f" ({s.workers} workers)"
                         txt += " †" * bool(s.suspect) + " ✗" * bool(s.failed)
@@ -103,7 +135,8 @@ def matrix_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
             lines.append("")
             if charts.get((size, mode)):
                 lines += [f"![{size_label(size)}, {mode}: throughput and server CPU per message "
-                          f"against connections]({charts[(size, mode)]})", ""]
+                          f"against connections, {meta['options'].get('topology', 'loopback')}]"
+                          f"({charts[(size, mode)]})", ""]
     for reason, i in skipped.items():
         lines.append(f"[^{i}]: {reason}")
     if skipped:
@@ -117,15 +150,16 @@ def detail_table(summaries: list, phase: str, h: str, title: str) -> list:
         return []
     lines = [f"{h}## {title}", "",
              "| phase | cell | backend | workers | runs | msgs/s median [min–max] | server ns/msg "
-             "| latency p50 / p99 / p99.9 µs | server B/conn | client ns/msg | flagged / suspect "
-             "| failed |",
+             "process + irq | latency p50 / p99 / p99.9 µs | server B/conn | client ns/msg "
+             "| flagged / suspect | failed |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in rows:
         st = s.stats.get("msgs_per_s")
         rng = f"{k(st['median'])} [{k(st['min'])}–{k(st['max'])}]" if st else "-"
         lines.append(
             f"| {s.phase} | {s.cell.name} | {s.backend} | {s.workers} | {s.runs} | {rng} | "
-            f"{n(s.median('server_cpu_ns_per_msg'))} | {n(s.median('p50_us'))} / "
+            f"{n(s.median('server_cpu_ns_per_msg'))} + {n(s.median('server_irq_ns_per_msg'))} | "
+            f"{n(s.median('p50_us'))} / "
             f"{n(s.median('p99_us'))} / {n(s.median('p999_us'))} | "
             f"{n(s.median('mem_per_conn_b'))} | {n(s.median('loadgen_cpu_ns_per_msg'))} | "
             f"{s.flagged} / {s.suspect} | {s.failed} |")
@@ -178,7 +212,8 @@ def failures(runs: list, h: str) -> list:
         lines.append("")
     if flagged or mild:
         lines += [f"{h}## Suspect runs", "",
-                  "Loopback drops, RTOs or accept-queue overflows during the run (system-wide "
+                  "Backlog drops (netdev_max_backlog: loopback, or RPS off a veth), RTOs or "
+                  "accept-queue overflows during the run (system-wide "
                   "counters: a neighbour's traffic counts too). They stay in the medians, marked †."
                   f" {mild} other run(s) saw only retransmits, mostly tail loss probes "
                   "(in results.json).", ""]
@@ -187,26 +222,70 @@ def failures(runs: list, h: str) -> list:
     return lines
 
 
+def sweep_tables(sweeps: list, charts: dict, meta: dict, h: str) -> list:
+    """Per swept cell: each backend's knee, then the points."""
+    lines = []
+    for sw in sweeps:
+        conns, size, bound = sw["conns"], sw["size"], sw["bound_us"]
+        lines += [f"{h}## Latency against load: {conns:,} connections × {size_label(size)}, "
+                  "open loop", "",
+                  f"Knee: the highest achieved rate at which p99 stayed under {bound:g} µs, "
+                  "with every lower rate of the grid under it too (`--p99-bound-us`). "
+                  "Closed-loop maximum: the backend's msgs/s at the same cell in the closed loop.",
+                  "", "| backend | knee | closed-loop maximum |", "|---|---|---:|"]
+        for b in sw["backends"]:
+            knee = sw["knees"].get(b)
+            lines.append(f"| {b} | {knee.describe() if knee else 'not measured'} | "
+                         f"{n(sw['maxima'].get(b))} |")
+        lines += ["", "Achieved msgs/s · latency p50 / p99 / p99.9 µs (medians; "
+                  "*saturated*: every run ended with messages never echoed):", "",
+                  "| asked msgs/s | " + " | ".join(sw["backends"]) + " |",
+                  "|---:|" + "---:|" * len(sw["backends"])]
+        for rate in sw["grid"]:
+            cells = []
+            for b in sw["backends"]:
+                p = next((p for p in sw["points"] if p.backend == b and p.asked == rate), None)
+                if p is None:
+                    cells.append("-")
+                elif p.saturated:
+                    cells.append("*saturated*")
+                else:
+                    lat = " / ".join(n(p.latency[key]["median"]) if key in p.latency else "-"
+                                     for key in ("p50_us", "p99_us", "p999_us"))
+                    cells.append(f"{k(p.achieved['median'])} · {lat}")
+            lines.append(f"| {rate:,.0f} | " + " | ".join(cells) + " |")
+        lines.append("")
+        name = charts.get(("sweep", conns, size))
+        if name:
+            lines += [f"![latency percentiles against achieved rate, {conns:,} connections × "
+                      f"{size_label(size)}, {meta['options'].get('topology', 'loopback')}]"
+                      f"({name})", ""]
+    return lines
+
+
 def markdown(meta: dict, runs: list, summaries: list, targets: list, charts: dict,
-             level: int = 1) -> str:
+             sweeps: list = (), level: int = 1) -> str:
     """The report; `level` is the heading level of its title (1 in results.md,
     deeper inside docs/benchmarks.md)."""
     h = "#" * (level - 1)
     lines = [f"{h}# uring-echo benchmark results", ""] + header(meta) + [""]
     if meta["options"].get("matrix"):
         lines += matrix_tables(meta, summaries, charts, h)
+    lines += sweep_tables(sweeps, charts, meta, h)
     lines += targets_table(targets, h)
     lines += detail_table(summaries, "matrix", h, "All medians")
+    lines += detail_table(summaries, "sweep", h, "Sweep runs: medians")
     lines += detail_table(summaries, "t", h, "Target runs: medians")
     lines += commands_section(runs, h)
     lines += failures(runs, h)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def update_doc(doc: Path, section: str) -> None:
-    """Replaces what lies between the markers of `doc` with `section`."""
+def update_doc(doc: Path, section: str, topology: str) -> None:
+    """Replaces what lies between `topology`'s markers in `doc` with `section`."""
+    begin, end = markers(topology)
     text = doc.read_text()
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.S)
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
     if not pattern.search(text):
-        raise SystemExit(f"{doc}: no {BEGIN} ... {END} section to update")
-    doc.write_text(pattern.sub(lambda _: f"{BEGIN}\n{section}\n{END}", text, count=1))
+        raise SystemExit(f"{doc}: no {begin} ... {end} section to update")
+    doc.write_text(pattern.sub(lambda _: f"{begin}\n{section}\n{end}", text, count=1))

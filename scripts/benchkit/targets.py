@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 from . import procs
+from .env import Env
 from .model import BACKENDS, Cell, Run, find, rotated, server_workers, summarise
 
 # The targets are stated for one server worker.
@@ -91,7 +92,7 @@ def _roles(run: Run) -> list:
     return [[label, run.commands[key]] for key, label in roles if run.commands.get(key)]
 
 
-def run_targets(env: procs.Env, reps: int, scale: float, save: Callable[[Run], None],
+def run_targets(env: Env, reps: int, scale: float, save: Callable[[Run], None],
                 log: Callable[[str], None]) -> tuple:
     """Runs every target phase; returns (runs, summaries, targets)."""
     runs: list = []
@@ -146,7 +147,7 @@ def _median(summaries: list, phase: str, cell: Cell, backend: str, metric: str):
     return s.median(metric) if s else None
 
 
-def target4(env: procs.Env, scale: float, go: Callable, log: Callable) -> list:
+def target4(env: Env, scale: float, go: Callable, log: Callable) -> list:
     conns = max(1, round(T4_CONNS * scale))
     workers = server_workers(BACKENDS["uring"], conns, TARGET_WORKERS, env.nofile)
     pool = ("--buf-count", T4_BUF_COUNT, "--buf-size", T4_BUF_SIZE)

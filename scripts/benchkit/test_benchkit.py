@@ -86,24 +86,41 @@ class Report(unittest.TestCase):
     def test_update_doc_replaces_only_between_the_markers(self):
         with tempfile.TemporaryDirectory() as d:
             doc = Path(d) / "b.md"
-            doc.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\noutro\n")
-            report.update_doc(doc, "new $1 \\1")
+            begin, end = report.markers("netns")
+            lb, le = report.markers("loopback")
+            doc.write_text(f"intro\n{begin}\nold\n{end}\n{lb}\nkept\n{le}\noutro\n")
+            report.update_doc(doc, "new $1 \\1", "netns")
             self.assertEqual(doc.read_text(),
-                             f"intro\n{report.BEGIN}\nnew $1 \\1\n{report.END}\noutro\n")
+                             f"intro\n{begin}\nnew $1 \\1\n{end}\n{lb}\nkept\n{le}\noutro\n")
 
-    def test_chart_is_svg_with_a_line_per_backend(self):
+    def test_matrix_chart_is_a_png_with_whiskers_or_skipped_without_matplotlib(self):
+        if chart.unavailable():
+            self.skipTest(chart.unavailable())
         cells = [Cell(c, 64, 1) for c in (100, 1000)]
         runs = []
         for b in ("uring", "epoll"):
             for c in cells:
-                r = Run("matrix", c, b, 0, 1)
-                r.metrics.update(msgs_per_s=1000.0, server_cpu_ns_per_msg=500.0)
-                runs.append(r)
-        svg = chart.render(summarise(runs), "matrix", 64, 1, ["uring", "epoll"], [100, 1000], "x")
-        self.assertTrue(svg.startswith("<svg") and svg.rstrip().endswith("</svg>"))
-        self.assertEqual(svg.count("<polyline"), 4)  # 2 backends x 2 panels
+                for rep, rate in enumerate((900.0, 1000.0, 1300.0)):
+                    r = Run("matrix", c, b, rep, 1)
+                    r.metrics.update(msgs_per_s=rate, server_cpu_ns_per_msg=500.0)
+                    runs.append(r)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "c.png"
+            self.assertTrue(chart.matrix(path, summarise(runs), 64, 1, ["uring", "epoll"],
+                                         [100, 1000], "caption"))
+            self.assertEqual(path.read_bytes()[:8], b"\x89PNG\r\n\x1a\n")
+            self.assertFalse(chart.matrix(Path(d) / "none.png", [], 64, 1, ["uring"], [100], "x"))
         self.assertEqual(chart.size_label(16384), "16 KiB")
 
+    def test_markdown_names_the_topology(self):
+        meta = {"machine": {"cpu_model": "cpu", "cores": 2, "memory_gib": 1, "kernel": "6",
+                            "nofile": {"hard": 1}, "sysctl": {}},
+                "git": {"commit": "abc", "dirty": False, "branch": "b"}, "date": "d",
+                "options": {"server_cpus": "0", "client_cpus": "1", "workers": 1,
+                            "loadgen_threads": None, "warmup": 1, "duration": 2, "reps": 1,
+                            "matrix": False},
+                "topology": {"kind": "loopback", "why": "asked for"}}
+        self.assertIn("**loopback**", report.markdown(meta, [], [], [], {}))
 
 if __name__ == "__main__":
     unittest.main()

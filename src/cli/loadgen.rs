@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::loadgen::config::{Config, Load, MAX_MESSAGE_BYTES, SizeRange, Stop, Udp};
+use crate::loadgen::config::{Churn, Config, Load, MAX_MESSAGE_BYTES, SizeRange, Stop, Udp};
 use crate::loadgen::datagram::{HEADER_BYTES, max_datagram_bytes};
 
 /// The fastest round trip a pipeline slot is assumed to manage (10 µs): an
@@ -63,6 +63,11 @@ pub struct RunArgs {
     #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
 
+    /// Pin thread i to the i-th CPU of LIST (`8-15`, `0,2,4`), round-robin when
+    /// there are more threads than CPUs; --threads defaults to the list's length
+    #[arg(long, value_name = "LIST", value_parser = crate::cli::cpu_list)]
+    pub cpus: Option<crate::cpus::CpuList>,
+
     /// Source addresses to spread connections over, comma-separated, of the
     /// target's family [default: 127.0.0.1, 127.0.0.2, ... (one per 10,000
     /// connections) for an IPv4 loopback target; none otherwise. An IPv6
@@ -90,7 +95,8 @@ pub struct RunArgs {
     pub pipeline: Option<u32>,
 
     /// Open loop: messages per second, all connections together; latency is
-    /// measured from each message's intended send time
+    /// measured from each message's intended send time. With
+    /// --messages-per-conn: new connections per second instead
     #[arg(short, long, value_name = "MSGS_PER_SEC", value_parser = rate)]
     pub rate: Option<f64>,
 
@@ -121,9 +127,25 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_verify: bool,
 
-    /// Exit 0 even when fewer connections than --conns were held
+    /// Exit 0 even when fewer connections than --conns were held (with
+    /// --messages-per-conn: even when connections failed or were lost)
     #[arg(long)]
     pub allow_partial: bool,
+
+    /// Connection churn: each connection sends N messages (closed loop, or
+    /// --pipeline in flight), checks their echoes, closes, and is replaced by
+    /// a new one, so --conns stay open at once. With --rate, new connections
+    /// are due at that many per second (open loop; a connection's latency
+    /// counts from its due time). Reports connections per second, connect and
+    /// transaction latency. loadgen closes first, so the TIME_WAIT is its own
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub messages_per_conn: Option<u32>,
+
+    /// Close connections with a reset (SO_LINGER 0) instead of a FIN: no
+    /// TIME_WAIT is left on either side, and the server counts an error per
+    /// connection it sees reset
+    #[arg(long)]
+    pub linger0: bool,
 
     /// UDP instead of TCP: --conns connected UDP sockets ("flows") send
     /// datagrams open loop at --rate (required), each carrying a 16-byte
@@ -143,6 +165,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "FRACTION", value_parser = fraction)]
     pub max_loss: Option<f64>,
 
+    /// Begin the load (warm-up, then the measured part) at this wall-clock
+    /// instant, in seconds since the UNIX epoch (a fraction allowed: `date
+    /// +%s.%N`), once the connections are made. Load hosts given the same
+    /// instant, with clocks in sync, measure the same window; `loadgen merge`
+    /// then sums like with like. If the connections are not all made by
+    /// then, the load starts when they are, with a warning, and the JSON says
+    /// so (`start.late`). Within a day of now
+    #[arg(long, value_name = "UNIX_SECONDS", value_parser = start_at)]
+    pub start_at: Option<f64>,
+
     /// Write the result as JSON to PATH (`-` for stdout; the summary then goes to stderr)
     #[arg(long, value_name = "PATH")]
     pub json: Option<String>,
@@ -156,10 +188,28 @@ impl RunArgs {
     /// Cross-flag checks; the error names the flags.
     pub fn into_config(self) -> Result<Config, String> {
         let udp = self.udp_config()?;
+        let churn = self.churn_config(udp.is_some())?;
         let load = match self.rate {
             None => Load::Closed {
                 pipeline: self.pipeline.unwrap_or(1),
             },
+            Some(rate) if churn.is_some() => {
+                let n = churn.map_or(1, |c| c.messages_per_conn);
+                let per_slot = rate / f64::from(self.conns);
+                let most = MAX_MSGS_PER_SLOT_PER_S / f64::from(n + 1);
+                if per_slot > most {
+                    return Err(format!(
+                        "--rate {rate} connections/s over --conns {} is {per_slot:.0} connections/s \
+                         per slot, more than one slot can carry ({most:.0}/s: a connect and \
+                         --messages-per-conn {n} round trips of 10 us each): raise --conns",
+                        self.conns
+                    ));
+                }
+                Load::Open {
+                    rate,
+                    pipeline: self.pipeline.unwrap_or(1),
+                }
+            }
             Some(rate) => {
                 let pipeline = self.pipeline.unwrap_or(1);
                 let per_conn = rate / f64::from(self.conns);
@@ -189,7 +239,11 @@ impl RunArgs {
         Ok(Config {
             target: self.target,
             conns: self.conns,
-            threads: self.threads.map(|t| t as usize),
+            threads: self
+                .threads
+                .map(|t| t as usize)
+                .or_else(|| self.cpus.as_ref().map(|c| c.len())),
+            cpus: self.cpus,
             source_addrs: self.source_addrs,
             connect_rate: self.connect_rate,
             connect_timeout: self.connect_timeout,
@@ -201,8 +255,34 @@ impl RunArgs {
             allow_partial: self.allow_partial,
             quiet: self.quiet,
             drain_timeout: self.drain_timeout,
+            start_at: self.start_at,
             udp,
+            churn,
+            linger0: self.linger0,
         })
+    }
+
+    /// The --messages-per-conn settings, and what they exclude.
+    fn churn_config(&self, udp: bool) -> Result<Option<Churn>, String> {
+        let Some(n) = self.messages_per_conn else {
+            return Ok(None);
+        };
+        if udp {
+            return Err(format!(
+                "--messages-per-conn {n} has no meaning with --udp: a UDP flow has no connection to open and close"
+            ));
+        }
+        if let Some(m) = self.messages
+            && !m.is_multiple_of(u64::from(n))
+        {
+            return Err(format!(
+                "--messages {m} is not a multiple of --messages-per-conn {n}: every connection \
+                 sends exactly {n}, so the run would stop mid-connection"
+            ));
+        }
+        Ok(Some(Churn {
+            messages_per_conn: n,
+        }))
     }
 
     /// The --udp settings, and the flags that make no sense with or without it.
@@ -286,6 +366,32 @@ fn host_port(s: &str) -> Result<String, String> {
         Ok(p) if p > 0 => Ok(s.to_string()),
         _ => Err(format!("'{port}' is not a port in 1..=65535")),
     }
+}
+
+/// The furthest `--start-at` may lie from now, either way: further is a
+/// mistake (milliseconds for seconds, a stale script), not a plan.
+const START_AT_WITHIN_S: f64 = 86_400.0;
+
+/// `--start-at`: UNIX seconds within [`START_AT_WITHIN_S`] of the clock now.
+fn start_at(s: &str) -> Result<f64, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    start_at_near(s, now)
+}
+
+fn start_at_near(s: &str, now: f64) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| {
+        format!(
+            "'{s}' is not a number (expected seconds since the UNIX epoch, e.g. $(date +%s) + 5)"
+        )
+    })?;
+    if !v.is_finite() || (v - now).abs() > START_AT_WITHIN_S {
+        return Err(format!(
+            "{v} is not within a day of now ({now:.0} seconds since the UNIX epoch)"
+        ));
+    }
+    Ok(v)
 }
 
 fn rate(s: &str) -> Result<f64, String> {
@@ -442,6 +548,47 @@ mod tests {
     }
 
     #[test]
+    fn messages_per_conn_turns_on_churn_and_checks_its_partners() {
+        let c = config(&["--messages-per-conn", "10", "--messages", "1000"]).unwrap();
+        assert_eq!(
+            c.churn,
+            Some(Churn {
+                messages_per_conn: 10
+            })
+        );
+        assert!(!c.linger0);
+        assert!(config(&[]).unwrap().churn.is_none());
+        let e = parse(&["--messages-per-conn", "0"]).unwrap_err();
+        assert!(
+            e.contains("--messages-per-conn") && e.contains("1..=1000000"),
+            "{e}"
+        );
+        let e = config(&["--messages-per-conn", "10", "--messages", "1005"]).unwrap_err();
+        assert!(
+            e.contains("--messages 1005") && e.contains("multiple"),
+            "{e}"
+        );
+        let e = config(&["--messages-per-conn", "1", "--udp", "--rate", "10"]).unwrap_err();
+        assert!(
+            e.contains("--messages-per-conn") && e.contains("--udp"),
+            "{e}"
+        );
+        let c = config(&["--messages-per-conn", "1", "--rate", "5000", "--linger0"]).unwrap();
+        assert!(c.linger0);
+        assert!(matches!(c.load, Load::Open { rate: 5000.0, .. }));
+        let e = config(&[
+            "--messages-per-conn",
+            "10",
+            "--rate",
+            "1000000",
+            "--conns",
+            "10",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--rate") && e.contains("raise --conns"), "{e}");
+    }
+
+    #[test]
     fn source_addresses_are_comma_separated() {
         let c = config(&["--source-addrs", "127.0.0.2,127.0.0.3"]).unwrap();
         assert_eq!(c.source_addrs.len(), 2);
@@ -450,5 +597,27 @@ mod tests {
                 .unwrap_err()
                 .contains("--source-addrs")
         );
+    }
+
+    #[test]
+    fn a_start_instant_must_be_seconds_within_a_day_of_now() {
+        let now = 1_764_000_000.0;
+        assert_eq!(start_at_near("1764000005.25", now), Ok(1_764_000_005.25));
+        assert_eq!(start_at_near("1763999990", now), Ok(1_763_999_990.0));
+        // Milliseconds for seconds lands far in the future.
+        assert!(
+            start_at_near("1764000005000", now)
+                .unwrap_err()
+                .contains("within a day")
+        );
+        assert!(
+            start_at_near("soon", now)
+                .unwrap_err()
+                .contains("seconds since the UNIX epoch")
+        );
+        assert!(start_at_near("NaN", now).is_err());
+        let err = parse(&["--start-at", "12"]).unwrap_err();
+        assert!(err.contains("--start-at"), "{err}");
+        assert_eq!(config(&[]).unwrap().start_at, None);
     }
 }

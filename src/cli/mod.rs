@@ -33,6 +33,12 @@ pub fn seconds(min: f64, max: f64) -> impl Fn(&str) -> Result<std::time::Duratio
     }
 }
 
+/// A clap value parser for a CPU list (`0-7`, `0,2,4`, `0-3,8`); clap puts the
+/// flag's name in front of the error.
+pub fn cpu_list(s: &str) -> Result<crate::cpus::CpuList, String> {
+    crate::cpus::CpuList::parse(s)
+}
+
 /// An address as typed: an IP literal, or a host name resolved once, when the
 /// flags are parsed, so the whole run uses one address.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -280,6 +280,7 @@ impl<'a> Worker<'a> {
             queue: EchoQueue::default(),
         });
         WorkerStats::add(&self.shared.stats.accepted, 1);
+        WorkerStats::set(&self.shared.stats.slab_slots, self.conns.capacity() as u64);
     }
 
     fn handle_wake(&mut self) {

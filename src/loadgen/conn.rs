@@ -28,6 +28,9 @@ pub enum State {
     /// Established by the kernel, sent, and had not a byte back when the load
     /// stopped: the server never accepted it. Late echoes are ignored.
     Unanswered,
+    /// `--messages-per-conn`: all its messages echoed, closed by loadgen; the
+    /// slot is free again once the close completes.
+    Closing,
 }
 
 /// A message created and not yet fully echoed.
@@ -52,6 +55,9 @@ pub enum RecvError {
 #[derive(Debug)]
 pub struct Conn {
     pub state: State,
+    /// Which of the connections that used this slot this is (`--messages-per-conn`
+    /// reuses slots; otherwise 0). Carried in every operation's tag.
+    pub generation: u32,
     /// Offset of this connection's stream in the pattern.
     pub seed: u32,
     /// Message sizes, per connection.
@@ -88,6 +94,7 @@ impl Conn {
     pub fn new(seed: u32) -> Conn {
         Conn {
             state: State::Idle,
+            generation: 0,
             seed,
             sizes: SizeDraw::new(seed),
             connect_started: 0,

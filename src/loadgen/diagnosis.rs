@@ -101,6 +101,7 @@ mod tests {
             lost,
             lost_unanswered,
             unanswered,
+            completed: 0,
         }
     }
 

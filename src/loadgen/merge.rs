@@ -12,7 +12,7 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer}
 
 use super::report::{
     Bytes, Connections, Cpu, Datagrams, Histograms, Messages, Percentiles, Rate, Report,
-    SCHEMA_VERSION, Udp, Verify, throughput,
+    SCHEMA_VERSION, Start, Udp, Verify, throughput,
 };
 use super::stats::new_histogram;
 
@@ -96,6 +96,30 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
     merge_named(reports, &names)
 }
 
+/// The hosts' starts as one: the earliest actual start, the spread to the
+/// latest, late if any was; `requested` where every host was given the same
+/// instant. `None` when no report says when it started (older loadgens).
+fn merge_starts(reports: &[Report]) -> Option<Start> {
+    let starts: Vec<&Start> = reports.iter().filter_map(|r| r.start.as_ref()).collect();
+    let first = starts.first()?;
+    let earliest = starts
+        .iter()
+        .map(|s| s.actual)
+        .fold(f64::INFINITY, f64::min);
+    let latest = starts
+        .iter()
+        .map(|s| s.actual + s.spread_s)
+        .fold(f64::NEG_INFINITY, f64::max);
+    Some(Start {
+        requested: first
+            .requested
+            .filter(|r| starts.iter().all(|s| s.requested == Some(*r))),
+        actual: earliest,
+        late: starts.iter().any(|s| s.late),
+        spread_s: latest - earliest,
+    })
+}
+
 /// Sums reports of runs made at the same time from several hosts. Durations
 /// may differ slightly: throughput is the summed messages over the longest one.
 /// Errors name the input (`names[i]` for `reports[i]`).
@@ -103,6 +127,7 @@ pub fn merge_named(reports: &[Report], names: &[String]) -> Result<Report, Strin
     let first = reports.first().ok_or("nothing to merge")?;
     let mut latency = new_histogram();
     let mut connect = new_histogram();
+    let mut transaction = new_histogram();
     let mut out = Report {
         schema: SCHEMA_VERSION,
         hosts: 0,
@@ -117,12 +142,14 @@ pub fn merge_named(reports: &[Report], names: &[String]) -> Result<Report, Strin
         rate: None,
         latency_us: Percentiles::default(),
         connect_us: Percentiles::default(),
+        transaction_us: Percentiles::default(),
         verify: Verify {
             enabled: true,
             mismatches: 0,
         },
         udp: None,
         cpu: Cpu::default(),
+        start: merge_starts(reports),
         histograms: Histograms::default(),
     };
     let (mut user_s, mut sys_s, mut cpu_msgs) = (0.0, 0.0, 0);
@@ -159,6 +186,7 @@ pub fn merge_named(reports: &[Report], names: &[String]) -> Result<Report, Strin
         c.lost += r.connections.lost;
         c.lost_unanswered += r.connections.lost_unanswered;
         c.unanswered += r.connections.unanswered;
+        c.completed += r.connections.completed;
         for (kind, n) in &r.errors {
             *out.errors.entry(kind.clone()).or_default() += n;
         }
@@ -187,21 +215,36 @@ pub fn merge_named(reports: &[Report], names: &[String]) -> Result<Report, Strin
         };
         add(&mut latency, "latency_us", &r.histograms.latency_us)?;
         add(&mut connect, "connect_us", &r.histograms.connect_us)?;
+        if !r.histograms.transaction_us.is_empty() {
+            add(
+                &mut transaction,
+                "transaction_us",
+                &r.histograms.transaction_us,
+            )?;
+        }
     }
     out.config.conns = out.connections.requested;
     out.config.rate = asked;
-    out.throughput = throughput(out.messages.received, out.bytes.received, out.duration_s);
+    out.throughput = throughput(
+        out.messages.received,
+        out.bytes.received,
+        out.connections.completed,
+        out.duration_s,
+    );
+    let churn = out.config.messages_per_conn.is_some();
     out.rate = asked.map(|asked| Rate {
         asked,
-        achieved: out.throughput.msgs_per_s,
+        achieved: out.throughput.achieved(churn),
     });
     out.latency_us = Percentiles::of(&latency);
     out.connect_us = Percentiles::of(&connect);
+    out.transaction_us = Percentiles::of(&transaction);
     out.cpu = Cpu::new(user_s, sys_s, cpu_msgs);
     out.udp = datagrams.map(Udp::new);
     out.histograms = Histograms {
         latency_us: encode_histogram(&latency),
         connect_us: encode_histogram(&connect),
+        transaction_us: encode_histogram(&transaction),
     };
     Ok(out)
 }
@@ -233,6 +276,8 @@ mod tests {
             protocol: "tcp".into(),
             udp_timeout_s: None,
             max_loss: None,
+            messages_per_conn: None,
+            linger0: false,
         }
     }
 
@@ -265,8 +310,10 @@ mod tests {
                 },
                 latency,
                 connect: new_histogram(),
+                transaction: new_histogram(),
                 cpu: Cpu::new(0.5, 0.25, n),
                 udp: None,
+                start: Start::default(),
             },
         )
     }
@@ -283,6 +330,91 @@ mod tests {
             late: 1,
         }));
         r
+    }
+
+    fn started(requested: Option<f64>, actual: f64, late: bool) -> Report {
+        let mut r = report(&[10], 1.0);
+        r.start = Some(Start {
+            requested,
+            actual,
+            late,
+            spread_s: 0.0,
+        });
+        r
+    }
+
+    #[test]
+    fn merged_starts_keep_the_earliest_the_spread_and_any_lateness() {
+        let at = Some(1_764_000_000.0);
+        let a = started(at, 1_764_000_000.25, false);
+        let b = started(at, 1_764_000_000.0, false);
+        let m = merge(&[a.clone(), b]).unwrap().start.unwrap();
+        assert_eq!(m.requested, at);
+        assert_eq!(m.actual, 1_764_000_000.0);
+        assert_eq!(m.spread_s, 0.25);
+        assert!(!m.late);
+
+        let late = started(at, 1_764_000_001.0, true);
+        let m2 = merge(&[
+            merge(&[a.clone(), late]).unwrap(),
+            started(at, 1_763_999_999.5, false),
+        ]);
+        let m2 = m2.unwrap().start.unwrap();
+        assert!(m2.late);
+        assert_eq!(m2.actual, 1_763_999_999.5);
+        assert_eq!(m2.spread_s, 1.5, "a merged input's own spread counts");
+
+        let other = started(Some(1_764_000_009.0), 1_764_000_009.0, false);
+        assert_eq!(
+            merge(&[a.clone(), other]).unwrap().start.unwrap().requested,
+            None
+        );
+        let mut old = report(&[10], 1.0);
+        old.start = None;
+        assert_eq!(merge(&[old.clone()]).unwrap().start, None);
+        assert_eq!(
+            merge(&[old, a]).unwrap().start.unwrap().actual,
+            1_764_000_000.25
+        );
+    }
+
+    /// A churn run: `completed` connections, each with a transaction time.
+    fn churn_report(transactions_us: &[u64], duration_s: f64) -> Report {
+        let mut r = report(&[10], duration_s);
+        let mut h = new_histogram();
+        for &v in transactions_us {
+            h.record(v).unwrap();
+        }
+        r.config.messages_per_conn = Some(1);
+        r.config.rate = Some(100.0);
+        r.rate = Some(Rate {
+            asked: 100.0,
+            achieved: 0.0,
+        });
+        r.connections.completed = transactions_us.len() as u64;
+        r.transaction_us = Percentiles::of(&h);
+        r.histograms.transaction_us = encode_histogram(&h);
+        r
+    }
+
+    #[test]
+    fn merging_churn_runs_sums_connections_and_transaction_times() {
+        let a = churn_report(&[100, 200, 300], 1.0);
+        let b = churn_report(&[400; 5], 2.0);
+        let m = merge(&[a, b]).unwrap();
+        assert_eq!(m.connections.completed, 8);
+        assert_eq!(m.throughput.conns_per_s, 4.0, "8 over the longest 2 s");
+        assert_eq!(m.transaction_us.count, 8);
+        assert_eq!(m.transaction_us.max, 400);
+        let rate = m.rate.unwrap();
+        assert_eq!(
+            (rate.asked, rate.achieved),
+            (200.0, 4.0),
+            "connections per second"
+        );
+        // A report from before churn has no transaction histogram: skipped.
+        let m = merge(&[report(&[10], 1.0), report(&[10], 1.0)]).unwrap();
+        assert_eq!(m.transaction_us.count, 0);
     }
 
     #[test]

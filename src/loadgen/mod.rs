@@ -44,7 +44,7 @@ use std::time::Duration;
 use config::{Config, Load, Stop};
 use engine::{Plan, Shared};
 use pattern::Pattern;
-use report::{Connections, Cpu, Report, RunConfig, Totals};
+use report::{Connections, Cpu, Report, RunConfig, Start, Totals};
 use stats::{Counters, ThreadResult, new_histogram};
 
 /// Longest send, and so the pattern's tail beyond its period.
@@ -54,10 +54,18 @@ const MAX_SEND_BYTES: usize = 64 * 1024;
 /// could not start or got no connection at all.
 pub fn run(config: &Config) -> Result<Report, String> {
     crate::sys::ignore_sigpipe();
+    if let Some(cpus) = &config.cpus {
+        cpus.check_allowed()?;
+    }
     let per_ring = crate::sys::raise_open_files_limit().clamp(1, 1 << 20);
     let candidates = connect::resolve_target(&config.target)?;
     let target = connect::pick_target(&candidates, config.udp.is_some(), config.connect_timeout)?;
-    let sources = connect::source_plan(target, config.conns, &config.source_addrs)?;
+    let sources = connect::source_plan(
+        target,
+        config.conns,
+        config.churn.is_some(),
+        &config.source_addrs,
+    )?;
     let base = config.threads.unwrap_or_else(crate::sys::available_cpus);
     let needed = connect::threads_needed(config.conns, per_ring);
     let threads = base.max(needed).min(config.conns as usize).max(1);
@@ -95,7 +103,7 @@ pub fn run(config: &Config) -> Result<Report, String> {
     }
     let run_config = run_config(config, &target.to_string(), threads, &sources);
     note(format!(
-        "{} {} -> {target}: {} {} on {threads} threads, sources [{}], {}",
+        "{} {} -> {target}: {} {} on {threads} threads{}, sources [{}], {}",
         run_config.protocol,
         run_config.mode,
         config.conns,
@@ -104,15 +112,25 @@ pub fn run(config: &Config) -> Result<Report, String> {
         } else {
             "conns"
         },
+        config
+            .cpus
+            .as_ref()
+            .map_or_else(String::new, |c| format!(" pinned to CPUs {c}")),
         run_config.source_addrs.join(","),
         describe_load(config)
     ));
 
     let (interrupt, signal) = interrupt_flags();
     let plans = plan_threads(config.conns, threads);
+    let (epoch, epoch_unix) = (std::time::Instant::now(), unix_now());
     let shared = Shared {
         config,
-        epoch: std::time::Instant::now(),
+        epoch,
+        epoch_unix,
+        start_at: config
+            .start_at
+            .map(|unix| engine::StartAt::new(unix, epoch_unix)),
+        ramp_end: OnceLock::new(),
         target,
         sources,
         pattern: Arc::new(Pattern::new(
@@ -123,8 +141,11 @@ pub fn run(config: &Config) -> Result<Report, String> {
         established: AtomicU64::new(0),
         load_start: OnceLock::new(),
         cpu_at_load_start: OnceLock::new(),
+        // With churn a ticket is a connection's worth of messages.
         tickets: match config.stop {
-            Stop::Messages(n) => Some(AtomicU64::new(n)),
+            Stop::Messages(n) => Some(AtomicU64::new(
+                n / config.churn.map_or(1, |c| u64::from(c.messages_per_conn)),
+            )),
             Stop::After(_) => None,
         },
         progress: (0..threads).map(|_| Default::default()).collect(),
@@ -155,6 +176,13 @@ pub fn run(config: &Config) -> Result<Report, String> {
         other => Some(format!("signal {other}")),
     };
     Ok(report)
+}
+
+/// The wall clock, seconds since the UNIX epoch.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// A flag SIGINT/SIGTERM set, and which of them came: the first ends the run
@@ -196,7 +224,10 @@ fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>,
             thread::Builder::new()
                 .name(format!("loadgen-{}", plan.id))
                 .spawn_scoped(scope, move || {
-                    let _ = tx.send(engine::run_thread(plan, shared));
+                    let _ = tx.send(
+                        pin_thread(plan.id, shared.config)
+                            .and_then(|()| engine::run_thread(plan, shared)),
+                    );
                 })
                 .map_err(|e| format!("spawning a thread: {e}"))?;
         }
@@ -225,20 +256,33 @@ fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>,
     })
 }
 
+/// Pins engine thread `id` to its `--cpus` CPU (nothing without `--cpus`).
+fn pin_thread(id: usize, config: &Config) -> Result<(), String> {
+    let Some(cpus) = &config.cpus else {
+        return Ok(());
+    };
+    let cpu = cpus.for_index(id);
+    crate::sys::pin_current_thread(cpu).map_err(|e| {
+        format!("--cpus {cpus}: pinning thread {id} to CPU {cpu}: {e} (is CPU {cpu} in this process's allowed set? see taskset -p)")
+    })
+}
+
 /// The once-a-second line on stderr.
 #[derive(Default)]
 struct ProgressPrinter {
     seconds: u64,
     last_msgs: u64,
+    last_conns: u64,
 }
 
 impl ProgressPrinter {
     fn print(&mut self, shared: &Shared<'_>) {
         self.seconds += 1;
         let mut interval = new_histogram();
-        let (mut up, mut failed, mut msgs) = (0, 0, 0);
+        let (mut up, mut failed, mut msgs, mut done) = (0, 0, 0, 0);
         for p in &shared.progress {
             up += p.conns_up.load(Relaxed);
+            done += p.conns_done.load(Relaxed);
             failed += p.conns_failed.load(Relaxed);
             msgs += p.msgs.load(Relaxed);
             if let Ok(mut h) = p.interval.lock() {
@@ -258,8 +302,15 @@ impl ProgressPrinter {
         } else {
             ("conns", "msgs")
         };
+        let churn = if shared.config.churn.is_some() {
+            let conns_rate = done - self.last_conns;
+            self.last_conns = done;
+            format!(" {conns_rate} conns/s,")
+        } else {
+            String::new()
+        };
         eprintln!(
-            "loadgen: {:>4}s {what} {up} up, {failed} failed; {rate} {unit}/s; p99 {p99}",
+            "loadgen: {:>4}s {what} {up} up, {failed} failed;{churn} {rate} {unit}/s; p99 {p99}",
             self.seconds
         );
     }
@@ -272,6 +323,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
     let mut udp = stats::UdpCounts::default();
     let mut latency = new_histogram();
     let mut connect = new_histogram();
+    let mut transaction = new_histogram();
     let mut msgs_all = 0;
     let mut end = 0;
     for r in results {
@@ -281,6 +333,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         connections.lost += r.lost;
         connections.lost_unanswered += r.lost_unanswered;
         connections.unanswered += r.unanswered;
+        connections.completed += r.completed;
         for (k, n) in &r.errors {
             *errors.entry(k.clone()).or_default() += n;
         }
@@ -302,11 +355,20 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         udp.late += u.late;
         let _ = latency.add(&r.latency);
         let _ = connect.add(&r.connect);
+        let _ = transaction.add(&r.transaction);
         end = end.max(r.measure_end);
     }
     let measure_start =
         shared.load_start.get().copied().unwrap_or(0) + shared.config.warmup.as_nanos() as u64;
     let (u0, s0) = shared.cpu_at_load_start.get().copied().unwrap_or(cpu_end);
+    // A run that never reached its load phase started, if at all, at the ramp's end.
+    let load_start = shared.load_start.get().or(shared.ramp_end.get());
+    let start = Start {
+        requested: shared.start_at.map(|s| s.unix),
+        actual: shared.epoch_unix + load_start.copied().unwrap_or(0) as f64 / 1e9,
+        late: shared.started_late(),
+        spread_s: 0.0,
+    };
     Totals {
         connections,
         errors,
@@ -314,8 +376,10 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         counters: c,
         latency,
         connect,
+        transaction,
         cpu: Cpu::new(cpu_end.0 - u0, cpu_end.1 - s0, msgs_all),
         udp: shared.config.udp.is_some().then_some(udp),
+        start,
     }
 }
 
@@ -331,12 +395,32 @@ fn describe_load(config: &Config) -> String {
             format!("open loop at {rate} msgs/s, pipeline {pipeline}")
         }
     };
+    let load = match (config.churn, config.load) {
+        (Some(c), Load::Open { rate, pipeline }) => format!(
+            "churn of {} msgs per connection, open loop at {rate} conns/s, pipeline {pipeline}{}",
+            c.messages_per_conn,
+            if config.linger0 { ", linger 0" } else { "" }
+        ),
+        (Some(c), Load::Closed { pipeline }) => format!(
+            "churn of {} msgs per connection, closed loop, pipeline {pipeline}{}",
+            c.messages_per_conn,
+            if config.linger0 { ", linger 0" } else { "" }
+        ),
+        (None, _) => load,
+    };
     let stop = match config.stop {
         Stop::After(d) => format!("{:.1} s", d.as_secs_f64()),
         Stop::Messages(n) => format!("{n} messages"),
     };
+    let start = match config.start_at {
+        Some(at) => format!(
+            ", load from {at:.3} (--start-at, {:+.1} s from now)",
+            at - unix_now()
+        ),
+        None => String::new(),
+    };
     format!(
-        "{load}, {}..={} bytes, {stop} after {:.1} s warm-up, verify {}",
+        "{load}, {}..={} bytes, {stop} after {:.1} s warm-up, verify {}{start}",
         config.size.min,
         config.size.max,
         config.warmup.as_secs_f64(),
@@ -380,6 +464,8 @@ fn run_config(
         protocol: if config.udp.is_some() { "udp" } else { "tcp" }.to_string(),
         udp_timeout_s: config.udp.map(|u| u.timeout.as_secs_f64()),
         max_loss: config.udp.map(|u| u.max_loss),
+        messages_per_conn: config.churn.map(|c| c.messages_per_conn),
+        linger0: config.linger0,
     }
 }
 

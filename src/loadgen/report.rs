@@ -37,11 +37,18 @@ pub struct Report {
     pub rate: Option<Rate>,
     pub latency_us: Percentiles,
     pub connect_us: Percentiles,
+    /// `--messages-per-conn` runs: from each measured connection's (intended)
+    /// connect start to its last echo. All 0 otherwise.
+    #[serde(default)]
+    pub transaction_us: Percentiles,
     pub verify: Verify,
     /// `--udp` runs only (null for TCP): what became of the datagrams.
     #[serde(default)]
     pub udp: Option<Udp>,
     pub cpu: Cpu,
+    /// When the load phase began (null in reports from before `--start-at`).
+    #[serde(default)]
+    pub start: Option<Start>,
     pub histograms: Histograms,
 }
 
@@ -74,6 +81,12 @@ pub struct RunConfig {
     /// `--max-loss`, UDP runs only.
     #[serde(default)]
     pub max_loss: Option<f64>,
+    /// `--messages-per-conn`: connection churn; null without it.
+    #[serde(default)]
+    pub messages_per_conn: Option<u32>,
+    /// `--linger0`: connections closed with a reset.
+    #[serde(default)]
+    pub linger0: bool,
 }
 
 fn tcp() -> String {
@@ -94,10 +107,14 @@ pub struct Connections {
     /// server never accepted them (its accept queue). Not held.
     #[serde(default)]
     pub unanswered: u64,
+    /// `--messages-per-conn`: measured connections that echoed all their
+    /// messages and were closed by loadgen; 0 without churn.
+    #[serde(default)]
+    pub completed: u64,
 }
 
 impl Connections {
-    /// Connections held to the end, and answered.
+    /// Connections held to the end, and answered (without churn).
     pub fn held(&self) -> u64 {
         self.established - self.lost - self.unanswered
     }
@@ -123,6 +140,9 @@ pub struct Bytes {
 pub struct Throughput {
     pub msgs_per_s: f64,
     pub mib_per_s: f64,
+    /// `--messages-per-conn`: `connections.completed / duration_s`; 0 without churn.
+    #[serde(default)]
+    pub conns_per_s: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -223,11 +243,30 @@ impl Cpu {
     }
 }
 
+/// When the load phase (warm-up, then the measured part) began, wall clock,
+/// seconds since the UNIX epoch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Start {
+    /// `--start-at`; null without it.
+    pub requested: Option<f64>,
+    /// When the load began; after a merge, the earliest host's.
+    pub actual: f64,
+    /// The connections were made only after `requested`, so the load began
+    /// late (after a merge: on any host).
+    pub late: bool,
+    /// After a merge: the latest host's `actual` minus the earliest's, how far
+    /// apart the hosts' windows were; 0 for one host.
+    pub spread_s: f64,
+}
+
 /// hdrhistogram V2 + deflate, base64 (standard alphabet, padded).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Histograms {
     pub latency_us: String,
     pub connect_us: String,
+    /// Empty in reports from before `--messages-per-conn`.
+    #[serde(default)]
+    pub transaction_us: String,
 }
 
 /// Everything a run measured, before it becomes a [`Report`].
@@ -238,21 +277,28 @@ pub struct Totals {
     pub counters: super::stats::Counters,
     pub latency: Histogram<u64>,
     pub connect: Histogram<u64>,
+    pub transaction: Histogram<u64>,
     pub cpu: Cpu,
     /// UDP runs only.
     pub udp: Option<super::stats::UdpCounts>,
+    pub start: Start,
 }
 
 impl Report {
     pub fn new(config: RunConfig, t: Totals) -> Report {
         let c = &t.counters;
-        let throughput = throughput(c.msgs_received, c.bytes_received, t.duration_s);
+        let throughput = throughput(
+            c.msgs_received,
+            c.bytes_received,
+            t.connections.completed,
+            t.duration_s,
+        );
         Report {
             schema: SCHEMA_VERSION,
             hosts: 1,
             rate: config.rate.map(|asked| Rate {
                 asked,
-                achieved: throughput.msgs_per_s,
+                achieved: throughput.achieved(config.messages_per_conn.is_some()),
             }),
             verify: Verify {
                 enabled: config.verify,
@@ -286,10 +332,13 @@ impl Report {
             }),
             latency_us: Percentiles::of(&t.latency),
             connect_us: Percentiles::of(&t.connect),
+            transaction_us: Percentiles::of(&t.transaction),
             cpu: t.cpu,
+            start: Some(t.start),
             histograms: Histograms {
                 latency_us: encode_histogram(&t.latency),
                 connect_us: encode_histogram(&t.connect),
+                transaction_us: encode_histogram(&t.transaction),
             },
         }
     }
@@ -331,6 +380,18 @@ impl Report {
                 ));
             }
         }
+        let c = &self.connections;
+        if self.config.messages_per_conn.is_some() {
+            if (c.failed > 0 || c.lost > 0) && !allow_partial {
+                out.push(format!(
+                    "{} connections failed to connect and {} were lost mid-way{} (--allow-partial accepts this)",
+                    c.failed,
+                    c.lost,
+                    self.limit_note()
+                ));
+            }
+            return out;
+        }
         let held = self.connections.held();
         if held < self.connections.requested && !allow_partial {
             out.push(format!(
@@ -361,24 +422,41 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         let c = &self.connections;
-        let _ = writeln!(
-            s,
-            "loadgen: {} {} -> {}: {} {} held of {} ({} established, {} failed, {} lost, {} never answered)",
-            self.config.protocol,
-            self.config.mode,
-            self.config.target,
-            c.held(),
-            if self.udp.is_some() {
-                "flows"
-            } else {
-                "connections"
-            },
-            c.requested,
-            c.established,
-            c.failed,
-            c.lost,
-            c.unanswered
-        );
+        if let Some(n) = self.config.messages_per_conn {
+            let _ = writeln!(
+                s,
+                "loadgen: {} {} churn -> {}: {} connections of {n} messages completed, {:.0} conns/s \
+                 ({} open at once; {} established, {} failed, {} lost in all)",
+                self.config.protocol,
+                self.config.mode,
+                self.config.target,
+                c.completed,
+                self.throughput.conns_per_s,
+                c.requested,
+                c.established,
+                c.failed,
+                c.lost
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "loadgen: {} {} -> {}: {} {} held of {} ({} established, {} failed, {} lost, {} never answered)",
+                self.config.protocol,
+                self.config.mode,
+                self.config.target,
+                c.held(),
+                if self.udp.is_some() {
+                    "flows"
+                } else {
+                    "connections"
+                },
+                c.requested,
+                c.established,
+                c.failed,
+                c.lost,
+                c.unanswered
+            );
+        }
         for (kind, n) in &self.errors {
             let hint = hint_in_context(c, kind);
             let _ = writeln!(s, "  error {kind}: {n} ({hint})");
@@ -434,6 +512,14 @@ impl Report {
             "  connect us: p50 {} p90 {} p99 {} max {}",
             k.p50, k.p90, k.p99, k.max
         );
+        if self.config.messages_per_conn.is_some() {
+            let t = &self.transaction_us;
+            let _ = writeln!(
+                s,
+                "  transaction us (connect start to last echo): p50 {} p90 {} p99 {} p99.9 {} max {}",
+                t.p50, t.p90, t.p99, t.p999, t.max
+            );
+        }
         let _ = writeln!(
             s,
             "  verify: {}; loadgen cpu: user {:.2} s, sys {:.2} s, {:.0} ns/msg",
@@ -450,12 +536,24 @@ impl Report {
     }
 }
 
-pub fn throughput(msgs: u64, bytes: u64, duration_s: f64) -> Throughput {
+impl Throughput {
+    /// What `--rate` asked for: connections per second with churn, else messages.
+    pub fn achieved(&self, churn: bool) -> f64 {
+        if churn {
+            self.conns_per_s
+        } else {
+            self.msgs_per_s
+        }
+    }
+}
+
+pub fn throughput(msgs: u64, bytes: u64, conns: u64, duration_s: f64) -> Throughput {
     if duration_s <= 0.0 {
         return Throughput::default();
     }
     Throughput {
         msgs_per_s: msgs as f64 / duration_s,
         mib_per_s: bytes as f64 / duration_s / (1 << 20) as f64,
+        conns_per_s: conns as f64 / duration_s,
     }
 }

@@ -75,6 +75,11 @@ pub struct ThreadResult {
     pub msgs_all: u64,
     pub latency: Histogram<u64>,
     pub connect: Histogram<u64>,
+    /// `--messages-per-conn`: measured connections that echoed all their
+    /// messages and were closed by loadgen.
+    pub completed: u64,
+    /// Their times from (intended) connect start to last echo.
+    pub transaction: Histogram<u64>,
     /// When this thread's measured part ended.
     pub measure_end: Nanos,
 }
@@ -94,6 +99,8 @@ impl ThreadResult {
             msgs_all: 0,
             latency: new_histogram(),
             connect: new_histogram(),
+            completed: 0,
+            transaction: new_histogram(),
             measure_end: 0,
         }
     }
@@ -108,6 +115,8 @@ pub struct Progress {
     /// Connections established and not lost.
     pub conns_up: AtomicU64,
     pub conns_failed: AtomicU64,
+    /// `--messages-per-conn`: connections completed so far (warm-up included).
+    pub conns_done: AtomicU64,
     /// Echoes received so far (warm-up included).
     pub msgs: AtomicU64,
     /// Latencies since the printer last took them.
@@ -119,6 +128,7 @@ impl Default for Progress {
         Progress {
             conns_up: AtomicU64::new(0),
             conns_failed: AtomicU64::new(0),
+            conns_done: AtomicU64::new(0),
             msgs: AtomicU64::new(0),
             interval: Mutex::new(new_histogram()),
         }

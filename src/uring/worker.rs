@@ -236,11 +236,12 @@ impl<'a> Worker<'a> {
             Some(OpKind::Tick) => self.handle_tick(),
             Some(OpKind::UdpRecv) => self.handle_udp_recv(res, flags, more),
             Some(OpKind::UdpSend) => self.handle_udp_sent(ud.key(), res),
-            Some(OpKind::CloseRejected) | Some(OpKind::Cancel) => {}
+            Some(OpKind::CloseRejected) => WorkerStats::sub(&self.shared.stats.direct_fds, 1),
+            Some(OpKind::Cancel) => {}
             Some(kind) => {
                 let key = ud.key();
                 match self.conns.get(key) {
-                    Some(c) if c.generation == ud.generation() => {}
+                    Some(c) if c.owns(ud) => {}
                     _ => {
                         debug_assert!(false, "completion for a freed connection: {ud:?}");
                         if let Some(first) = cqueue::buffer_select(flags).map(BufId) {
@@ -433,6 +434,7 @@ impl<'a> Worker<'a> {
             self.accept_armed = false;
         }
         if res >= 0 {
+            WorkerStats::add(&self.shared.stats.direct_fds, 1);
             self.admit(res as u32);
         } else {
             match -res {
@@ -489,6 +491,7 @@ impl<'a> Worker<'a> {
         self.next_generation = (self.next_generation + 1) & GENERATION_MASK;
         let key = self.conns.insert(Conn::new(fixed, generation));
         debug_assert!(key <= u32::MAX as usize);
+        WorkerStats::set(&self.shared.stats.slab_slots, self.conns.capacity() as u64);
         self.arm_recv(key);
     }
 
@@ -599,6 +602,7 @@ impl<'a> Worker<'a> {
 
     fn handle_close(&mut self, key: usize) {
         self.conns[key].flags.set(Flags::CLOSED);
+        WorkerStats::sub(&self.shared.stats.direct_fds, 1);
     }
 
     fn handle_wake(&mut self) {

@@ -432,7 +432,9 @@ pub fn set_recv_buffer(stream: &TcpStream, bytes: i32) {
 // ---- reliability helpers -------------------------------------------------
 
 pub mod loadgen;
+pub mod netns;
 pub mod seccomp;
+pub mod steering;
 pub mod stream;
 
 impl Server {
@@ -477,6 +479,25 @@ impl Server {
         cmd.args(&args);
         configure(&mut cmd);
         Server::spawn(cmd)
+    }
+
+    /// Starts the server inside `topo`'s server namespace, listening on
+    /// every address there (0.0.0.0, port 0), with 2 workers unless `extra`
+    /// says otherwise. `addr` is then 0.0.0.0:PORT: load host `h` connects
+    /// to [`Server::addr_for`]`(topo, h)`.
+    pub fn start_in_namespace(topo: &netns::Topology, backend: &str, extra: &[&str]) -> Server {
+        let mut cmd = topo.exec(topo.server_ns(), SERVER_BIN);
+        cmd.args(["--port", "0", "--addr", "0.0.0.0", "--backend", backend]);
+        if !extra.contains(&"--workers") {
+            cmd.args(["--workers", "2"]);
+        }
+        cmd.args(extra);
+        Server::spawn(cmd)
+    }
+
+    /// The address load host `host` of `topo` reaches this server at.
+    pub fn addr_for(&self, topo: &netns::Topology, host: usize) -> SocketAddr {
+        SocketAddr::new(topo.server_addr(host), self.addr.port())
     }
 
     /// The server's resident memory now, in KiB (VmRSS of /proc/PID/status).

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Where the server's CPU goes: one server under loadgen on the chosen
+topology, `perf record -a -g -C <server CPUs>` in the middle of the load, and
+the inclusive share of the kernel and user functions that tell the backends
+apart (the socket layer, receive processing, the cross-CPU interrupts RPS
+raises, epoll_wait, io_uring_enter).
+
+  scripts/profile.py --backend uring --topology netns
+  scripts/profile.py --backend epoll --topology loopback --conns 1000 --size 64
+
+Writes OUT/perf-<topology>-<backend>.data, the full `perf report` beside it
+(.txt), and prints the table of shares. Needs perf (software events are
+enough: it samples cpu-clock) and, for netns, root. The topology, pinning and
+clean-up are scripts/bench.py's own (benchkit). Measures nothing else:
+throughput and CPU per message are bench.py's business.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchkit import env, host, procs, topology  # noqa: E402
+from benchkit.env import cpus  # noqa: E402
+from benchkit.model import BACKENDS  # noqa: E402
+from benchkit.options import cpu_list  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+# Function -> what it stands for, in the order of the table. A sample counts
+# for a function when the function is anywhere on its stack (inclusive).
+SYMBOLS = (
+    ("tcp_sendmsg", "`tcp_sendmsg`: the echo's send"),
+    ("tcp_recvmsg", "`tcp_recvmsg`: reading the message"),
+    ("net_rx_action", "`net_rx_action`: receive processing in softirq"),
+    ("tcp_v4_rcv", "… of which `tcp_v4_rcv`: TCP receive"),
+    ("net_rps_send_ipi", "`net_rps_send_ipi`: raising RPS's cross-CPU interrupts"),
+    ("x2apic_send_IPI", "`x2apic_send_IPI`: writing the interrupt command (a VM exit in a guest)"),
+    ("sysvec_call_function_single", "`sysvec_call_function_single`: taking a cross-CPU interrupt"),
+    ("do_epoll_wait", "`do_epoll_wait`"),
+    ("__do_sys_io_uring_enter", "`io_uring_enter`"),
+    ("entry_SYSCALL_64_after_hwframe", "any syscall (`entry_SYSCALL_64`)"),
+)
+# A sample on the server's CPUs is the server's work when it ran in one of
+# the server's threads, or in interrupt context (receive processing and the
+# IPIs that start it land in whatever thread the CPU was running, on a shared
+# machine often a neighbour's build).
+IRQ_FRAMES = ("handle_softirqs", "sysvec_call_function_single", "net_rx_action")
+
+
+def parse_args(argv: list) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="scripts/profile.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    a = p.add_argument
+    a("--backend", choices=list(BACKENDS), default="uring", help="server to profile [default: uring]")
+    a("--topology", choices=["netns", "loopback"], default="netns", help="[default: netns]")
+    a("--conns", type=int, default=1000, help="loadgen connections [default: 1000]")
+    a("--size", type=int, default=64, help="message size in bytes [default: 64]")
+    a("--pipeline", type=int, default=1, help="messages in flight per connection [default: 1]")
+    a("--seconds", type=float, default=3.0, help="seconds perf records [default: 3]")
+    a("--server-cpus", type=cpu_list, default="0", help="[default: 0]")
+    a("--client-cpus", type=cpu_list, default="1", help="[default: 1]")
+    a("--out", type=Path, default=REPO / "bench-results" / "profiles",
+      help="[default: bench-results/profiles]")
+    args = p.parse_args(argv)
+    for flag, v in (("--conns", args.conns), ("--size", args.size), ("--pipeline", args.pipeline)):
+        if v < 1:
+            p.error(f"{flag} must be >= 1, not {v}")
+    if args.seconds <= 0:
+        p.error(f"--seconds must be > 0, not {args.seconds}")
+    return args
+
+
+def release_dir() -> Path:
+    done = subprocess.run(["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=REPO,
+                          capture_output=True, text=True, check=True)
+    return Path(json.loads(done.stdout)["target_directory"]) / "release"
+
+
+def samples(script: str) -> list:
+    """(comm, functions on the stack, innermost first) per sample of
+    `perf script -F comm,ip,sym`."""
+    out = []
+    for block in script.split("\n\n"):
+        lines = [line for line in block.splitlines() if line.strip()]
+        if not lines:
+            continue
+        funcs = [parts[1].split("+")[0] for parts in (line.split(None, 1) for line in lines[1:])
+                 if len(parts) == 2]
+        out.append((lines[0].strip(), funcs))
+    return out
+
+
+def server_part(comm: str, funcs: list, server_comms: set) -> set:
+    """The functions of a sample that are the server's work: all of them in
+    the server's threads (and ksoftirqd); in another process, only the
+    interrupt that landed there (the frames up to its asm_ entry), or
+    nothing when no interrupt was running."""
+    if comm in server_comms or comm.startswith("ksoftirqd"):
+        return set(funcs)
+    if not set(funcs) & set(IRQ_FRAMES):
+        return set()
+    entry = next((i for i, f in enumerate(funcs) if f.startswith("asm_")), len(funcs) - 1)
+    return set(funcs[:entry + 1])
+
+
+def shares(samples_: list, server_comms: set) -> tuple:
+    """(symbol -> % of the server's samples, the server's samples, all samples)."""
+    ours = [f for f in (server_part(c, fs, server_comms) for c, fs in samples_) if f]
+    got = {sym: 100.0 * sum(sym in f for f in ours) / len(ours) for sym, _ in SYMBOLS} if ours else {}
+    return got, len(ours), len(samples_)
+
+
+def main(argv: list) -> int:
+    args = parse_args(argv)
+    if shutil.which("perf") is None:
+        print("profile: perf is not installed (linux-perf / linux-tools)", file=sys.stderr)
+        return 2
+    release = release_dir()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"perf-{args.topology}-{args.backend}"
+    net = None
+    if args.topology == "netns":
+        why = topology.unavailable_reason()
+        if why:
+            print(f"profile: --topology netns: {why}", file=sys.stderr)
+            return 2
+        net = topology.Topology(topology.plan(os.getpid(), 1, cpus(args.server_cpus),
+                                              cpus(args.client_cpus)), print)
+
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, interrupted)
+    try:
+        if net:
+            topology.remove_leftovers(print)
+            net.create()
+        e = env.Env(repo=REPO, bin_dir=release, runs_dir=args.out, server_cpus=args.server_cpus,
+                    client_cpus=args.client_cpus, loadgen_threads=None,
+                    duration=args.seconds + 2.0, warmup=1.0, nofile=host.open_files_limit(),
+                    log=print, net=net.plan if net else None)
+        server = procs.Server(procs.server_argv(e, args.backend, 1), args.out / f"{stem}.server.log",
+                              REPO)
+        comms = set()
+        try:
+            from benchkit import clients
+            from benchkit.model import Cell
+
+            cell = Cell(args.conns, args.size, args.pipeline)
+            (lg,) = clients.plan(e, "loadgen", server.port, cell, e.duration, stem).argvs
+            load = subprocess.Popen([str(x) for x in lg], cwd=REPO, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, preexec_fn=host.die_with_parent)
+            # Into the measured part: past the ramp and the warm-up.
+            time.sleep(args.conns / env.LOADGEN_CONNECT_RATE + 1.5)
+            data = args.out / f"{stem}.data"
+            subprocess.run(["perf", "record", "-e", "cpu-clock", "-a", "-g", "-C", args.server_cpus,
+                            "-o", str(data), "--", "sleep", str(args.seconds)],
+                           check=True, capture_output=True)
+            for task in Path(f"/proc/{server.pid}/task").glob("*/comm"):
+                comms.add(task.read_text().strip())
+            result = json.loads(load.communicate(timeout=60)[0] or "{}")
+        finally:
+            server.stop()
+    finally:
+        if net:
+            net.remove()
+    report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--children",
+                             "--sort", "sym", "-g", "none"], capture_output=True, text=True).stdout
+    (args.out / f"{stem}.txt").write_text(report)
+    script = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,ip,sym"],
+                            capture_output=True, text=True).stdout
+    got, ours, total = shares(samples(script), comms)
+    rate = result.get("throughput", {}).get("msgs_per_s")
+    print(f"{args.backend} on {args.topology}: {args.conns:,} conns x {args.size} B x pipeline "
+          f"{args.pipeline}; {rate:,.0f} msgs/s while perf recorded CPUs {args.server_cpus}"
+          if rate else f"{args.backend} on {args.topology}: loadgen gave no result")
+    print(f"the server's samples (threads {', '.join(sorted(comms))}, and interrupt context): "
+          f"{ours:,} of {total:,} on CPUs {args.server_cpus}; the rest were other processes")
+    print(f"| inclusive share of the server's samples | {args.backend}, {args.topology} |")
+    print("|---|---:|")
+    for sym, label in SYMBOLS:
+        print(f"| {label} | {got.get(sym, 0.0):.1f} % |")
+    print(f"(all symbols: {args.out / (stem + '.txt')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -267,7 +267,10 @@ mod tests {
                 prop_assert!(!f.has(Flags::RECV_ARMED));
                 prop_assert!(!f.has(Flags::STARVED));
                 prop_assert!(!f.has(Flags::PEER_EOF));
-                prop_assert!(!f.has(Flags::PAUSED) || next.resume);
+                // Pausing is about echoing: once our FIN is sent (lingering
+                // in a drain) received bytes are discarded, not held.
+                let lingering = f.has(Flags::DRAINING) && f.has(Flags::WRITE_SHUT);
+                prop_assert!(!f.has(Flags::PAUSED) || next.resume || lingering);
             }
         }
 
@@ -332,7 +335,8 @@ mod tests {
 
     #[test]
     fn an_idle_connection_is_small() {
-        // The budget is 256 bytes per idle connection beyond the buffer pool.
+        // 64 bytes, in a 72-byte slab slot: measured, an idle connection
+        // costs 113 bytes of the worker's memory (docs/architecture.md).
         assert!(std::mem::size_of::<Conn>() <= 64);
     }
 }

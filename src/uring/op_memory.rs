@@ -34,9 +34,20 @@ impl BufGroup {
     }
 }
 
-/// A `msghdr` slot for a `sendmsg`/`recvmsg`.
+/// A `msghdr` slot for a `sendmsg`/`recvmsg`. Non-zero (index + 1), so that
+/// an `Option` of it costs nothing: a connection holds one while it sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MsgId(u32);
+pub struct MsgId(std::num::NonZeroU32);
+
+impl MsgId {
+    fn new(index: usize) -> MsgId {
+        MsgId(std::num::NonZeroU32::new(index as u32 + 1).expect("index + 1 > 0"))
+    }
+
+    fn index(self) -> usize {
+        self.0.get() as usize - 1
+    }
+}
 
 /// Read-only bytes a send may point into (registered once, never written).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,13 +177,13 @@ impl OpMemory {
             iov: vec![blank; iovecs].into_boxed_slice(),
             inline: vec![0; inline].into_boxed_slice(),
         }));
-        MsgId(self.msgs.len() as u32 - 1)
+        MsgId::new(self.msgs.len() - 1)
     }
 
     /// Returns a message to the pool. Its memory stays allocated: an id given
     /// back too early can at worst send the wrong bytes, never free memory.
     pub(super) fn give_back_msg(&mut self, id: MsgId) {
-        let m = &self.msgs[id.0 as usize];
+        let m = &self.msgs[id.index()];
         let shape = (m.iov.len(), m.inline.len());
         match self.free_msgs.iter_mut().find(|(s, _)| *s == shape) {
             Some((_, free)) => free.push(id),
@@ -181,15 +192,15 @@ impl OpMemory {
     }
 
     pub(super) fn msg_header(&self, id: MsgId) -> &libc::msghdr {
-        &self.msgs[id.0 as usize].hdr
+        &self.msgs[id.index()].hdr
     }
 
     pub(super) fn msg_inline_mut(&mut self, id: MsgId) -> &mut [u8] {
-        &mut self.msgs[id.0 as usize].inline
+        &mut self.msgs[id.index()].inline
     }
 
     pub(super) fn set_msg_name_len(&mut self, id: MsgId, len: u32) {
-        self.msgs[id.0 as usize].hdr.msg_namelen = len as libc::socklen_t;
+        self.msgs[id.index()].hdr.msg_namelen = len as libc::socklen_t;
     }
 
     fn part_ptr(&self, id: MsgId, part: Part) -> (*const u8, usize) {
@@ -201,7 +212,7 @@ impl OpMemory {
                 len,
             } => (self.buffer_ptr(group, buf, offset, len), len as usize),
             Part::Source { source, start, len } => (self.source_ptr(source, start, len), len),
-            Part::Inline { len } => (self.msgs[id.0 as usize].inline[..len].as_ptr(), len),
+            Part::Inline { len } => (self.msgs[id.index()].inline[..len].as_ptr(), len),
         }
     }
 
@@ -215,14 +226,14 @@ impl OpMemory {
         parts: impl IntoIterator<Item = Part>,
     ) -> usize {
         let name = name.map(|p| self.part_ptr(id, p));
-        let capacity = self.msgs[id.0 as usize].iov.len();
+        let capacity = self.msgs[id.index()].iov.len();
         let mut iov = [(std::ptr::null::<u8>(), 0usize); 64];
         let mut n = 0;
         for part in parts.into_iter().take(capacity.min(iov.len())) {
             iov[n] = self.part_ptr(id, part);
             n += 1;
         }
-        let m = &mut *self.msgs[id.0 as usize];
+        let m = &mut *self.msgs[id.index()];
         for (slot, &(ptr, len)) in m.iov.iter_mut().zip(&iov[..n]) {
             *slot = libc::iovec {
                 iov_base: ptr as *mut libc::c_void,
@@ -277,7 +288,7 @@ mod tests {
         assert_eq!(hdr.msg_iovlen, 2);
         assert!(hdr.msg_name.is_null());
         let expected = m.source_ptr(source, 90, 10);
-        let m = &m.msgs[id.0 as usize];
+        let m = &m.msgs[id.index()];
         assert_eq!(
             (m.iov[0].iov_base as *const u8, m.iov[0].iov_len),
             (m.inline.as_ptr(), 4)

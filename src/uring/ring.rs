@@ -69,7 +69,9 @@ pub struct RecvLimits {
     /// this many bytes.
     pub bundle_bytes: Option<u32>,
     /// The receive ends itself once it has taken this many bytes in total
-    /// (6.17+; older kernels refuse it with EINVAL).
+    /// (6.17+; older kernels refuse it with EINVAL). The kernel checks it after
+    /// each receive, so it is exact for a multiple of the buffer size and may
+    /// be passed by less than one buffer otherwise.
     pub total_bytes: Option<u32>,
 }
 
@@ -595,5 +597,52 @@ mod tests {
         assert_eq!(ring.buffers(group).bytes(buf, 5), b"hello");
         assert_eq!(ring.in_flight(), 1, "the receive is still armed");
         assert_eq!(ring.teardown(), 0);
+    }
+
+    #[test]
+    fn the_kernel_ends_a_multishot_receive_at_its_total_byte_limit() {
+        let Some(mut ring) = small_ring() else {
+            return;
+        };
+        let group = ring.register_buffers(0, 8, 64).expect("register buffers");
+        let (mine, peer) = UnixStream::pair().expect("socket pair");
+        let sent: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        std::io::Write::write_all(&mut &peer, &sent).expect("write");
+        // Two of the 64-byte buffers: the kernel counts what each receive
+        // took, and a receive takes at most a buffer, so a multiple of the
+        // buffer size (as the worker's budgets are) ends exactly there.
+        let limits = RecvLimits {
+            bundle_bytes: None,
+            total_bytes: Some(128),
+        };
+        let recv = UserData::worker_op(OpKind::Recv);
+        ring.recv_multi(Sock::Fd(mine.as_raw_fd()), group, limits, recv);
+        let mut received = Vec::new();
+        let mut out = Vec::new();
+        'wait: loop {
+            ring.submit_and_wait(1, Some(Duration::from_secs(5)))
+                .expect("wait");
+            ring.completions(&mut out);
+            assert!(!out.is_empty(), "no completion within 5 s");
+            for c in &out {
+                if c.result == -libc::EINVAL {
+                    eprintln!("skipped: this kernel has no multishot receive limit (6.17+)");
+                    return;
+                }
+                assert!(c.result >= 0, "receive failed: {}", c.result);
+                let buf = c.buffer().expect("a provided buffer");
+                received.extend_from_slice(ring.buffers(group).bytes(buf, c.result as u32));
+                if !c.more() {
+                    break 'wait;
+                }
+            }
+        }
+        assert_eq!(received, sent[..128], "exactly the limit, in order");
+        assert_eq!(ring.in_flight(), 0, "the receive ended itself");
+        // The rest is still in the socket, untouched.
+        mine.set_nonblocking(true).expect("nonblocking");
+        let mut rest = vec![0; 400];
+        let n = std::io::Read::read(&mut &mine, &mut rest).expect("read the rest");
+        assert_eq!(rest[..n], sent[128..]);
     }
 }

@@ -238,7 +238,11 @@ pub const SQE_LEN_OFFSET: usize = 24;
 pub const SQE_OPTLEN_OFFSET: usize = 44;
 
 /// Sets a 32-bit field of an SQE that the io-uring crate's builders do not
-/// expose:
+/// expose (0.7.16 has `len` on `RecvMulti` but not on `RecvMultiBundle`, and
+/// nothing for `optlen`, nor a setter for `ioprio` that would let the bundle
+/// flag ride on `RecvMulti`). The one wrapper that does; only `ring.rs` calls
+/// it, and `ring::tests::the_kernel_ends_a_multishot_receive_at_its_total_byte_limit`
+/// checks that the kernel honours what it writes:
 /// - `len` of a receive bundle caps the bytes, so the buffers, one completion
 ///   may take (6.10+);
 /// - `optlen` of a multishot receive caps the bytes it takes in total before

@@ -44,6 +44,26 @@ enum Accept {
     RetryAtTick,
 }
 
+/// What to do after the eventfd read completed with `res` (no stop requested).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WakeAction {
+    /// 8 bytes read: a spurious wake; wait again.
+    Rearm,
+    /// EAGAIN (the kernel did not wait) or another error: retry at the next
+    /// tick, never in a loop.
+    RearmAtTick,
+    /// Cancelled: the ring is being torn down.
+    Nothing,
+}
+
+fn wake_action(res: i32) -> WakeAction {
+    match res {
+        8 => WakeAction::Rearm,
+        r if r == -libc::ECANCELED => WakeAction::Nothing,
+        _ => WakeAction::RearmAtTick,
+    }
+}
+
 /// Everything a worker shares with the others, by reference.
 pub struct Shared<'a> {
     pub config: &'a Config,
@@ -77,6 +97,8 @@ pub struct Worker<'a> {
     table_full: TableFull,
     drain_deadline: Option<Instant>,
     tick_armed: bool,
+    /// The eventfd read failed: re-armed at the next tick, not at once.
+    wake_retry: bool,
     cqes: Vec<Completion>,
     /// Scratch list of buffers a receive filled but nothing will echo.
     discarded: Vec<BufId>,
@@ -116,6 +138,7 @@ impl<'a> Worker<'a> {
             table_full: TableFull::default(),
             drain_deadline: None,
             tick_armed: false,
+            wake_retry: false,
             cqes: Vec::with_capacity(1024),
             discarded: Vec::new(),
             recv_bundle,
@@ -206,7 +229,7 @@ impl<'a> Worker<'a> {
         let (ud, res, more) = (c.user_data, c.result, c.more());
         match ud.kind() {
             Some(OpKind::Accept) => self.handle_accept(res, more),
-            Some(OpKind::Wake) => self.handle_wake(),
+            Some(OpKind::Wake) => self.handle_wake(res),
             Some(OpKind::Tick) => self.handle_tick(),
             Some(OpKind::UdpRecv) => self.handle_udp_recv(res, c.buffer(), more),
             Some(OpKind::UdpSend) => self.handle_udp_sent(ud.key() as usize, res),
@@ -518,16 +541,31 @@ impl<'a> Worker<'a> {
         WorkerStats::sub(&self.shared.stats.direct_fds, 1);
     }
 
-    fn handle_wake(&mut self) {
+    /// The eventfd read completed. Its result is checked: a kernel that
+    /// answers a read of an empty non-blocking eventfd with EAGAIN instead of
+    /// waiting (liburing issue #143) would make re-arming at once a spin, so
+    /// anything but a value read (or the cancel of a stop) re-arms at the next
+    /// tick instead.
+    fn handle_wake(&mut self, res: i32) {
         if self.shared.shutdown.is_requested() {
             self.begin_drain();
-        } else {
-            self.arm_wake();
+            return;
+        }
+        match wake_action(res) {
+            WakeAction::Rearm => self.arm_wake(),
+            WakeAction::RearmAtTick => {
+                self.wake_retry = true;
+                self.arm_tick();
+            }
+            WakeAction::Nothing => {}
         }
     }
 
     fn handle_tick(&mut self) {
         self.tick_armed = false;
+        if std::mem::take(&mut self.wake_retry) {
+            self.arm_wake();
+        }
         if self.accept == Accept::RetryAtTick && self.drain_deadline.is_none() {
             self.arm_accept();
         }
@@ -744,5 +782,19 @@ impl<'a> Worker<'a> {
         if self.drain_deadline.is_some() && !self.conns.is_empty() {
             self.arm_tick();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_eventfd_read_that_did_not_wait_is_retried_at_the_tick_not_at_once() {
+        assert_eq!(wake_action(8), WakeAction::Rearm);
+        assert_eq!(wake_action(-libc::EAGAIN), WakeAction::RearmAtTick);
+        assert_eq!(wake_action(-libc::EBADF), WakeAction::RearmAtTick);
+        assert_eq!(wake_action(0), WakeAction::RearmAtTick, "a short read");
+        assert_eq!(wake_action(-libc::ECANCELED), WakeAction::Nothing);
     }
 }

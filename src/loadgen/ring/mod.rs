@@ -23,6 +23,7 @@ use std::time::Duration;
 use io_uring::IoUring;
 use socket2::{SockAddr, Socket};
 
+use super::error::Error;
 use super::pattern::Pattern;
 use crate::echo_queue::BufId;
 pub use crate::uring::ring::Completion;
@@ -123,18 +124,19 @@ impl Ring {
         pattern: Arc<Pattern>,
         recv_bufs: RecvBufs,
         datagrams: bool,
-    ) -> Result<Ring, String> {
-        let (ring, _flags) = build_ring(SQ_ENTRIES, CQ_ENTRIES).map_err(|e| e.to_string())?;
+    ) -> Result<Ring, Error> {
+        let (ring, _flags) =
+            build_ring(SQ_ENTRIES, CQ_ENTRIES).map_err(|e| Error::Setup(e.to_string()))?;
         check_features(&ring)?;
         ring.submitter()
             .register_files_sparse(slots)
             .map_err(|e| {
-                format!("registering {slots} direct descriptors: {e} (the kernel caps a ring's table at the open-files limit)")
+                Error::Setup(format!("registering {slots} direct descriptors: {e} (the kernel caps a ring's table at the open-files limit)"))
             })?;
         let mut ring = layer::Ring::new(ring);
         let bufs = ring
             .register_buffers(BGID, recv_bufs.count, recv_bufs.bytes)
-            .map_err(|e| format!("registering the receive buffer ring: {e}"))?;
+            .map_err(|e| Error::Setup(format!("registering the receive buffer ring: {e}")))?;
         let datagrams = if datagrams { slots } else { 0 };
         let datagrams = (0..datagrams)
             .map(|_| DatagramSend::new(&mut ring))
@@ -224,15 +226,17 @@ impl Ring {
 }
 
 /// Checks the operations and features the engine uses, naming what is missing.
-fn check_features(ring: &IoUring) -> Result<(), String> {
+fn check_features(ring: &IoUring) -> Result<(), Error> {
     use crate::uring::setup::{self, SetupError};
     setup::check_features(ring, &setup::LOADGEN_OPS, true).map_err(|e| match e {
         SetupError::UnsupportedKernel {
             feature,
             needs,
             running,
-        } => format!("this kernel ({running}) lacks io_uring {feature} (Linux {needs}+)"),
-        other => other.to_string(),
+        } => Error::Setup(format!(
+            "this kernel ({running}) lacks io_uring {feature} (Linux {needs}+)"
+        )),
+        other => Error::Setup(other.to_string()),
     })
 }
 

@@ -142,13 +142,28 @@ pub fn raise_open_files_limit() -> u64 {
 /// `connect`, from the full 4-tuple, so one source address can serve ~28,000
 /// connections *per destination* instead of ~28,000 in total.
 pub fn set_bind_address_no_port(fd: std::os::fd::RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    syscall!(setsockopt(
+    set_socket_option(
         fd,
         libc::IPPROTO_IP,
         libc::IP_BIND_ADDRESS_NO_PORT,
-        (&one as *const libc::c_int).cast(),
-        std::mem::size_of::<libc::c_int>() as libc::socklen_t
+        &(1 as libc::c_int),
+    )
+}
+
+/// `setsockopt(2)` with a value of the option's C type (`c_int`, a struct),
+/// passed by pointer and size from one reference, so the two always agree.
+fn set_socket_option<T>(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        (value as *const T).cast(),
+        std::mem::size_of::<T>() as libc::socklen_t
     ))?;
     Ok(())
 }
@@ -245,14 +260,7 @@ pub fn attach_reuseport_cbpf(
         // the pointer is mutable only because the C struct says so.
         filter: program.as_ptr().cast_mut(),
     };
-    syscall!(setsockopt(
-        fd,
-        libc::SOL_SOCKET,
-        libc::SO_ATTACH_REUSEPORT_CBPF,
-        (&fprog as *const libc::sock_fprog).cast(),
-        std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t
-    ))?;
-    Ok(())
+    set_socket_option(fd, libc::SOL_SOCKET, libc::SO_ATTACH_REUSEPORT_CBPF, &fprog)
 }
 
 /// Which of `fds` are readable (for a listener: a connection is waiting),

@@ -26,7 +26,7 @@ const BAD: &[(&[&str], &str)] = &[
     (&["--addr", "1.2.3"], "--addr"),
     (&["--addr", "0"], "--addr"),
     (&["--addr", ""], "--addr"),
-    (&["-a", "localhost"], "--addr"),
+    (&["-a", "no-such-host.invalid"], "--addr"),
     (&["--workers", "0"], "--workers"),
     (&["--workers", "1025"], "--workers"),
     (&["--workers=-1"], "--workers"),

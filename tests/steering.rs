@@ -46,8 +46,7 @@ fn load_from_cpu(cpu: usize, target: &str, conns: u32, extra: &[&str]) -> Output
 
 #[test]
 fn each_worker_thread_is_pinned_to_its_cpu_in_the_listed_order() {
-    if let Err(skip) = two_cpus() {
-        eprintln!("{skip}");
+    if !on_two_cpus() {
         return;
     }
     for backend in BACKENDS {
@@ -84,8 +83,7 @@ fn without_cpus_no_worker_is_pinned_and_the_start_line_says_hash() {
 
 #[test]
 fn every_connection_is_served_by_the_worker_on_the_cpu_that_received_it() {
-    if let Err(skip) = two_cpus() {
-        eprintln!("{skip}");
+    if !on_two_cpus() {
         return;
     }
     for backend in BACKENDS {
@@ -123,8 +121,7 @@ fn every_connection_is_served_by_the_worker_on_the_cpu_that_received_it() {
 
 #[test]
 fn without_cpus_connections_from_one_cpu_are_spread_over_both_workers_by_hash() {
-    if let Err(skip) = two_cpus() {
-        eprintln!("{skip}");
+    if !on_two_cpus() {
         return;
     }
     let server = Server::start("uring", &["--workers", "2", "--stats-per-worker"]);
@@ -144,8 +141,7 @@ fn without_cpus_connections_from_one_cpu_are_spread_over_both_workers_by_hash() 
 
 #[test]
 fn udp_datagrams_are_served_by_the_worker_on_the_cpu_that_received_them() {
-    if let Err(skip) = two_cpus() {
-        eprintln!("{skip}");
+    if !on_two_cpus() {
         return;
     }
     for backend in ["uring", "epoll"] {
@@ -171,8 +167,7 @@ fn udp_datagrams_are_served_by_the_worker_on_the_cpu_that_received_them() {
 
 #[test]
 fn workers_sharing_cpus_are_pinned_round_robin_and_hashed_and_the_start_line_says_why() {
-    if let Err(skip) = two_cpus() {
-        eprintln!("{skip}");
+    if !on_two_cpus() {
         return;
     }
     let server = Server::start("epoll", &["--cpus", "0,1", "--workers", "4"]);
@@ -214,8 +209,7 @@ fn a_cpu_the_process_may_not_use_is_refused_naming_cpus() {
 
 #[test]
 fn loadgen_pins_its_threads_round_robin_over_its_cpus() {
-    if let Err(skip) = two_cpus() {
-        eprintln!("{skip}");
+    if !on_two_cpus() {
         return;
     }
     let server = Server::start("epoll", &["--workers", "1"]);

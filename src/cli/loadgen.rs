@@ -22,7 +22,9 @@ const MAX_MSGS_PER_SLOT_PER_S: f64 = 100_000.0;
 ///
 /// Exit status: 0 on success; 1 on a failed run (a mismatched echo, an echo that
 /// never came, fewer connections held than asked, no connection at all, UDP
-/// loss above --max-loss); 2 on bad flags.
+/// loss above --max-loss); 2 on bad flags or a --json path that cannot be
+/// written (checked before the run); 130 (SIGINT) or 143 (SIGTERM) for a run
+/// a signal stopped early, after its report ("interrupted" in the JSON).
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, args_conflicts_with_subcommands = true)]
 pub struct LoadgenArgs {
@@ -35,9 +37,10 @@ pub struct LoadgenArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Combine JSON results of runs from several load hosts (sums counters and
-    /// histograms, recomputes percentiles and throughput) and print the result
+    /// histograms, recomputes percentiles and throughput) and print the result;
+    /// warns when inputs differ in mode, message size or duration
     Merge {
-        /// Result files written by `loadgen --json`
+        /// Result files written by `loadgen --json`; `-` reads one from standard input
         #[arg(required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
@@ -45,7 +48,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Server to load, HOST:PORT (an IPv6 address in brackets: `[::1]:9999`)
+    /// Server to load, HOST:PORT: HOST an IP address (IPv6 in brackets:
+    /// `[::1]:9999`) or a host name, resolved once at start
     #[arg(long, default_value = "127.0.0.1:9999", value_parser = host_port)]
     pub target: String,
 

@@ -1,6 +1,5 @@
 //! `uring-echo`'s flags.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -32,9 +31,10 @@ pub struct ServerArgs {
     #[arg(short, long, default_value_t = 9999, value_parser = clap::value_parser!(u16))]
     pub port: u16,
 
-    /// Address to listen on; `::` serves IPv6 and IPv4
-    #[arg(short, long, default_value = "0.0.0.0")]
-    pub addr: IpAddr,
+    /// Address to listen on, an IP address or a host name (resolved once, at
+    /// start); `::` serves IPv6 and IPv4
+    #[arg(short, long, default_value = "0.0.0.0", value_parser = crate::cli::host_addr)]
+    pub addr: crate::cli::HostAddr,
 
     /// Worker threads, each with its own listener and event loop [default: the
     /// number of --cpus, else the number of CPUs]
@@ -154,7 +154,7 @@ impl ServerArgs {
         }
         let workers = self.workers()?;
         Ok(Config {
-            addr: self.addr,
+            addr: self.addr.ip,
             port: self.port,
             workers,
             cpus: self.cpus,

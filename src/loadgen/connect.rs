@@ -24,14 +24,43 @@ pub const CONNS_PER_SOURCE: u32 = 10_000;
 /// so a run of 100,000 connections a second needs several addresses' ports.
 pub const CHURN_SOURCES: u32 = 16;
 
-/// Resolves `HOST:PORT`; the error is one line naming the flag.
-pub fn resolve_target(target: &str) -> Result<SocketAddr, String> {
-    let mut addrs = target
+/// Resolves `HOST:PORT` (once, at start) to every address it names, in the
+/// resolver's order; the error is one line naming the flag.
+pub fn resolve_target(target: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = target
         .to_socket_addrs()
-        .map_err(|e| format!("--target {target}: cannot resolve: {e}"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("--target {target}: resolves to no address"))
+        .map_err(|e| format!("--target {target}: cannot resolve: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("--target {target}: resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+/// The first of `candidates` where a server answers the probe (TCP connect,
+/// or with `udp` an echoed datagram); the error is the first candidate's.
+/// A name like `localhost` may resolve to `::1` first while the server
+/// listens on 0.0.0.0 only.
+pub fn pick_target(
+    candidates: &[SocketAddr],
+    udp: bool,
+    timeout: Duration,
+) -> Result<SocketAddr, String> {
+    let mut first_error = None;
+    for &addr in candidates {
+        let answered = if udp {
+            probe_udp(addr, timeout)
+        } else {
+            probe(addr, timeout)
+        };
+        match answered {
+            Ok(()) => return Ok(addr),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| "--target resolves to no address".into()))
 }
 
 /// Source addresses to spread connections over: the given ones, or for an IPv4
@@ -292,6 +321,17 @@ mod tests {
         assert_eq!(threads_needed(50_000, 20_000), 3);
         assert_eq!(threads_needed(40_000, 20_000), 2);
         assert_eq!(threads_needed(1, 20_000), 1);
+    }
+
+    #[test]
+    fn a_host_name_resolves_to_its_addresses() {
+        let addrs = resolve_target("localhost:9999").unwrap();
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 9999),
+            "{addrs:?}"
+        );
     }
 
     #[test]

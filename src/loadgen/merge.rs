@@ -1,7 +1,8 @@
 //! Combining runs from several load hosts exactly: `loadgen merge A.json B.json`
 //! sums the counters and the latency histograms (carried in each report as
 //! hdrhistogram V2 + deflate, base64) and recomputes percentiles, throughput and
-//! CPU per message from the sums. Reading files is the binary's job.
+//! CPU per message from the sums. Reading files is the binary's job; telling
+//! what is not a result and which inputs differ in what they measured is here.
 #![forbid(unsafe_code)]
 
 use base64::Engine as _;
@@ -38,6 +39,63 @@ pub fn decode_histogram(s: &str) -> Result<Histogram<u64>, String> {
     Ok(out)
 }
 
+/// Reads one input of `merge`: `name` (a file, or standard input) names it in
+/// the error.
+pub fn parse_input(name: &str, text: &str) -> Result<Report, String> {
+    serde_json::from_str::<Report>(text)
+        .map_err(|e| format!("{name} is not a loadgen JSON result: {e}"))
+}
+
+/// What makes inputs measure different things, compared with the first one:
+/// one warning per differing input, naming both. Merging them is still exact,
+/// but the sum mixes loads.
+pub fn differences(reports: &[Report], names: &[String]) -> Vec<String> {
+    let Some(first) = reports.first() else {
+        return Vec::new();
+    };
+    let describe = |r: &Report| {
+        let c = &r.config;
+        let length = match (c.duration_s, c.messages) {
+            (Some(d), _) => format!("--duration {d}"),
+            (None, Some(n)) => format!("--messages {n}"),
+            (None, None) => "no stop".to_string(),
+        };
+        [
+            ("mode", c.mode.clone()),
+            (
+                "message size",
+                format!("{}..={} bytes", c.size_min, c.size_max),
+            ),
+            ("duration", length),
+        ]
+    };
+    let base = describe(first);
+    let mut out = Vec::new();
+    for (i, r) in reports.iter().enumerate().skip(1) {
+        let diffs: Vec<String> = describe(r)
+            .iter()
+            .zip(&base)
+            .filter(|(mine, theirs)| mine.1 != theirs.1)
+            .map(|((what, mine), (_, theirs))| format!("{what} {mine}, not {theirs}"))
+            .collect();
+        if !diffs.is_empty() {
+            out.push(format!(
+                "{} differs from {}: {}; the merged result mixes different loads",
+                names[i],
+                names[0],
+                diffs.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// [`merge_named`] with inputs named "input 1", "input 2", ...
+pub fn merge(reports: &[Report]) -> Result<Report, String> {
+    let names: Vec<String> = (1..=reports.len()).map(|i| format!("input {i}")).collect();
+    merge_named(reports, &names)
+}
+
 /// The hosts' starts as one: the earliest actual start, the spread to the
 /// latest, late if any was; `requested` where every host was given the same
 /// instant. `None` when no report says when it started (older loadgens).
@@ -64,7 +122,8 @@ fn merge_starts(reports: &[Report]) -> Option<Start> {
 
 /// Sums reports of runs made at the same time from several hosts. Durations
 /// may differ slightly: throughput is the summed messages over the longest one.
-pub fn merge(reports: &[Report]) -> Result<Report, String> {
+/// Errors name the input (`names[i]` for `reports[i]`).
+pub fn merge_named(reports: &[Report], names: &[String]) -> Result<Report, String> {
     let first = reports.first().ok_or("nothing to merge")?;
     let mut latency = new_histogram();
     let mut connect = new_histogram();
@@ -76,6 +135,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         connections: Connections::default(),
         errors: Default::default(),
         duration_s: 0.0,
+        interrupted: None,
         messages: Messages::default(),
         bytes: Bytes::default(),
         throughput: Default::default(),
@@ -98,17 +158,14 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
     for (i, r) in reports.iter().enumerate() {
         if r.schema != SCHEMA_VERSION {
             return Err(format!(
-                "input {}: schema {} (this loadgen reads {SCHEMA_VERSION})",
-                i + 1,
-                r.schema
+                "{}: schema {} (this loadgen reads {SCHEMA_VERSION})",
+                names[i], r.schema
             ));
         }
         if r.udp.is_some() != first.udp.is_some() {
             return Err(format!(
-                "input {}: a {} run, input 1 a {} run: merge one protocol at a time",
-                i + 1,
-                r.config.protocol,
-                first.config.protocol
+                "{}: a {} run, {} a {} run: merge one protocol at a time",
+                names[i], r.config.protocol, names[0], first.config.protocol
             ));
         }
         if let Some(u) = &r.udp {
@@ -134,6 +191,9 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
             *out.errors.entry(kind.clone()).or_default() += n;
         }
         out.duration_s = out.duration_s.max(r.duration_s);
+        if out.interrupted.is_none() {
+            out.interrupted.clone_from(&r.interrupted);
+        }
         out.messages.sent += r.messages.sent;
         out.messages.received += r.messages.received;
         out.messages.unfinished += r.messages.unfinished;
@@ -149,9 +209,9 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
             *asked.get_or_insert(0.0) += rate.asked;
         }
         let add = |into: &mut Histogram<u64>, what: &str, s: &str| {
-            let h = decode_histogram(s).map_err(|e| format!("input {}: {what}: {e}", i + 1))?;
+            let h = decode_histogram(s).map_err(|e| format!("{}: {what}: {e}", names[i]))?;
             into.add(&h)
-                .map_err(|e| format!("input {}: {what}: {e:?}", i + 1))
+                .map_err(|e| format!("{}: {what}: {e:?}", names[i]))
         };
         add(&mut latency, "latency_us", &r.histograms.latency_us)?;
         add(&mut connect, "connect_us", &r.histograms.connect_us)?;

@@ -36,7 +36,7 @@ pub mod report;
 pub mod ring;
 pub mod stats;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, OnceLock, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -58,7 +58,8 @@ pub fn run(config: &Config) -> Result<Report, String> {
         cpus.check_allowed()?;
     }
     let per_ring = crate::sys::raise_open_files_limit().clamp(1, 1 << 20);
-    let target = connect::resolve_target(&config.target)?;
+    let candidates = connect::resolve_target(&config.target)?;
+    let target = connect::pick_target(&candidates, config.udp.is_some(), config.connect_timeout)?;
     let sources = connect::source_plan(
         target,
         config.conns,
@@ -88,10 +89,17 @@ pub fn run(config: &Config) -> Result<Report, String> {
             config.conns
         ));
     }
-    if config.udp.is_some() {
-        connect::probe_udp(target, config.connect_timeout)?;
-    } else {
-        connect::probe(target, config.connect_timeout)?;
+    if config.target.parse::<std::net::SocketAddr>().is_err() {
+        let all: Vec<String> = candidates.iter().map(|a| a.to_string()).collect();
+        let of = if all.len() > 1 {
+            format!(" (of {}: the first that answered)", all.join(", "))
+        } else {
+            String::new()
+        };
+        note(format!(
+            "--target {} resolved to {target}{of}",
+            config.target
+        ));
     }
     let run_config = run_config(config, &target.to_string(), threads, &sources);
     note(format!(
@@ -112,6 +120,7 @@ pub fn run(config: &Config) -> Result<Report, String> {
         describe_load(config)
     ));
 
+    let (interrupt, signal) = interrupt_flags();
     let plans = plan_threads(config.conns, threads);
     let (epoch, epoch_unix) = (std::time::Instant::now(), unix_now());
     let shared = Shared {
@@ -140,7 +149,7 @@ pub fn run(config: &Config) -> Result<Report, String> {
             Stop::After(_) => None,
         },
         progress: (0..threads).map(|_| Default::default()).collect(),
-        interrupt: interrupt_flag(),
+        interrupt: interrupt.clone(),
     };
     let results = run_threads(&plans, &shared)?;
     let cpu_end = crate::sys::cpu_time();
@@ -159,7 +168,14 @@ pub fn run(config: &Config) -> Result<Report, String> {
             connect::hint_for(kind)
         ));
     }
-    Ok(Report::new(run_config, totals))
+    let mut report = Report::new(run_config, totals);
+    report.interrupted = match signal.load(Relaxed) as i32 {
+        0 => None,
+        libc::SIGINT => Some("SIGINT".to_string()),
+        libc::SIGTERM => Some("SIGTERM".to_string()),
+        other => Some(format!("signal {other}")),
+    };
+    Ok(report)
 }
 
 /// The wall clock, seconds since the UNIX epoch.
@@ -169,17 +185,21 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A flag SIGINT/SIGTERM set: the first ends the run early with a report, a
-/// second one exits at once (in case the drain itself is what the user wants
-/// to escape).
-fn interrupt_flag() -> Arc<AtomicBool> {
+/// A flag SIGINT/SIGTERM set, and which of them came: the first ends the run
+/// early with a report (and the exit status says so), a second one exits at
+/// once with 128 + its number (in case the drain itself is what the user
+/// wants to escape).
+fn interrupt_flags() -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
+    let which = Arc::new(AtomicUsize::new(0));
     for signal in [SIGINT, SIGTERM] {
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone());
+        let _ =
+            signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, flag.clone());
+        let _ = signal_hook::flag::register_usize(signal, which.clone(), signal as usize);
         let _ = signal_hook::flag::register(signal, flag.clone());
     }
-    flag
+    (flag, which)
 }
 
 /// Splits connections evenly; the first threads take the remainder.

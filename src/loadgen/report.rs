@@ -26,6 +26,10 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Length of the measured part (warm-up excluded), seconds.
     pub duration_s: f64,
+    /// The signal that ended the run early ("SIGINT", "SIGTERM"), or null for
+    /// a run that went to its end. After `merge`: the first input's.
+    #[serde(default)]
+    pub interrupted: Option<String>,
     pub messages: Messages,
     pub bytes: Bytes,
     pub throughput: Throughput,
@@ -304,6 +308,7 @@ impl Report {
             connections: t.connections,
             errors: t.errors,
             duration_s: t.duration_s,
+            interrupted: None,
             messages: Messages {
                 sent: c.msgs_sent,
                 received: c.msgs_received,
@@ -335,6 +340,16 @@ impl Report {
                 connect_us: encode_histogram(&t.connect),
                 transaction_us: encode_histogram(&t.transaction),
             },
+        }
+    }
+
+    /// The exit status of an interrupted run: 128 + the signal's number, as a
+    /// shell reports a process killed by it (130 for SIGINT, 143 for SIGTERM).
+    pub fn interrupted_exit_code(&self) -> Option<u8> {
+        match self.interrupted.as_deref()? {
+            "SIGINT" => Some(128 + libc::SIGINT as u8),
+            "SIGTERM" => Some(128 + libc::SIGTERM as u8),
+            _ => Some(1),
         }
     }
 

@@ -2,7 +2,9 @@
 //! CPU program relies on it. The order holds by construction (each socket
 //! joins in worker order and none leaves early), but a socket of another
 //! process on the same port (same user, SO_REUSEPORT) would sit at an index
-//! of its own and shift the mapping, so the group is asked directly: for each
+//! of its own and shift the mapping. `net::claim_port` refuses a port held
+//! at start; one that joins in the window after that check is caught here,
+//! since the group is asked directly: for each
 //! index *i*, a program that always returns *i* is attached and one probe
 //! (a loopback connection, or a datagram) is sent; it must reach worker *i*'s
 //! socket. Probes are accepted (or read) and dropped here, before any worker

@@ -22,11 +22,26 @@
 //! deleted by the next [`Topology::create`].
 #![allow(dead_code)] // each user takes a different subset
 
+// Relative to this file's directory however this file is reached (as
+// `common::netns`, or through `#[path]` from the benches).
+#[path = "netns/cleanup.rs"]
+mod cleanup;
+#[path = "netns/enter.rs"]
+mod enter;
+#[path = "netns/rps.rs"]
+mod rps;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
+
+use cleanup::{delete_live_namespaces_on_signal, lock_live};
+#[allow(unused_imports)] // each user takes a different subset
+pub use cleanup::{list_namespaces, owner_pid, remove_leftovers};
+pub use enter::NetnsGuard;
+pub use rps::rps_mask;
+use rps::{rps_path, same_mask};
 
 /// Prefix of every namespace this module (and the bench script) creates.
 pub const PREFIX: &str = "ue-";
@@ -239,7 +254,7 @@ impl Topology {
             .map_err(|e| format!("open /proc/thread-self/ns/net: {e}"))?;
         let target = std::fs::File::open(format!("/var/run/netns/{ns}"))
             .map_err(|e| format!("open /var/run/netns/{ns}: {e}"))?;
-        set_thread_netns(&target).map_err(|e| format!("setns into {ns}: {e}"))?;
+        enter::set_thread_netns(&target).map_err(|e| format!("setns into {ns}: {e}"))?;
         Ok(NetnsGuard { home })
     }
 
@@ -353,169 +368,6 @@ impl Drop for Topology {
             live.retain(|n| *n != ns);
         }
     }
-}
-
-/// The calling thread's way back to the namespace it was in before
-/// [`Topology::enter`]; dropping it returns there.
-#[derive(Debug)]
-pub struct NetnsGuard {
-    home: std::fs::File,
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        // It can hardly fail (the file is open, we are root); a panic here
-        // while unwinding would abort, so it is said instead.
-        if let Err(e) = set_thread_netns(&self.home) {
-            eprintln!("netns: cannot return this thread to its network namespace: {e}");
-        }
-    }
-}
-
-/// setns(2) of the calling thread into the network namespace `ns` refers to.
-fn set_thread_netns(ns: &std::fs::File) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: `ns` is an open file for the whole call, so its descriptor is
-    // valid; setns(2) reads nothing from our memory and changes only this
-    // thread's network namespace, which no Rust invariant depends on.
-    let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Namespaces this process has made and not yet deleted, for the signal
-/// watcher. Held across each `ip netns add`/`delete`, so the watcher never
-/// misses one being made nor races one being deleted.
-static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn lock_live() -> std::sync::MutexGuard<'static, Vec<String>> {
-    LIVE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// Once per process: a thread that, on SIGINT, SIGTERM or SIGHUP, deletes
-/// the namespaces in [`LIVE`] and exits with 128 + the signal, as the signal
-/// would have (a Ctrl-C of `cargo test` or `cargo bench` runs no `Drop`).
-fn delete_live_namespaces_on_signal() {
-    static WATCH: Once = Once::new();
-    WATCH.call_once(|| {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
-            eprintln!(
-                "netns: cannot watch signals; a Ctrl-C will leave namespaces to the next run"
-            );
-            return;
-        };
-        std::thread::spawn(move || {
-            if let Some(signal) = signals.forever().next() {
-                let live = lock_live();
-                for ns in live.iter() {
-                    let _ = run(Command::new("ip").args(["netns", "delete", ns]));
-                }
-                eprintln!(
-                    "netns: signal {signal}: deleted {} namespaces; exiting",
-                    live.len()
-                );
-                std::process::exit(128 + signal);
-            }
-        });
-    });
-}
-
-/// Names of the network namespaces that exist now/// Names of the network namespaces that exist now (`ip netns list`).
-pub fn list_namespaces() -> Vec<String> {
-    match run(Command::new("ip").args(["netns", "list"])) {
-        // Lines are "NAME" or "NAME (id: N)".
-        Ok(out) => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .map(str::to_string)
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Deletes namespaces of our prefix left by runs that were killed before
-/// they could clean up: those whose PID is no longer a live process. Another
-/// run's namespaces (a live PID) are never touched. Returns the names deleted.
-pub fn remove_leftovers() -> Vec<String> {
-    let mut removed = Vec::new();
-    for ns in list_namespaces() {
-        let Some(pid) = owner_pid(&ns) else { continue };
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        if run(Command::new("ip").args(["netns", "delete", &ns])).is_ok() {
-            eprintln!("netns: deleted {ns}, left by process {pid}, which no longer runs");
-            removed.push(ns);
-        }
-    }
-    removed
-}
-
-/// The PID in a name of our scheme (`ue-<pid>-...`), if it is one.
-pub fn owner_pid(ns: &str) -> Option<u32> {
-    let rest = ns.strip_prefix(PREFIX)?;
-    let (pid, _) = rest.split_once('-')?;
-    pid.parse().ok().filter(|&p| p > 0)
-}
-
-/// The hex mask `rps_cpus` takes for a CPU list such as "0", "0-3" or
-/// "0,2,4-5": comma-separated 32-bit groups, most significant first, as the
-/// kernel prints bitmaps.
-pub fn rps_mask(cpus: &str) -> Result<String, String> {
-    let mut set: Vec<usize> = Vec::new();
-    for part in cpus.split(',') {
-        let part = part.trim();
-        let range = match part.split_once('-') {
-            Some((a, b)) => (parse_cpu(a)?, parse_cpu(b)?),
-            None => (parse_cpu(part)?, parse_cpu(part)?),
-        };
-        if range.0 > range.1 {
-            return Err(format!("CPU range {part} runs backwards"));
-        }
-        set.extend(range.0..=range.1);
-    }
-    let top = *set.iter().max().expect("split yields at least one part");
-    let mut groups = vec![0u32; top / 32 + 1];
-    for cpu in set {
-        groups[cpu / 32] |= 1 << (cpu % 32);
-    }
-    let mut words: Vec<String> = groups.iter().rev().map(|g| format!("{g:08x}")).collect();
-    // The most significant group without its leading zeros, like the kernel.
-    words[0] = format!("{:x}", groups[groups.len() - 1]);
-    Ok(words.join(","))
-}
-
-fn parse_cpu(s: &str) -> Result<usize, String> {
-    s.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|&c| c < 8192)
-        .ok_or_else(|| format!("{s:?} is not a CPU number (0..8192); expected a list like 0-3,5"))
-}
-
-/// Whether two bitmaps in the kernel's hex format are the same set of CPUs
-/// (the kernel pads to its CPU count: "00000001" and "1" are equal).
-fn same_mask(a: &str, b: &str) -> bool {
-    let bits = |m: &str| -> Vec<u32> {
-        let mut g: Vec<u32> = m
-            .split(',')
-            .rev()
-            .map(|w| u32::from_str_radix(w.trim(), 16).unwrap_or(u32::MAX))
-            .collect();
-        while g.len() > 1 && g.last() == Some(&0) {
-            g.pop();
-        }
-        g
-    };
-    bits(a) == bits(b)
-}
-
-fn rps_path(dev: &str) -> String {
-    format!("/sys/class/net/{dev}/queues/rx-0/rps_cpus")
 }
 
 /// Address `last` of load host `host`'s /24, inside 198.18.0.0/15.

@@ -18,6 +18,11 @@ pub fn two_cpus() -> Result<(), String> {
     }
 }
 
+/// [`two_cpus`], printing the reason to skip where not.
+pub fn on_two_cpus() -> bool {
+    two_cpus().map_err(|skip| eprintln!("{skip}")).is_ok()
+}
+
 /// `Cpus_allowed_list` of a /proc status file (its text), expanded.
 pub fn cpus_allowed(status: &str) -> Vec<usize> {
     let list = status

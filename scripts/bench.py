@@ -1,28 +1,37 @@
 #!/usr/bin/env python3
-"""Runs uring-echo's benchmark matrix and target measurements and writes
-results a person reads (results.md, chart.svg) and a program parses
-(results.json, runs/*.json).
+"""Runs uring-echo's benchmark matrix, latency against load and the target
+measurements, and writes results a person reads (results.md, charts) and a
+program parses (results.json, runs/*.json).
 
-Matrix: backends x connections x message size x mode (closed loop = pipeline 1,
-pipelined = pipeline 16), each cell run --reps times, interleaved: for each
+Topology: netns by default where it can be made (root, iproute2): the server
+in one network namespace and each load host (--load-hosts) in its own, joined
+by veth pairs on 198.18.0.0/15, RPS steering each side's receive processing
+to its own CPUs; loopback otherwise (saying why) or with --topology loopback.
+On loopback each side runs the other's receive path, and every server looks
+alike; see docs/benchmarks.md.
+
+Matrix: backends x connections x message size x mode (closed loop = pipeline
+1, pipelined = pipeline 16), each cell run --reps times, interleaved: for each
 repetition, for each cell, every backend once, in an order rotated per cell
 and repetition so that no backend always runs first. Every run starts its
 server fresh, pinned with taskset to --server-cpus, drives it with loadgen
-pinned to --client-cpus, and stops it with SIGTERM.
+pinned to --client-cpus (several load hosts start together with --start-at
+and are merged with loadgen merge), and stops it with SIGTERM. --sweep adds
+open-loop runs at log-spaced rates per cell and each backend's knee.
 
 Per run: loadgen's JSON (msgs/s, latency, errors, mismatches, its own CPU per
-message), the server's CPU per message (utime+stime from /proc/PID/stat over
-the loadgen run, connection ramp included, divided by loadgen's cpu.msgs), the
-server's memory per connection (peak VmRSS sampled every 200 ms minus VmRSS
-before loadgen started, divided by connections), and the growth of the
-system-wide drop and retransmit counters (a run that saw drops, RTOs or
-accept-queue overflows is marked suspect; retransmits alone are recorded).
+message), the server's CPU per message (utime+stime from /proc/PID/stat,
+plus the irq and softirq time of its CPUs from /proc/stat, over the loadgen
+run, divided by loadgen's cpu.msgs), the server's memory per connection, and
+the growth of the drop and retransmit counters (read inside the namespaces;
+a run that saw drops, RTOs or accept-queue overflows is marked suspect).
 
 Outputs in --out DIR: runs/<cell>-<backend>-<rep>.json (and the processes'
-logs), results.json, results.md, chart.svg (64 B closed loop) and
-chart-<size>-<mode>.svg for the other shapes. See docs/benchmarks.md.
+logs), results.json, results.md, chart.png (64 B closed loop),
+chart-<size>-<mode>.png for the other shapes and sweep-<conns>-<size>.png
+(charts need matplotlib: pip install -r scripts/requirements.txt).
 
-Standard library only. Linux only (taskset, /proc).
+Linux only (taskset, /proc, ip netns).
 """
 
 from __future__ import annotations

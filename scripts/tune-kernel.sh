@@ -23,7 +23,9 @@ PROG=${0##*/}
 APPLY=0
 REVERT_FILE=./tune-kernel-revert.sh
 CONNS=50000
-WORKERS=8
+# The server's default: one worker per CPU this process may run on (nproc
+# honours the affinity mask, as the server does).
+WORKERS=$(nproc)
 PORT=9999
 
 usage() {
@@ -51,7 +53,8 @@ kernel does not have is shown as n/a. Showing needs no root and changes nothing.
   --conns N           connections the benchmark opens (default 50000): sizes
                       the open-files, port-range, TIME_WAIT, conntrack and
                       TCP-memory recommendations
-  --workers N         uring-echo --workers (default 8): io_uring rings, each with
+  --workers N         uring-echo --workers (default: the number of CPUs,
+                      as the server's): io_uring rings, each with
                       its own direct-descriptor table of RLIMIT_NOFILE slots
   --port N            uring-echo --port (default 9999): warned about if it lies
                       inside the ephemeral port range

@@ -35,6 +35,11 @@ pub struct Config {
     pub port: u16,
     /// Worker threads, each with its own listener and event loop.
     pub workers: usize,
+    /// `--cpus`: worker *i* is pinned to the *i*-th CPU (round-robin when
+    /// `workers` is a multiple of the list's length), and with one worker per
+    /// CPU each connection is steered to the worker on the CPU that received it.
+    /// Invariant: `workers` is a multiple of its length.
+    pub cpus: Option<crate::cpus::CpuList>,
     pub backend: Backend,
     /// Size of one receive buffer. Invariant: 1..=MAX_BUF_SIZE_BYTES.
     pub buf_size_bytes: u32,
@@ -72,6 +77,8 @@ pub struct Config {
     pub busy_poll: Duration,
     /// Print a stats line at this interval.
     pub stats_interval: Option<Duration>,
+    /// Break the stats lines and the summary down by worker.
+    pub stats_per_worker: bool,
     /// Print nothing but errors.
     pub quiet: bool,
 }
@@ -94,6 +101,7 @@ impl Default for Config {
             addr: IpAddr::from([0, 0, 0, 0]),
             port: 9999,
             workers: crate::sys::available_cpus(),
+            cpus: None,
             backend: Backend::Uring,
             buf_size_bytes: 4096,
             buf_count: 4096,
@@ -108,6 +116,7 @@ impl Default for Config {
             udp_max_datagram: MAX_UDP_DATAGRAM,
             busy_poll: Duration::ZERO,
             stats_interval: None,
+            stats_per_worker: false,
             quiet: false,
         }
     }

@@ -15,9 +15,12 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use socket2::Socket;
 
+use crate::capacity::{self, Capacity, TableFull};
 use crate::config::{Backend, Config};
+use crate::cpus::CpuList;
 use crate::shutdown::{Shutdown, SignalThread};
 use crate::stats::{Snapshot, Stats};
+use crate::steering::{self, Steering};
 use crate::{epoll, net, tokio_uring_rt, uring};
 
 /// What a finished run served, for the summary line.
@@ -25,6 +28,8 @@ use crate::{epoll, net, tokio_uring_rt, uring};
 pub struct Summary {
     pub totals: Snapshot,
     pub elapsed_s: f64,
+    /// With `--stats-per-worker`: each worker's counters, and its CPU where pinned.
+    pub per_worker: Option<Vec<(Option<usize>, Snapshot)>>,
 }
 
 /// A worker's answer once its backend is set up (or failed to be).
@@ -33,22 +38,28 @@ type Ready = Result<String, String>;
 /// Binds, serves until SIGINT/SIGTERM, drains, and returns what was served.
 pub fn run(config: Config) -> anyhow::Result<Summary> {
     crate::sys::ignore_sigpipe();
-    let listeners = net::bind_listeners(config.socket_addr(), config.backlog, config.workers)
-        .map_err(|e| anyhow!(net::describe_bind_error(config.socket_addr(), &e)))?;
+    if let Some(cpus) = &config.cpus {
+        cpus.check_allowed().map_err(|e| anyhow!(e))?;
+    }
+    let listeners = net::bind_listeners(
+        config.socket_addr(),
+        config.backlog,
+        config.workers,
+        config.udp,
+    )?;
     let local = local_addr(&listeners[0])?;
     let mut udp_sockets: Vec<Option<Socket>> = (0..config.workers).map(|_| None).collect();
     if config.udp {
         for slot in &mut udp_sockets {
-            *slot = Some(
-                net::bind_udp(local)
-                    .map_err(|e| anyhow!("UDP {}", net::describe_bind_error(local, &e)))?,
-            );
+            *slot = Some(net::bind_udp(local).map_err(|e| net::BindError::new(local, "UDP", e))?);
         }
     }
+    let steering = steer(&config, &listeners, &udp_sockets);
     let stats = Stats::new(config.workers);
     let shutdown = Shutdown::new(config.workers).context("creating the workers' eventfds")?;
     let _signals = SignalThread::spawn(shutdown.clone()).context("installing signal handlers")?;
     let open_conns = Arc::new(AtomicUsize::new(0));
+    let fd_table = Arc::new(TableFull::default());
     let started = Instant::now();
     let failures: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -60,21 +71,32 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
         for (id, (listener, udp)) in listeners.into_iter().zip(udp_sockets).enumerate() {
             let ready_tx = ready_tx.clone();
             let alive_tx = alive_tx.clone();
-            let (config, stats, shutdown, open_conns, failures) =
-                (&config, &stats, &shutdown, &open_conns, &failures);
+            let (config, stats, shutdown, open_conns, fd_table, failures) = (
+                &config,
+                &stats,
+                &shutdown,
+                &open_conns,
+                &fd_table,
+                &failures,
+            );
             thread::Builder::new()
                 .name(format!("worker-{id}"))
                 .spawn_scoped(scope, move || {
                     let _alive = alive_tx;
+                    if let Err(e) = pin_worker(config, id) {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
                     let result = match config.backend {
                         Backend::Uring => run_uring(
                             id, listener, udp, config, stats, shutdown, open_conns, &ready_tx,
                         ),
                         Backend::Epoll => run_epoll(
-                            id, listener, udp, config, stats, shutdown, open_conns, &ready_tx,
+                            id, listener, udp, config, stats, shutdown, open_conns, fd_table,
+                            &ready_tx,
                         ),
                         Backend::TokioUring => run_tokio_uring(
-                            id, listener, config, stats, shutdown, open_conns, &ready_tx,
+                            id, listener, config, stats, shutdown, open_conns, fd_table, &ready_tx,
                         ),
                     };
                     if let Err(e) = result {
@@ -99,14 +121,32 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
             return Err(anyhow!(e));
         }
         if !config.quiet {
-            println!("{}", banner(&config, local, &features));
+            // Counted once every worker has set up, so the descriptors its
+            // rings, eventfds and listeners take are not counted as room.
+            let limit = crate::sys::open_files_limit();
+            let capacity = Capacity::of(&config, limit, capacity::fds_in_use_below(limit));
+            println!(
+                "{}",
+                banner(&config, local, &capacity, &features, &steering)
+            );
             let _ = std::io::stdout().flush();
         }
         if let Some(interval) = config.stats_interval {
-            let stats = &stats;
+            let (stats, config) = (&stats, &config);
             scope.spawn(move || {
+                let mut last = stats.snapshot();
                 while let Err(mpsc::RecvTimeoutError::Timeout) = alive_rx.recv_timeout(interval) {
-                    println!("uring-echo: stats {}", stats.snapshot());
+                    let now = stats.snapshot();
+                    println!("uring-echo: stats {}", interval_line(&now, &last));
+                    last = now;
+                    if config.stats_per_worker {
+                        for (id, worker) in stats.per_worker().iter().enumerate() {
+                            println!(
+                                "uring-echo: worker-stats {}",
+                                worker_counters(id, worker_cpu(config, id), worker)
+                            );
+                        }
+                    }
                     let _ = std::io::stdout().flush();
                 }
             });
@@ -121,7 +161,73 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
     Ok(Summary {
         totals: stats.snapshot(),
         elapsed_s: started.elapsed().as_secs_f64(),
+        per_worker: config.stats_per_worker.then(|| {
+            let each = stats.per_worker().into_iter().enumerate();
+            each.map(|(id, w)| (worker_cpu(&config, id), w)).collect()
+        }),
     })
+}
+
+/// Attaches the CPU steering program to the TCP group (and the UDP group with
+/// --udp) once every worker's socket is in it, or says why the kernel keeps
+/// hashing. Both groups get the same program; the start line reports TCP's,
+/// and UDP's too where it differs.
+fn steer(
+    config: &Config,
+    listeners: &[Socket],
+    udp: &[Option<Socket>],
+) -> (Steering, Option<Steering>) {
+    let cpus = match (
+        steering::plan(config.cpus.as_ref(), config.workers),
+        &config.cpus,
+    ) {
+        (Ok(()), Some(cpus)) => cpus,
+        (Err(hash), _) => return (hash, None),
+        (Ok(()), None) => return (Steering::Hash("no --cpus".into()), None),
+    };
+    let online = crate::sys::online_cpus();
+    let tcp = steering::attach(listeners, steering::Kind::Tcp, cpus, online.as_deref());
+    let udp: Vec<Socket> = udp
+        .iter()
+        .flatten()
+        .filter_map(|s| s.try_clone().ok())
+        .collect();
+    let udp = (!udp.is_empty())
+        .then(|| steering::attach(&udp, steering::Kind::Udp, cpus, online.as_deref()));
+    let udp = udp.filter(|u| *u != tcp);
+    (tcp, udp)
+}
+
+/// Pins the calling worker thread to its --cpus CPU (nothing without --cpus).
+fn pin_worker(config: &Config, id: usize) -> Result<(), String> {
+    let Some(cpu) = worker_cpu(config, id) else {
+        return Ok(());
+    };
+    crate::sys::pin_current_thread(cpu)
+        .map_err(|e| format!("--cpus: pinning worker {id} to CPU {cpu}: {e}"))
+}
+
+fn worker_cpu(config: &Config, id: usize) -> Option<usize> {
+    config.cpus.as_ref().map(|cpus| cpus.for_index(id))
+}
+
+/// One worker's `key=value` counters: `worker=I cpu=C open=...` (no `cpu=`
+/// for an unpinned worker).
+fn worker_counters(id: usize, cpu: Option<usize>, counters: &Snapshot) -> String {
+    match cpu {
+        Some(cpu) => format!("worker={id} cpu={cpu} {counters}"),
+        None => format!("worker={id} {counters}"),
+    }
+}
+
+/// A `--stats` line: the totals, then what the last interval added of the
+/// connection lifecycle (churn shows there: accepts and closes per interval).
+fn interval_line(now: &Snapshot, last: &Snapshot) -> String {
+    format!(
+        "{now} interval_accepted={} interval_closed={}",
+        now.accepted - last.accepted,
+        now.closed - last.closed
+    )
 }
 
 fn local_addr(listener: &Socket) -> anyhow::Result<SocketAddr> {
@@ -132,10 +238,23 @@ fn local_addr(listener: &Socket) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("listener has a non-IP address"))
 }
 
-fn banner(config: &Config, local: SocketAddr, features: &str) -> String {
+fn banner(
+    config: &Config,
+    local: SocketAddr,
+    capacity: &Capacity,
+    features: &str,
+    (steering, udp_steering): &(Steering, Option<Steering>),
+) -> String {
+    let cpus = config
+        .cpus
+        .as_ref()
+        .map_or_else(|| "unpinned".to_string(), CpuList::to_string);
+    let udp_steering = udp_steering
+        .as_ref()
+        .map_or_else(String::new, |u| format!(" udp_steering={u}"));
     format!(
-        "uring-echo listening on {local} backend={} workers={} buffers={}x{}B/worker ({} KiB) \
-         conn_buffers={} max_conns={} busy_poll={}us udp={} features={features}",
+        "uring-echo listening on {local} backend={} workers={} cpus={cpus} buffers={}x{}B/worker ({} KiB) \
+         conn_buffers={} max_conns={} capacity={capacity} busy_poll={}us udp={} features={features} steering={steering}{udp_steering}",
         config.backend.name(),
         config.workers,
         config.buf_count,
@@ -220,6 +339,7 @@ fn run_epoll(
     stats: &Stats,
     shutdown: &Shutdown,
     open_conns: &AtomicUsize,
+    fd_table: &TableFull,
     ready: &mpsc::Sender<Ready>,
 ) -> anyhow::Result<()> {
     let shared = epoll::worker::Shared {
@@ -227,6 +347,7 @@ fn run_epoll(
         stats: stats.worker(id),
         shutdown,
         open_conns,
+        fd_table,
         worker_id: id,
     };
     let udp = udp.map(|socket| epoll::udp::UdpEcho::new(socket, config.udp_max_datagram));
@@ -246,6 +367,7 @@ fn run_epoll(
     worker.run().context("epoll event loop")
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run_tokio_uring(
     id: usize,
     listener: Socket,
@@ -253,6 +375,7 @@ fn run_tokio_uring(
     stats: &Arc<Stats>,
     shutdown: &Shutdown,
     open_conns: &Arc<AtomicUsize>,
+    fd_table: &Arc<TableFull>,
     ready: &mpsc::Sender<Ready>,
 ) -> anyhow::Result<()> {
     let _ = ready.send(Ok("tokio_uring_runtime,task_per_connection".to_string()));
@@ -261,16 +384,26 @@ fn run_tokio_uring(
         stats: stats.clone(),
         shutdown,
         open_conns: open_conns.clone(),
+        fd_table: fd_table.clone(),
         worker_id: id,
     };
     tokio_uring_rt::run(listener, shared).context("tokio-uring runtime")
 }
 
 impl Summary {
+    /// The summary line, followed with --stats-per-worker by one
+    /// `uring-echo stopped worker=I cpu=C ...` line per worker.
     pub fn line(&self) -> String {
-        format!(
+        let mut out = format!(
             "uring-echo stopped after {:.1}s: {}",
             self.elapsed_s, self.totals
-        )
+        );
+        for (id, (cpu, counters)) in self.per_worker.iter().flatten().enumerate() {
+            out.push_str(&format!(
+                "\nuring-echo stopped {}",
+                worker_counters(id, *cpu, counters)
+            ));
+        }
+        out
     }
 }

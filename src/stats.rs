@@ -16,6 +16,9 @@ pub struct WorkerStats {
     pub rejected: AtomicU64,
     /// Connections closed because of an error (reset, broken pipe ...).
     pub errors: AtomicU64,
+    /// Times a descriptor table filled (a ring's direct descriptors, or the
+    /// process's open files): new connections waited in the accept queue.
+    pub table_full: AtomicU64,
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     /// Times a receive found no free buffer (io_uring ENOBUFS, or the epoll pool empty).
@@ -32,6 +35,13 @@ pub struct WorkerStats {
     pub udp_truncated: AtomicU64,
     /// UDP datagrams whose reply could not be sent (socket buffer full, error).
     pub udp_dropped: AtomicU64,
+    /// Gauge: connection slots the worker's slab has allocated (its capacity,
+    /// which never shrinks): it grows only with the peak of open connections,
+    /// so growth under steady churn means slots are not freed.
+    pub slab_slots: AtomicU64,
+    /// Gauge, io_uring only: direct descriptors accepted into the ring's table
+    /// and not yet closed (rejected ones included until their close completes).
+    pub direct_fds: AtomicU64,
 }
 
 impl WorkerStats {
@@ -39,6 +49,17 @@ impl WorkerStats {
     pub fn add(counter: &AtomicU64, n: u64) {
         // A single writer: load+store is cheaper than a locked add and still exact.
         counter.store(counter.load(Relaxed) + n, Relaxed);
+    }
+
+    /// Sets a gauge (same single writer).
+    #[inline]
+    pub fn set(gauge: &AtomicU64, v: u64) {
+        gauge.store(v, Relaxed);
+    }
+
+    #[inline]
+    pub fn sub(gauge: &AtomicU64, n: u64) {
+        gauge.store(gauge.load(Relaxed).saturating_sub(n), Relaxed);
     }
 }
 
@@ -60,23 +81,40 @@ impl Stats {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let mut s = Snapshot::default();
+        let mut sum = Snapshot::default();
         for w in &self.workers {
-            s.accepted += w.accepted.load(Relaxed);
-            s.closed += w.closed.load(Relaxed);
-            s.rejected += w.rejected.load(Relaxed);
-            s.errors += w.errors.load(Relaxed);
-            s.bytes_in += w.bytes_in.load(Relaxed);
-            s.bytes_out += w.bytes_out.load(Relaxed);
-            s.buffer_starved += w.buffer_starved.load(Relaxed);
-            s.backpressured += w.backpressured.load(Relaxed);
-            s.cq_overflowed += w.cq_overflowed.load(Relaxed);
-            s.udp_in += w.udp_in.load(Relaxed);
-            s.udp_out += w.udp_out.load(Relaxed);
-            s.udp_truncated += w.udp_truncated.load(Relaxed);
-            s.udp_dropped += w.udp_dropped.load(Relaxed);
+            sum.add(&w.snapshot());
         }
-        s
+        sum
+    }
+
+    /// Each worker's counters, in worker order.
+    pub fn per_worker(&self) -> Vec<Snapshot> {
+        self.workers.iter().map(WorkerStats::snapshot).collect()
+    }
+}
+
+impl WorkerStats {
+    /// This worker's counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            accepted: self.accepted.load(Relaxed),
+            closed: self.closed.load(Relaxed),
+            rejected: self.rejected.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            table_full: self.table_full.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            buffer_starved: self.buffer_starved.load(Relaxed),
+            backpressured: self.backpressured.load(Relaxed),
+            cq_overflowed: self.cq_overflowed.load(Relaxed),
+            udp_in: self.udp_in.load(Relaxed),
+            udp_out: self.udp_out.load(Relaxed),
+            udp_truncated: self.udp_truncated.load(Relaxed),
+            udp_dropped: self.udp_dropped.load(Relaxed),
+            slab_slots: self.slab_slots.load(Relaxed),
+            direct_fds: self.direct_fds.load(Relaxed),
+        }
     }
 }
 
@@ -87,6 +125,7 @@ pub struct Snapshot {
     pub closed: u64,
     pub rejected: u64,
     pub errors: u64,
+    pub table_full: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub buffer_starved: u64,
@@ -96,9 +135,31 @@ pub struct Snapshot {
     pub udp_out: u64,
     pub udp_truncated: u64,
     pub udp_dropped: u64,
+    pub slab_slots: u64,
+    pub direct_fds: u64,
 }
 
 impl Snapshot {
+    /// Adds another worker's counters to these.
+    pub fn add(&mut self, o: &Snapshot) {
+        self.accepted += o.accepted;
+        self.closed += o.closed;
+        self.rejected += o.rejected;
+        self.errors += o.errors;
+        self.table_full += o.table_full;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.buffer_starved += o.buffer_starved;
+        self.backpressured += o.backpressured;
+        self.cq_overflowed += o.cq_overflowed;
+        self.udp_in += o.udp_in;
+        self.udp_out += o.udp_out;
+        self.udp_truncated += o.udp_truncated;
+        self.udp_dropped += o.udp_dropped;
+        self.slab_slots += o.slab_slots;
+        self.direct_fds += o.direct_fds;
+    }
+
     /// Connections open now. Counters are read one by one, so a connection accepted
     /// and closed between two reads may be missed; never negative.
     pub fn open(&self) -> u64 {
@@ -111,13 +172,14 @@ impl fmt::Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "open={} accepted={} closed={} rejected={} errors={} bytes_in={} bytes_out={} buffer_starved={} backpressured={} \
-             cq_overflowed={} udp_in={} udp_out={} udp_truncated={} udp_dropped={}",
+            "open={} accepted={} closed={} rejected={} errors={} table_full={} bytes_in={} bytes_out={} buffer_starved={} backpressured={} \
+             cq_overflowed={} udp_in={} udp_out={} udp_truncated={} udp_dropped={} slab_slots={} direct_fds={}",
             self.open(),
             self.accepted,
             self.closed,
             self.rejected,
             self.errors,
+            self.table_full,
             self.bytes_in,
             self.bytes_out,
             self.buffer_starved,
@@ -126,7 +188,9 @@ impl fmt::Display for Snapshot {
             self.udp_in,
             self.udp_out,
             self.udp_truncated,
-            self.udp_dropped
+            self.udp_dropped,
+            self.slab_slots,
+            self.direct_fds
         )
     }
 }
@@ -145,5 +209,19 @@ mod tests {
         assert_eq!(s.accepted, 7);
         assert_eq!(s.open(), 4);
         assert!(s.to_string().starts_with("open=4 accepted=7 closed=3"));
+        let each: Vec<u64> = stats.per_worker().iter().map(|w| w.accepted).collect();
+        assert_eq!(each, [2, 0, 5]);
+    }
+
+    #[test]
+    fn gauges_are_summed_and_printed() {
+        let stats = Stats::new(2);
+        WorkerStats::set(&stats.worker(0).slab_slots, 16);
+        WorkerStats::set(&stats.worker(1).slab_slots, 8);
+        WorkerStats::add(&stats.worker(1).direct_fds, 3);
+        WorkerStats::sub(&stats.worker(1).direct_fds, 1);
+        let s = stats.snapshot();
+        assert_eq!((s.slab_slots, s.direct_fds), (24, 2));
+        assert!(s.to_string().ends_with("slab_slots=24 direct_fds=2"), "{s}");
     }
 }

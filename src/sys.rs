@@ -142,13 +142,28 @@ pub fn raise_open_files_limit() -> u64 {
 /// `connect`, from the full 4-tuple, so one source address can serve ~28,000
 /// connections *per destination* instead of ~28,000 in total.
 pub fn set_bind_address_no_port(fd: std::os::fd::RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    syscall!(setsockopt(
+    set_socket_option(
         fd,
         libc::IPPROTO_IP,
         libc::IP_BIND_ADDRESS_NO_PORT,
-        (&one as *const libc::c_int).cast(),
-        std::mem::size_of::<libc::c_int>() as libc::socklen_t
+        &(1 as libc::c_int),
+    )
+}
+
+/// `setsockopt(2)` with a value of the option's C type (`c_int`, a struct),
+/// passed by pointer and size from one reference, so the two always agree.
+fn set_socket_option<T>(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    syscall!(setsockopt(
+        fd,
+        level,
+        name,
+        (value as *const T).cast(),
+        std::mem::size_of::<T>() as libc::socklen_t
     ))?;
     Ok(())
 }
@@ -175,4 +190,101 @@ pub fn send_vectored(fd: std::os::fd::RawFd, bufs: &[std::io::IoSlice<'_>]) -> i
     msg.msg_iovlen = bufs.len() as _;
     let n = syscall!(sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL))?;
     Ok(n as usize)
+}
+
+/// Pins the calling thread to one CPU (`sched_setaffinity` on thread id 0,
+/// which means "this thread"). Threads it spawns later inherit the mask.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `cpu_set_t` is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` < CPU_SETSIZE (checked above), the number of bits in `set`,
+    // so CPU_SET writes inside the local `set`.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    syscall!(sched_setaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &set
+    ))?;
+    Ok(())
+}
+
+/// The CPUs this process may run on (its affinity mask: taskset, a cgroup
+/// cpuset), ascending.
+pub fn allowed_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: `cpu_set_t` is a plain bit array; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    syscall!(sched_getaffinity(
+        0,
+        std::mem::size_of::<libc::cpu_set_t>(),
+        &mut set
+    ))?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` < CPU_SETSIZE, the number of bits in the local `set`.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// The CPUs the kernel has online (`/sys/devices/system/cpu/online`, in the
+/// kernel's list form, `0-7`); `None` where it cannot be read.
+pub fn online_cpus() -> Option<Vec<usize>> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    crate::cpus::CpuList::parse(text.trim())
+        .ok()
+        .map(|list| list.cpus().to_vec())
+}
+
+/// The kernel's thread id of the calling thread (what `/proc/self/task/`
+/// lists).
+pub fn thread_id() -> i32 {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Attaches a classic BPF program to a SO_REUSEPORT socket's group
+/// (`SO_ATTACH_REUSEPORT_CBPF`, Linux 4.5+): from then on the kernel runs it
+/// for each incoming connection (TCP) or datagram (UDP) and hands it to the
+/// group's socket at the index the program returns; an index past the group's
+/// end falls back to the usual hash. One socket's attach applies to the group.
+pub fn attach_reuseport_cbpf(
+    fd: std::os::fd::RawFd,
+    program: &[libc::sock_filter],
+) -> io::Result<()> {
+    let len =
+        u16::try_from(program.len()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    let fprog = libc::sock_fprog {
+        len,
+        // The kernel copies the program during the call and never writes it;
+        // the pointer is mutable only because the C struct says so.
+        filter: program.as_ptr().cast_mut(),
+    };
+    set_socket_option(fd, libc::SOL_SOCKET, libc::SO_ATTACH_REUSEPORT_CBPF, &fprog)
+}
+
+/// Which of `fds` are readable (for a listener: a connection is waiting),
+/// waiting up to `timeout` for the first. `poll(2)`.
+pub fn poll_readable(
+    fds: &[std::os::fd::RawFd],
+    timeout: std::time::Duration,
+) -> io::Result<Vec<bool>> {
+    let mut polled: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let millis = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    syscall!(poll(
+        polled.as_mut_ptr(),
+        polled.len() as libc::nfds_t,
+        millis
+    ))?;
+    Ok(polled
+        .iter()
+        .map(|p| p.revents & libc::POLLIN != 0)
+        .collect())
 }

@@ -18,6 +18,7 @@ use socket2::Socket;
 use tokio::sync::watch;
 use tokio_uring::net::{TcpListener, TcpStream};
 
+use crate::capacity::{self, TableFull};
 use crate::config::Config;
 use crate::shutdown::Shutdown;
 use crate::stats::{Stats, WorkerStats};
@@ -30,6 +31,8 @@ pub struct Shared<'a> {
     pub stats: Arc<Stats>,
     pub shutdown: &'a Shutdown,
     pub open_conns: Arc<AtomicUsize>,
+    /// The process's file-descriptor table, which all workers fill together.
+    pub fd_table: Arc<TableFull>,
     pub worker_id: usize,
 }
 
@@ -45,6 +48,7 @@ pub fn run(listener: Socket, shared: Shared<'_>) -> io::Result<()> {
                 worker: shared.worker_id,
             },
             open_conns: shared.open_conns.clone(),
+            fd_table: shared.fd_table.clone(),
             max_conns: shared.config.max_conns,
             buf_size: shared.config.buf_size_bytes as usize,
             drain_timeout: shared.config.drain_timeout,
@@ -88,6 +92,7 @@ struct Acceptor {
     listener: TcpListener,
     stats: StatsHandle,
     open_conns: Arc<AtomicUsize>,
+    fd_table: Arc<TableFull>,
     max_conns: usize,
     buf_size: usize,
     drain_timeout: std::time::Duration,
@@ -106,6 +111,13 @@ impl Acceptor {
                 // Out of descriptors or memory: the connection waits in the
                 // backlog; try again shortly instead of failing the worker.
                 Err(e) if is_resource_error(&e) => {
+                    if let Some(errno @ (libc::EMFILE | libc::ENFILE)) = e.raw_os_error() {
+                        let open = self.open_conns.load(Ordering::Relaxed);
+                        if self.fd_table.filled(open) {
+                            WorkerStats::add(&self.stats.get().table_full, 1);
+                            eprintln!("{}", capacity::fd_table_full_notice(errno, open));
+                        }
+                    }
                     tokio::time::sleep(STOP_CHECK).await;
                     continue;
                 }
@@ -127,10 +139,17 @@ impl Acceptor {
             let stats = self.stats.clone();
             let (open_here, all_closed) = (self.open_here.clone(), self.all_closed.clone());
             let open_conns = self.open_conns.clone();
+            let (fd_table, stop) = (self.fd_table.clone(), self.stop.clone());
             tokio_uring::spawn(async move {
                 let errored = conn.serve(&stats).await.is_err();
                 stats.closed(errored);
-                open_conns.fetch_sub(1, Ordering::Relaxed);
+                let open = open_conns.fetch_sub(1, Ordering::Relaxed) - 1;
+                if !*stop.borrow()
+                    && let Some(full_at) = fd_table.room_again(open)
+                {
+                    let table = "the process's descriptor table";
+                    eprintln!("{}", capacity::room_again_notice(table, open, full_at));
+                }
                 open_here.set(open_here.get() - 1);
                 if open_here.get() == 0 {
                     all_closed.notify_one();

@@ -26,7 +26,7 @@ const BAD: &[(&[&str], &str)] = &[
     (&["--addr", "1.2.3"], "--addr"),
     (&["--addr", "0"], "--addr"),
     (&["--addr", ""], "--addr"),
-    (&["-a", "localhost"], "--addr"),
+    (&["-a", "no-such-host.invalid"], "--addr"),
     (&["--workers", "0"], "--workers"),
     (&["--workers", "1025"], "--workers"),
     (&["--workers=-1"], "--workers"),
@@ -98,6 +98,17 @@ const BAD: &[(&[&str], &str)] = &[
     (&["--stats", "often"], "--stats"),
     (&["--stats", ""], "--stats"),
     (&["--quiet=yes"], "--quiet"),
+    (&["--stats-per-worker=yes"], "--stats-per-worker"),
+    (&["--cpus", ""], "--cpus"),
+    (&["--cpus", "a"], "--cpus"),
+    (&["--cpus", "3-1"], "--cpus"),
+    (&["--cpus", "0-"], "--cpus"),
+    (&["--cpus", "0,0"], "--cpus"),
+    (&["--cpus", "1024"], "--cpus"),
+    (&["--cpus=-1"], "--cpus"),
+    // Conflicting: workers that do not fill the listed CPUs evenly.
+    (&["--cpus", "0,1", "--workers", "3"], "--workers"),
+    (&["--cpus", "0,1", "--workers", "1"], "--cpus"),
     (&["--udp=yes"], "--udp"),
     (&["--no-recv-bundle=1"], "--no-recv-bundle"),
     (&["--sq-entries", "0"], "--sq-entries"),
@@ -128,7 +139,7 @@ const BAD: &[(&[&str], &str)] = &[
 ];
 
 /// Flags that take no value.
-const SWITCHES: &[&str] = &["--quiet", "--udp", "--no-recv-bundle"];
+const SWITCHES: &[&str] = &["--quiet", "--udp", "--no-recv-bundle", "--stats-per-worker"];
 
 /// The long flags `--help` lists, without --help and --version.
 fn flags_in_help() -> BTreeSet<String> {

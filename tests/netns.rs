@@ -244,3 +244,98 @@ fn a_bad_spec_is_refused_before_anything_is_made() {
             .contains("client_rps_cpus")
     );
 }
+
+#[test]
+fn a_thread_that_enters_a_client_namespace_connects_from_its_address_and_returns() {
+    let Some(topo) = topology_or_skip(&TopologySpec::pair("", "")) else {
+        return;
+    };
+    let home = std::fs::metadata("/proc/thread-self/ns/net").unwrap();
+    let server = Server::start_in_namespace(&topo, "epoll", &[]);
+    let stream = {
+        let _inside = topo.enter(topo.client_ns(0)).unwrap();
+        let inside = std::fs::metadata("/proc/thread-self/ns/net").unwrap();
+        assert_ne!(
+            std::os::unix::fs::MetadataExt::ino(&inside),
+            std::os::unix::fs::MetadataExt::ino(&home)
+        );
+        std::net::TcpStream::connect(server.addr_for(&topo, 0)).unwrap()
+    };
+    let back = std::fs::metadata("/proc/thread-self/ns/net").unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&back),
+        std::os::unix::fs::MetadataExt::ino(&home),
+        "the guard brought the thread back"
+    );
+    // The socket stays in the client namespace: it still echoes from there.
+    assert_eq!(stream.local_addr().unwrap().ip(), topo.client_addr(0));
+    let payload = common::payload(7, 100_000);
+    let mut clients = vec![common::EchoClient::new(stream, payload, 4096, true)];
+    common::drive(&mut clients, std::time::Duration::from_secs(20));
+    common::assert_all_echoed(&clients);
+}
+
+/// Not a test on its own: the child process of the next one. It builds a
+/// topology, names its namespaces on stdout, and waits on stdin.
+#[test]
+#[ignore = "the child of a_signal_deletes_the_namespaces_a_process_holds_before_it_exits"]
+fn child_holding_a_topology_until_signalled() {
+    if std::env::var_os("NETNS_TEST_CHILD").is_none() {
+        return;
+    }
+    let topo = Topology::create(&TopologySpec::pair("", "")).expect("topology in the child");
+    println!("NAMES {}", topo.namespaces().join(" "));
+    let mut line = String::new();
+    // Blocks until the parent's signal ends the process (or stdin closes).
+    let _ = std::io::stdin().read_line(&mut line);
+}
+
+#[test]
+fn a_signal_deletes_the_namespaces_a_process_holds_before_it_exits() {
+    if Topology::create(&TopologySpec::pair("", "")).is_err() {
+        eprintln!("skipping: network namespaces cannot be made here");
+        return;
+    }
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--ignored",
+            "--exact",
+            "child_holding_a_topology_until_signalled",
+        ])
+        .args(["--nocapture", "--test-threads", "1"])
+        .env("NETNS_TEST_CHILD", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Held open until the child has exited: EOF on its stdin would end it
+    // through its `Drop`, not through the signal.
+    let _stdin = child.stdin.take();
+    let mut names = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        // The harness prints "test NAME ... " before it on the same line.
+        if let Some((_, rest)) = line.split_once("NAMES ") {
+            names = rest.split(' ').map(String::from).collect::<Vec<_>>();
+            break;
+        }
+    }
+    assert_eq!(names.len(), 2, "the child named its namespaces");
+    let now = netns::list_namespaces();
+    assert!(
+        names.iter().all(|n| now.contains(n)),
+        "{names:?} in {now:?}"
+    );
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{out:?}");
+    assert!(
+        stderr(&out).contains("deleted 2 namespaces"),
+        "{}",
+        stderr(&out)
+    );
+    assert_gone(&names);
+}

@@ -101,8 +101,17 @@ for_each_backend! {
         let capacity = if backend == "uring" {
             NOFILE_LIMIT as usize
         } else {
-            NOFILE_LIMIT as usize - server.open_fds()
+            NOFILE_LIMIT as usize - server.open_fds_below(NOFILE_LIMIT)
         };
+        // The start line says so, and why.
+        let stated = parse_counters(&server.start_line)["capacity"];
+        assert_eq!(stated, capacity as u64, "{}", server.start_line);
+        let source = if backend == "uring" {
+            format!("(1 workers x {NOFILE_LIMIT} direct descriptors, RLIMIT_NOFILE)")
+        } else {
+            format!("(RLIMIT_NOFILE {NOFILE_LIMIT} - ")
+        };
+        assert!(server.start_line.contains(&source), "{}", server.start_line);
         // One listener: accepted in the order they connected.
         let mut clients = connect_many(server.addr, capacity + WAITING);
         for (i, c) in clients.iter_mut().enumerate() {
@@ -113,6 +122,14 @@ for_each_backend! {
         });
         for (i, c) in clients[..capacity].iter_mut().enumerate() {
             assert_eq!(echo_of(c, 16), Some(payload(i as u64, 16)), "accepted connection {i}");
+        }
+        // Said once, naming the limit and the remedy.
+        let mut stderr = server.wait_for_stderr(Duration::from_secs(10), is_full_notice);
+        let notice = stderr.last().unwrap().clone();
+        assert!(notice.contains(&format!("{capacity} connections")), "{notice}");
+        assert!(notice.contains("RLIMIT_NOFILE") && notice.contains("ulimit -n"), "{notice}");
+        if backend == "uring" {
+            assert!(notice.contains("--workers"), "{notice}");
         }
 
         // Connections wait in the backlog; the server must not spin on them.
@@ -139,16 +156,28 @@ for_each_backend! {
         let before_close = server.fresh_stats(Duration::from_secs(10));
         assert_eq!(before_close["accepted"], (capacity + CLOSED_TO_MAKE_ROOM) as u64, "{before_close:?}");
         assert_eq!(before_close["errors"], 0, "{before_close:?}");
+        // Full again after a few closes is the same episode: not said or counted again.
+        assert_eq!(before_close["table_full"], 1, "{before_close:?}");
         // Closing them all also lets the server accept (and then lose to a reset)
         // the connections that were still waiting: only the return to 0 matters.
         drop(clients);
+        stderr.extend(server.wait_for_stderr(Duration::from_secs(20), |l| l.contains("has room again")));
         server.wait_for_fresh_stats(Duration::from_secs(20), |s| s["open"] == 0);
         let stopped = server.stop();
         assert!(stopped.status.success(), "{stopped:?}");
+        assert_eq!(stopped.summary["table_full"], 1, "{stopped:?}");
+        stderr.extend(stopped.stderr.lines().map(String::from));
+        let count = |pred: fn(&str) -> bool| stderr.iter().filter(|l| pred(l)).count();
+        assert_eq!(count(is_full_notice), 1, "{stderr:?}");
+        assert_eq!(count(|l| l.contains("has room again")), 1, "{stderr:?}");
     }
 }
 
 /// Reads `len` bytes with a deadline; `None` if the connection ended first.
+fn is_full_notice(line: &str) -> bool {
+    line.contains("descriptor table full") || line.contains("open-files limit reached")
+}
+
 fn echo_of(s: &mut TcpStream, len: usize) -> Option<Vec<u8>> {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = vec![0u8; len];

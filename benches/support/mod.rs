@@ -1,12 +1,17 @@
 //! What the echo benches share: starting each server under test as its own
-//! process pinned to one CPU, and pinning the client to another.
+//! process pinned to one CPU, in the topology under test ([`topology`]), and
+//! pinning the client to another.
 
 pub mod pingpong;
+pub mod topology;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
+use std::sync::OnceLock;
+
+use topology::BenchTopology;
 
 /// A server under test.
 #[derive(Clone, Copy, Debug)]
@@ -37,8 +42,11 @@ impl Target {
         }
     }
 
-    fn command(self) -> Option<Command> {
+    /// The server's program and arguments, listening on `ip`, port 0, one
+    /// worker; `None` if the program is not built.
+    fn program(self, ip: IpAddr) -> Option<(PathBuf, Vec<String>)> {
         let server = PathBuf::from(env!("CARGO_BIN_EXE_uring-echo"));
+        let ip = ip.to_string();
         let (program, args): (PathBuf, Vec<&str>) = match self {
             Target::Uring | Target::Epoll | Target::TokioUring => (
                 server.clone(),
@@ -46,7 +54,7 @@ impl Target {
                     "--port",
                     "0",
                     "--addr",
-                    "127.0.0.1",
+                    &ip,
                     "--workers",
                     "1",
                     "--backend",
@@ -54,39 +62,36 @@ impl Target {
                 ],
             ),
             // The peers are examples of this crate, built beside the server binary.
-            Target::Tokio => (server.parent()?.join("examples/tokio_echo"), vec!["0", "1"]),
+            Target::Tokio => (
+                server.parent()?.join("examples/tokio_echo"),
+                vec!["0", "1", &ip],
+            ),
             Target::Monoio => (
                 server.parent()?.join("examples/monoio_echo"),
-                vec!["0", "1"],
+                vec!["0", "1", &ip],
             ),
         };
         if !program.exists() {
             return None;
         }
-        // Pin the server to CPU 0 when there is a CPU 1 for the client.
-        let mut cmd = if cpus() >= 2 && which("taskset") {
-            let mut c = Command::new("taskset");
-            c.arg("-c").arg("0").arg(program);
-            c
-        } else {
-            Command::new(program)
-        };
-        cmd.args(args);
-        Some(cmd)
+        Some((program, args.into_iter().map(String::from).collect()))
     }
 }
 
 /// A running server process, killed on drop.
 pub struct ServerProcess {
     child: Child,
+    /// Where the client reaches it.
     pub addr: SocketAddr,
 }
 
 impl ServerProcess {
-    /// Starts `target`, or `None` if its binary is not built (the peers need
-    /// `cargo build --release --examples`; `scripts/bench.py` does that).
-    pub fn start(target: Target) -> Option<ServerProcess> {
-        let mut cmd = target.command()?;
+    /// Starts `target` in `topology` (pinned to the server's CPU), or `None`
+    /// if its binary is not built (the peers need `cargo build --release
+    /// --examples`; `scripts/bench.py` does that).
+    pub fn start(target: Target, topology: &BenchTopology) -> Option<ServerProcess> {
+        let (program, args) = target.program(topology.listen_ip())?;
+        let mut cmd = topology.server_command(&program, &args);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -97,13 +102,21 @@ impl ServerProcess {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .expect("read the server's start-up line");
-        let addr = line
+        let listening: SocketAddr = line
             .split_whitespace()
             .skip_while(|w| *w != "on")
             .nth(1)
             .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in: {line}"));
-        Some(ServerProcess { child, addr })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{}: no address in its start-up line: {line:?}",
+                    target.name()
+                )
+            });
+        Some(ServerProcess {
+            child,
+            addr: topology.server_addr(listening.port()),
+        })
     }
 }
 
@@ -114,13 +127,12 @@ impl Drop for ServerProcess {
     }
 }
 
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-fn which(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+/// CPUs this process may run on, as at its first call: `pin_current_thread`
+/// asks before it pins, after which the thread's own affinity would say 1
+/// (and the servers, spawned by that thread, would be left unpinned).
+pub fn cpus() -> usize {
+    static CPUS: OnceLock<usize> = OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
 /// Pins the calling thread to `cpu` (the client runs on the CPU the server does not).

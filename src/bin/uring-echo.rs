@@ -7,6 +7,11 @@ use uring_echo::cli::server::ServerArgs;
 
 fn main() -> ExitCode {
     let args = ServerArgs::parse();
+    if let Some(note) = args.addr.resolution_note("--addr")
+        && !args.quiet
+    {
+        eprintln!("uring-echo: {note}");
+    }
     let config = match args.into_config() {
         Ok(c) => c,
         Err(e) => {

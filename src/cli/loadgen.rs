@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::loadgen::config::{Config, Load, MAX_MESSAGE_BYTES, SizeRange, Stop, Udp};
+use crate::loadgen::config::{Churn, Config, Load, MAX_MESSAGE_BYTES, SizeRange, Stop, Udp};
 use crate::loadgen::datagram::{HEADER_BYTES, max_datagram_bytes};
 
 /// The fastest round trip a pipeline slot is assumed to manage (10 µs): an
@@ -22,7 +22,9 @@ const MAX_MSGS_PER_SLOT_PER_S: f64 = 100_000.0;
 ///
 /// Exit status: 0 on success; 1 on a failed run (a mismatched echo, an echo that
 /// never came, fewer connections held than asked, no connection at all, UDP
-/// loss above --max-loss); 2 on bad flags.
+/// loss above --max-loss); 2 on bad flags or a --json path that cannot be
+/// written (checked before the run); 130 (SIGINT) or 143 (SIGTERM) for a run
+/// a signal stopped early, after its report ("interrupted" in the JSON).
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, args_conflicts_with_subcommands = true)]
 pub struct LoadgenArgs {
@@ -35,9 +37,10 @@ pub struct LoadgenArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Combine JSON results of runs from several load hosts (sums counters and
-    /// histograms, recomputes percentiles and throughput) and print the result
+    /// histograms, recomputes percentiles and throughput) and print the result;
+    /// warns when inputs differ in mode, message size or duration
     Merge {
-        /// Result files written by `loadgen --json`
+        /// Result files written by `loadgen --json`; `-` reads one from standard input
         #[arg(required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
@@ -45,7 +48,8 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Server to load, HOST:PORT (an IPv6 address in brackets: [::1]:9999)
+    /// Server to load, HOST:PORT: HOST an IP address (IPv6 in brackets:
+    /// `[::1]:9999`) or a host name, resolved once at start
     #[arg(long, default_value = "127.0.0.1:9999", value_parser = host_port)]
     pub target: String,
 
@@ -58,6 +62,11 @@ pub struct RunArgs {
     /// limit's worth of connections
     #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+
+    /// Pin thread i to the i-th CPU of LIST (`8-15`, `0,2,4`), round-robin when
+    /// there are more threads than CPUs; --threads defaults to the list's length
+    #[arg(long, value_name = "LIST", value_parser = crate::cli::cpu_list)]
+    pub cpus: Option<crate::cpus::CpuList>,
 
     /// Source addresses to spread connections over, comma-separated, of the
     /// target's family [default: 127.0.0.1, 127.0.0.2, ... (one per 10,000
@@ -86,7 +95,8 @@ pub struct RunArgs {
     pub pipeline: Option<u32>,
 
     /// Open loop: messages per second, all connections together; latency is
-    /// measured from each message's intended send time
+    /// measured from each message's intended send time. With
+    /// --messages-per-conn: new connections per second instead
     #[arg(short, long, value_name = "MSGS_PER_SEC", value_parser = rate)]
     pub rate: Option<f64>,
 
@@ -117,9 +127,25 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_verify: bool,
 
-    /// Exit 0 even when fewer connections than --conns were held
+    /// Exit 0 even when fewer connections than --conns were held (with
+    /// --messages-per-conn: even when connections failed or were lost)
     #[arg(long)]
     pub allow_partial: bool,
+
+    /// Connection churn: each connection sends N messages (closed loop, or
+    /// --pipeline in flight), checks their echoes, closes, and is replaced by
+    /// a new one, so --conns stay open at once. With --rate, new connections
+    /// are due at that many per second (open loop; a connection's latency
+    /// counts from its due time). Reports connections per second, connect and
+    /// transaction latency. loadgen closes first, so the TIME_WAIT is its own
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub messages_per_conn: Option<u32>,
+
+    /// Close connections with a reset (SO_LINGER 0) instead of a FIN: no
+    /// TIME_WAIT is left on either side, and the server counts an error per
+    /// connection it sees reset
+    #[arg(long)]
+    pub linger0: bool,
 
     /// UDP instead of TCP: --conns connected UDP sockets ("flows") send
     /// datagrams open loop at --rate (required), each carrying a 16-byte
@@ -162,10 +188,28 @@ impl RunArgs {
     /// Cross-flag checks; the error names the flags.
     pub fn into_config(self) -> Result<Config, String> {
         let udp = self.udp_config()?;
+        let churn = self.churn_config(udp.is_some())?;
         let load = match self.rate {
             None => Load::Closed {
                 pipeline: self.pipeline.unwrap_or(1),
             },
+            Some(rate) if churn.is_some() => {
+                let n = churn.map_or(1, |c| c.messages_per_conn);
+                let per_slot = rate / f64::from(self.conns);
+                let most = MAX_MSGS_PER_SLOT_PER_S / f64::from(n + 1);
+                if per_slot > most {
+                    return Err(format!(
+                        "--rate {rate} connections/s over --conns {} is {per_slot:.0} connections/s \
+                         per slot, more than one slot can carry ({most:.0}/s: a connect and \
+                         --messages-per-conn {n} round trips of 10 us each): raise --conns",
+                        self.conns
+                    ));
+                }
+                Load::Open {
+                    rate,
+                    pipeline: self.pipeline.unwrap_or(1),
+                }
+            }
             Some(rate) => {
                 let pipeline = self.pipeline.unwrap_or(1);
                 let per_conn = rate / f64::from(self.conns);
@@ -195,7 +239,11 @@ impl RunArgs {
         Ok(Config {
             target: self.target,
             conns: self.conns,
-            threads: self.threads.map(|t| t as usize),
+            threads: self
+                .threads
+                .map(|t| t as usize)
+                .or_else(|| self.cpus.as_ref().map(|c| c.len())),
+            cpus: self.cpus,
             source_addrs: self.source_addrs,
             connect_rate: self.connect_rate,
             connect_timeout: self.connect_timeout,
@@ -209,7 +257,32 @@ impl RunArgs {
             drain_timeout: self.drain_timeout,
             start_at: self.start_at,
             udp,
+            churn,
+            linger0: self.linger0,
         })
+    }
+
+    /// The --messages-per-conn settings, and what they exclude.
+    fn churn_config(&self, udp: bool) -> Result<Option<Churn>, String> {
+        let Some(n) = self.messages_per_conn else {
+            return Ok(None);
+        };
+        if udp {
+            return Err(format!(
+                "--messages-per-conn {n} has no meaning with --udp: a UDP flow has no connection to open and close"
+            ));
+        }
+        if let Some(m) = self.messages
+            && !m.is_multiple_of(u64::from(n))
+        {
+            return Err(format!(
+                "--messages {m} is not a multiple of --messages-per-conn {n}: every connection \
+                 sends exactly {n}, so the run would stop mid-connection"
+            ));
+        }
+        Ok(Some(Churn {
+            messages_per_conn: n,
+        }))
     }
 
     /// The --udp settings, and the flags that make no sense with or without it.
@@ -472,6 +545,47 @@ mod tests {
         assert!(e.contains("--max-loss") && e.contains("--udp"), "{e}");
         let e = parse(&["--udp", "--max-loss", "2"]).unwrap_err();
         assert!(e.contains("--max-loss") && e.contains("0..=1"), "{e}");
+    }
+
+    #[test]
+    fn messages_per_conn_turns_on_churn_and_checks_its_partners() {
+        let c = config(&["--messages-per-conn", "10", "--messages", "1000"]).unwrap();
+        assert_eq!(
+            c.churn,
+            Some(Churn {
+                messages_per_conn: 10
+            })
+        );
+        assert!(!c.linger0);
+        assert!(config(&[]).unwrap().churn.is_none());
+        let e = parse(&["--messages-per-conn", "0"]).unwrap_err();
+        assert!(
+            e.contains("--messages-per-conn") && e.contains("1..=1000000"),
+            "{e}"
+        );
+        let e = config(&["--messages-per-conn", "10", "--messages", "1005"]).unwrap_err();
+        assert!(
+            e.contains("--messages 1005") && e.contains("multiple"),
+            "{e}"
+        );
+        let e = config(&["--messages-per-conn", "1", "--udp", "--rate", "10"]).unwrap_err();
+        assert!(
+            e.contains("--messages-per-conn") && e.contains("--udp"),
+            "{e}"
+        );
+        let c = config(&["--messages-per-conn", "1", "--rate", "5000", "--linger0"]).unwrap();
+        assert!(c.linger0);
+        assert!(matches!(c.load, Load::Open { rate: 5000.0, .. }));
+        let e = config(&[
+            "--messages-per-conn",
+            "10",
+            "--rate",
+            "1000000",
+            "--conns",
+            "10",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--rate") && e.contains("raise --conns"), "{e}");
     }
 
     #[test]

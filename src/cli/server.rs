@@ -1,6 +1,5 @@
 //! `uring-echo`'s flags.
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -32,13 +31,24 @@ pub struct ServerArgs {
     #[arg(short, long, default_value_t = 9999, value_parser = clap::value_parser!(u16))]
     pub port: u16,
 
-    /// Address to listen on; `::` serves IPv6 and IPv4
-    #[arg(short, long, default_value = "0.0.0.0")]
-    pub addr: IpAddr,
+    /// Address to listen on, an IP address or a host name (resolved once, at
+    /// start); `::` serves IPv6 and IPv4
+    #[arg(short, long, default_value = "0.0.0.0", value_parser = crate::cli::host_addr)]
+    pub addr: crate::cli::HostAddr,
 
-    /// Worker threads, each with its own listener and event loop [default: number of CPUs]
+    /// Worker threads, each with its own listener and event loop [default: the
+    /// number of --cpus, else the number of CPUs]
     #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
+
+    /// Pin worker i to the i-th CPU of LIST (`0-7`, `0,2,4`, `0-3,8`), and
+    /// steer each new connection to the worker pinned to the CPU that
+    /// received it (a reuseport BPF program; the start line says
+    /// `steering=cpu`, or `steering=hash (why)` where it cannot). --workers
+    /// defaults to the list's length; a multiple of it shares each CPU
+    /// (hashed, not steered)
+    #[arg(long, value_name = "LIST", value_parser = crate::cli::cpu_list)]
+    pub cpus: Option<crate::cpus::CpuList>,
 
     /// Event loop
     #[arg(short, long, value_enum, default_value_t = BackendArg::Uring)]
@@ -105,6 +115,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "SECONDS", value_parser = crate::cli::seconds(0.01, 86400.0))]
     pub stats: Option<Duration>,
 
+    /// Also print each worker's counters (a `stats worker=I cpu=C ...` line
+    /// per worker after each --stats line, and per worker at stop), so an
+    /// imbalance between workers is visible
+    #[arg(long)]
+    pub stats_per_worker: bool,
+
     /// Print nothing but errors
     #[arg(short, long)]
     pub quiet: bool,
@@ -136,12 +152,12 @@ impl ServerArgs {
                 self.conn_buffers, self.buf_count
             ));
         }
+        let workers = self.workers()?;
         Ok(Config {
-            addr: self.addr,
+            addr: self.addr.ip,
             port: self.port,
-            workers: self
-                .workers
-                .map_or_else(crate::sys::available_cpus, |w| w as usize),
+            workers,
+            cpus: self.cpus,
             backend: match self.backend {
                 BackendArg::Uring => Backend::Uring,
                 BackendArg::Epoll => Backend::Epoll,
@@ -160,8 +176,29 @@ impl ServerArgs {
             udp_max_datagram: self.udp_max_datagram,
             busy_poll: Duration::from_micros(u64::from(self.busy_poll)),
             stats_interval: self.stats,
+            stats_per_worker: self.stats_per_worker,
             quiet: self.quiet,
         })
+    }
+}
+
+impl ServerArgs {
+    /// --workers, defaulting to the --cpus list's length. With both, the
+    /// workers must fill the listed CPUs evenly: fewer would leave a listed
+    /// CPU without a worker, and an uneven count would load some CPUs more.
+    fn workers(&self) -> Result<usize, String> {
+        match (&self.cpus, self.workers) {
+            (None, None) => Ok(crate::sys::available_cpus()),
+            (None, Some(w)) => Ok(w as usize),
+            (Some(cpus), None) => Ok(cpus.len()),
+            (Some(cpus), Some(w)) if (w as usize).is_multiple_of(cpus.len()) => Ok(w as usize),
+            (Some(cpus), Some(w)) => Err(format!(
+                "--workers {w} conflicts with --cpus {cpus} ({} CPUs): give one worker per CPU \
+                 (leave --workers out) or a multiple of {}",
+                cpus.len(),
+                cpus.len()
+            )),
+        }
     }
 }
 
@@ -194,6 +231,30 @@ mod tests {
             e.contains("--buf-count") && e.contains("power of two"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn workers_default_to_the_cpu_list_and_must_fill_it_evenly() {
+        let c = parse(&["--cpus", "0-3,8"]).unwrap().into_config().unwrap();
+        assert_eq!(c.workers, 5);
+        assert_eq!(c.cpus.unwrap().cpus(), [0, 1, 2, 3, 8]);
+        let c = parse(&["--cpus", "0,1", "--workers", "4"]).unwrap();
+        assert_eq!(c.into_config().unwrap().workers, 4);
+        for workers in ["1", "3"] {
+            let e = parse(&["--cpus", "0,1", "--workers", workers])
+                .unwrap()
+                .into_config()
+                .unwrap_err();
+            assert!(e.contains("--workers") && e.contains("--cpus 0-1"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_cpu_list_names_the_flag() {
+        for bad in ["", "x", "3-1", "0,0", "4096"] {
+            let e = parse(&["--cpus", bad]).unwrap_err();
+            assert!(e.contains("--cpus"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

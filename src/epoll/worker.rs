@@ -17,6 +17,7 @@ use socket2::Socket;
 use super::buf_pool::BufPool;
 use super::poller::{CONN_INTEREST, LEVEL_READ, Poller};
 use super::udp::UdpEcho;
+use crate::capacity::{self, TableFull};
 use crate::config::Config;
 use crate::echo_queue::{Chunk, EchoQueue};
 use crate::shutdown::Shutdown;
@@ -40,6 +41,8 @@ pub struct Shared<'a> {
     pub stats: &'a WorkerStats,
     pub shutdown: &'a Shutdown,
     pub open_conns: &'a AtomicUsize,
+    /// The process's file-descriptor table, which all workers fill together.
+    pub fd_table: &'a TableFull,
     pub worker_id: usize,
 }
 
@@ -213,7 +216,10 @@ impl<'a> Worker<'a> {
                     // Out of descriptors: the connection waits in the backlog. The
                     // listener is level-triggered, so it must leave the poller or
                     // every wait would return at once; the next close brings it back.
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    Some(errno @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
+                        if matches!(errno, libc::EMFILE | libc::ENFILE) {
+                            self.note_fd_table_full(errno);
+                        }
                         self.pause_accept();
                         return;
                     }
@@ -227,6 +233,15 @@ impl<'a> Worker<'a> {
                     }
                 },
             }
+        }
+    }
+
+    /// Said and counted once (for all workers) until the table has room again.
+    fn note_fd_table_full(&self, errno: i32) {
+        let open = self.shared.open_conns.load(Ordering::Relaxed);
+        if self.shared.fd_table.filled(open) {
+            WorkerStats::add(&self.shared.stats.table_full, 1);
+            eprintln!("{}", capacity::fd_table_full_notice(errno, open));
         }
     }
 
@@ -265,6 +280,7 @@ impl<'a> Worker<'a> {
             queue: EchoQueue::default(),
         });
         WorkerStats::add(&self.shared.stats.accepted, 1);
+        WorkerStats::set(&self.shared.stats.slab_slots, self.conns.capacity() as u64);
     }
 
     fn handle_wake(&mut self) {
@@ -477,7 +493,14 @@ impl<'a> Worker<'a> {
             WorkerStats::add(&self.shared.stats.errors, 1);
         }
         WorkerStats::add(&self.shared.stats.closed, 1);
-        self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+        let open = self.shared.open_conns.fetch_sub(1, Ordering::Relaxed) - 1;
+        if self.drain_deadline.is_none()
+            && let Some(full_at) = self.shared.fd_table.room_again(open)
+        {
+            let notice =
+                capacity::room_again_notice("the process's descriptor table", open, full_at);
+            eprintln!("{notice}");
+        }
         if self.accept_paused && self.drain_deadline.is_none() {
             self.resume_accept();
         }

@@ -81,8 +81,12 @@ pub struct Config {
     pub target: String,
     /// Invariant: >= 1.
     pub conns: u32,
-    /// `None`: one per CPU, raised to what `conns` needs.
+    /// `None`: one per CPU (one per `cpus` entry with `cpus`), raised to
+    /// what `conns` needs.
     pub threads: Option<usize>,
+    /// `--cpus`: thread *i* is pinned to the *i*-th CPU, round-robin when
+    /// there are more threads than CPUs.
+    pub cpus: Option<crate::cpus::CpuList>,
     /// Empty: picked automatically (spread over 127.0.0.x for a loopback target).
     pub source_addrs: Vec<IpAddr>,
     /// Connections opened per second, all threads together. Invariant: >= 1.
@@ -103,6 +107,23 @@ pub struct Config {
     /// `--udp`: datagrams over connected UDP sockets ("flows", `conns` of
     /// them) instead of TCP streams. `load` is then always [`Load::Open`].
     pub udp: Option<Udp>,
+    /// `--messages-per-conn`: connections are short-lived (see [`Churn`]).
+    pub churn: Option<Churn>,
+    /// `--linger0`: connections close with a reset (SO_LINGER 0) instead of a
+    /// FIN, so no TIME_WAIT is left behind.
+    pub linger0: bool,
+}
+
+/// Connection churn: each connection sends `messages_per_conn` messages (closed
+/// loop, `pipeline` in flight), checks their echoes, closes, and its slot is
+/// reused by a new connection. In the closed loop `conns` connections are
+/// open at once, each replaced as soon as its close completes; with a rate,
+/// new connections are due on that schedule (connections per second) and
+/// take the first free slot of the `conns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Churn {
+    /// Invariant: >= 1.
+    pub messages_per_conn: u32,
 }
 
 /// The UDP-only settings.

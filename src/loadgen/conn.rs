@@ -25,6 +25,12 @@ pub enum State {
     Failed,
     /// Was established, then an error or the server's close ended it.
     Lost,
+    /// Established by the kernel, sent, and had not a byte back when the load
+    /// stopped: the server never accepted it. Late echoes are ignored.
+    Unanswered,
+    /// `--messages-per-conn`: all its messages echoed, closed by loadgen; the
+    /// slot is free again once the close completes.
+    Closing,
 }
 
 /// A message created and not yet fully echoed.
@@ -49,6 +55,9 @@ pub enum RecvError {
 #[derive(Debug)]
 pub struct Conn {
     pub state: State,
+    /// Which of the connections that used this slot this is (`--messages-per-conn`
+    /// reuses slots; otherwise 0). Carried in every operation's tag.
+    pub generation: u32,
     /// Offset of this connection's stream in the pattern.
     pub seed: u32,
     /// Message sizes, per connection.
@@ -85,6 +94,7 @@ impl Conn {
     pub fn new(seed: u32) -> Conn {
         Conn {
             state: State::Idle,
+            generation: 0,
             seed,
             sizes: SizeDraw::new(seed),
             connect_started: 0,
@@ -166,10 +176,10 @@ impl Conn {
         while !bytes.is_empty() {
             let front = self.queue.front_mut().ok_or(RecvError::Unexpected)?;
             let take = (front.end - self.recv_off).min(bytes.len() as u64) as usize;
-            if let Some(p) = pattern {
-                if !p.matches(self.seed, self.recv_off, &bytes[..take]) {
-                    front.corrupt = true;
-                }
+            if let Some(p) = pattern
+                && !p.matches(self.seed, self.recv_off, &bytes[..take])
+            {
+                front.corrupt = true;
             }
             self.recv_off += take as u64;
             bytes = &bytes[take..];
@@ -187,6 +197,16 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// Some byte was handed to a send.
+    pub fn has_sent(&self) -> bool {
+        self.send_off > 0 || self.send_in_flight > 0
+    }
+
+    /// Some byte of the echo came back.
+    pub fn answered(&self) -> bool {
+        self.recv_off > 0
     }
 
     /// Forgets every outstanding message (the connection is gone); returns how many.

@@ -17,15 +17,50 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// address has ~28,000 ephemeral ports per destination (32768-60999); staying
 /// well under leaves room for TIME_WAIT sockets of earlier runs.
 pub const CONNS_PER_SOURCE: u32 = 10_000;
+/// Loopback source addresses a churn run (`--messages-per-conn`) spreads over
+/// at least. Each closed connection holds its port in TIME_WAIT for 60 s on
+/// the client (which closes first); the kernel hands such a port to a new
+/// connect only after a second (`tcp_tw_reuse`, on for loopback by default),
+/// so a run of 100,000 connections a second needs several addresses' ports.
+pub const CHURN_SOURCES: u32 = 16;
 
-/// Resolves `HOST:PORT`; the error is one line naming the flag.
-pub fn resolve_target(target: &str) -> Result<SocketAddr, String> {
-    let mut addrs = target
+/// Resolves `HOST:PORT` (once, at start) to every address it names, in the
+/// resolver's order; the error is one line naming the flag.
+pub fn resolve_target(target: &str) -> Result<Vec<SocketAddr>, String> {
+    let addrs: Vec<SocketAddr> = target
         .to_socket_addrs()
-        .map_err(|e| format!("--target {target}: cannot resolve: {e}"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("--target {target}: resolves to no address"))
+        .map_err(|e| format!("--target {target}: cannot resolve: {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("--target {target}: resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+/// The first of `candidates` where a server answers the probe (TCP connect,
+/// or with `udp` an echoed datagram); the error is the first candidate's.
+/// A name like `localhost` may resolve to `::1` first while the server
+/// listens on 0.0.0.0 only.
+pub fn pick_target(
+    candidates: &[SocketAddr],
+    udp: bool,
+    timeout: Duration,
+) -> Result<SocketAddr, String> {
+    let mut first_error = None;
+    for &addr in candidates {
+        let answered = if udp {
+            probe_udp(addr, timeout)
+        } else {
+            probe(addr, timeout)
+        };
+        match answered {
+            Ok(()) => return Ok(addr),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or_else(|| "--target resolves to no address".into()))
 }
 
 /// Source addresses to spread connections over: the given ones, or for an IPv4
@@ -36,6 +71,7 @@ pub fn resolve_target(target: &str) -> Result<SocketAddr, String> {
 pub fn source_plan(
     target: SocketAddr,
     conns: u32,
+    churn: bool,
     given: &[IpAddr],
 ) -> Result<Vec<IpAddr>, String> {
     if let Some(bad) = given.iter().find(|a| a.is_ipv4() != target.is_ipv4()) {
@@ -49,7 +85,10 @@ pub fn source_plan(
     if !target.ip().is_loopback() || !target.is_ipv4() {
         return Ok(Vec::new());
     }
-    let n = conns.div_ceil(CONNS_PER_SOURCE).clamp(1, 250);
+    let mut n = conns.div_ceil(CONNS_PER_SOURCE).clamp(1, 250);
+    if churn {
+        n = n.max(CHURN_SOURCES);
+    }
     Ok((1..=n)
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
         .collect())
@@ -61,11 +100,25 @@ pub fn threads_needed(conns: u32, per_ring: u64) -> usize {
     (u64::from(conns).div_ceil(per_ring.max(1))) as usize
 }
 
+/// How a socket is opened: TCP or UDP, and how a TCP close ends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketKind {
+    pub udp: bool,
+    /// `--linger0`: SO_LINGER with a zero timeout, so closing sends a reset
+    /// and leaves no TIME_WAIT behind (on either side).
+    pub linger0: bool,
+}
+
 /// A TCP socket (or with `udp` a UDP one) with its options set and bound to
 /// `source` (port chosen at connect), ready to be installed in a ring and
 /// connected there. A connected UDP socket sends to the target with plain
 /// sends and receives only what comes from it.
-pub fn open_socket(target: SocketAddr, source: Option<IpAddr>, udp: bool) -> io::Result<Socket> {
+pub fn open_socket(
+    target: SocketAddr,
+    source: Option<IpAddr>,
+    kind: SocketKind,
+) -> io::Result<Socket> {
+    let udp = kind.udp;
     let socket = if udp {
         Socket::new(
             Domain::for_address(target),
@@ -83,6 +136,9 @@ pub fn open_socket(target: SocketAddr, source: Option<IpAddr>, udp: bool) -> io:
         // Small messages answered at once: Nagle would hold the second of two
         // pipelined messages back until the first is acknowledged.
         socket.set_tcp_nodelay(true)?;
+        if kind.linger0 {
+            socket.set_linger(Some(Duration::ZERO))?;
+        }
     }
     if let Some(ip) = source {
         // A UDP bind takes its port at once; the option only defers TCP's.
@@ -213,20 +269,33 @@ mod tests {
 
     #[test]
     fn a_loopback_target_spreads_over_enough_source_addresses() {
-        let plan = source_plan(loopback(), 50_000, &[]).unwrap();
+        let plan = source_plan(loopback(), 50_000, false, &[]).unwrap();
         assert_eq!(plan.len(), 5);
         assert_eq!(plan[0], "127.0.0.1".parse::<IpAddr>().unwrap());
         assert_eq!(plan[4], "127.0.0.5".parse::<IpAddr>().unwrap());
-        assert_eq!(source_plan(loopback(), 1, &[]).unwrap().len(), 1);
+        assert_eq!(source_plan(loopback(), 1, false, &[]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_churn_run_spreads_its_time_wait_ports_over_more_addresses() {
+        let plan = source_plan(loopback(), 200, true, &[]).unwrap();
+        assert_eq!(plan.len(), CHURN_SOURCES as usize);
+        assert_eq!(
+            source_plan(loopback(), 500_000, true, &[]).unwrap().len(),
+            50
+        );
     }
 
     #[test]
     fn given_source_addresses_win_and_must_match_the_family() {
         let given: Vec<IpAddr> = vec!["10.0.0.1".parse().unwrap()];
-        assert_eq!(source_plan(loopback(), 50_000, &given).unwrap(), given);
+        assert_eq!(
+            source_plan(loopback(), 50_000, false, &given).unwrap(),
+            given
+        );
         let v6: Vec<IpAddr> = vec!["::1".parse().unwrap()];
         assert!(
-            source_plan(loopback(), 1, &v6)
+            source_plan(loopback(), 1, false, &v6)
                 .unwrap_err()
                 .contains("--source-addrs")
         );
@@ -235,16 +304,16 @@ mod tests {
     #[test]
     fn an_ipv6_loopback_target_is_not_spread_but_given_ipv6_sources_are_used() {
         let v6: SocketAddr = "[::1]:9999".parse().unwrap();
-        assert!(source_plan(v6, 50_000, &[]).unwrap().is_empty());
+        assert!(source_plan(v6, 50_000, true, &[]).unwrap().is_empty());
         let given: Vec<IpAddr> = vec!["::1".parse().unwrap()];
-        assert_eq!(source_plan(v6, 10, &given).unwrap(), given);
+        assert_eq!(source_plan(v6, 10, false, &given).unwrap(), given);
         assert!(hint_for("EADDRNOTAVAIL").contains("::1"));
     }
 
     #[test]
     fn a_remote_target_lets_the_kernel_pick_the_source() {
         let remote: SocketAddr = "10.1.2.3:9999".parse().unwrap();
-        assert!(source_plan(remote, 50_000, &[]).unwrap().is_empty());
+        assert!(source_plan(remote, 50_000, true, &[]).unwrap().is_empty());
     }
 
     #[test]
@@ -252,6 +321,17 @@ mod tests {
         assert_eq!(threads_needed(50_000, 20_000), 3);
         assert_eq!(threads_needed(40_000, 20_000), 2);
         assert_eq!(threads_needed(1, 20_000), 1);
+    }
+
+    #[test]
+    fn a_host_name_resolves_to_its_addresses() {
+        let addrs = resolve_target("localhost:9999").unwrap();
+        assert!(
+            addrs
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 9999),
+            "{addrs:?}"
+        );
     }
 
     #[test]

@@ -96,10 +96,10 @@ pub fn check(bytes: &[u8], flow: u32, pattern: Option<&Pattern>) -> Result<Heade
     if header.len as usize != bytes.len() {
         return Err(Mismatch::Length(header));
     }
-    if let Some(p) = pattern {
-        if bytes[HEADER_BYTES as usize..] != *header.payload(p) {
-            return Err(Mismatch::Payload(header));
-        }
+    if let Some(p) = pattern
+        && bytes[HEADER_BYTES as usize..] != *header.payload(p)
+    {
+        return Err(Mismatch::Payload(header));
     }
     Ok(header)
 }

@@ -1,7 +1,8 @@
 //! Combining runs from several load hosts exactly: `loadgen merge A.json B.json`
 //! sums the counters and the latency histograms (carried in each report as
 //! hdrhistogram V2 + deflate, base64) and recomputes percentiles, throughput and
-//! CPU per message from the sums. Reading files is the binary's job.
+//! CPU per message from the sums. Reading files is the binary's job; telling
+//! what is not a result and which inputs differ in what they measured is here.
 #![forbid(unsafe_code)]
 
 use base64::Engine as _;
@@ -38,6 +39,63 @@ pub fn decode_histogram(s: &str) -> Result<Histogram<u64>, String> {
     Ok(out)
 }
 
+/// Reads one input of `merge`: `name` (a file, or standard input) names it in
+/// the error.
+pub fn parse_input(name: &str, text: &str) -> Result<Report, String> {
+    serde_json::from_str::<Report>(text)
+        .map_err(|e| format!("{name} is not a loadgen JSON result: {e}"))
+}
+
+/// What makes inputs measure different things, compared with the first one:
+/// one warning per differing input, naming both. Merging them is still exact,
+/// but the sum mixes loads.
+pub fn differences(reports: &[Report], names: &[String]) -> Vec<String> {
+    let Some(first) = reports.first() else {
+        return Vec::new();
+    };
+    let describe = |r: &Report| {
+        let c = &r.config;
+        let length = match (c.duration_s, c.messages) {
+            (Some(d), _) => format!("--duration {d}"),
+            (None, Some(n)) => format!("--messages {n}"),
+            (None, None) => "no stop".to_string(),
+        };
+        [
+            ("mode", c.mode.clone()),
+            (
+                "message size",
+                format!("{}..={} bytes", c.size_min, c.size_max),
+            ),
+            ("duration", length),
+        ]
+    };
+    let base = describe(first);
+    let mut out = Vec::new();
+    for (i, r) in reports.iter().enumerate().skip(1) {
+        let diffs: Vec<String> = describe(r)
+            .iter()
+            .zip(&base)
+            .filter(|(mine, theirs)| mine.1 != theirs.1)
+            .map(|((what, mine), (_, theirs))| format!("{what} {mine}, not {theirs}"))
+            .collect();
+        if !diffs.is_empty() {
+            out.push(format!(
+                "{} differs from {}: {}; the merged result mixes different loads",
+                names[i],
+                names[0],
+                diffs.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+/// [`merge_named`] with inputs named "input 1", "input 2", ...
+pub fn merge(reports: &[Report]) -> Result<Report, String> {
+    let names: Vec<String> = (1..=reports.len()).map(|i| format!("input {i}")).collect();
+    merge_named(reports, &names)
+}
+
 /// The hosts' starts as one: the earliest actual start, the spread to the
 /// latest, late if any was; `requested` where every host was given the same
 /// instant. `None` when no report says when it started (older loadgens).
@@ -64,10 +122,12 @@ fn merge_starts(reports: &[Report]) -> Option<Start> {
 
 /// Sums reports of runs made at the same time from several hosts. Durations
 /// may differ slightly: throughput is the summed messages over the longest one.
-pub fn merge(reports: &[Report]) -> Result<Report, String> {
+/// Errors name the input (`names[i]` for `reports[i]`).
+pub fn merge_named(reports: &[Report], names: &[String]) -> Result<Report, String> {
     let first = reports.first().ok_or("nothing to merge")?;
     let mut latency = new_histogram();
     let mut connect = new_histogram();
+    let mut transaction = new_histogram();
     let mut out = Report {
         schema: SCHEMA_VERSION,
         hosts: 0,
@@ -75,12 +135,14 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         connections: Connections::default(),
         errors: Default::default(),
         duration_s: 0.0,
+        interrupted: None,
         messages: Messages::default(),
         bytes: Bytes::default(),
         throughput: Default::default(),
         rate: None,
         latency_us: Percentiles::default(),
         connect_us: Percentiles::default(),
+        transaction_us: Percentiles::default(),
         verify: Verify {
             enabled: true,
             mismatches: 0,
@@ -96,17 +158,14 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
     for (i, r) in reports.iter().enumerate() {
         if r.schema != SCHEMA_VERSION {
             return Err(format!(
-                "input {}: schema {} (this loadgen reads {SCHEMA_VERSION})",
-                i + 1,
-                r.schema
+                "{}: schema {} (this loadgen reads {SCHEMA_VERSION})",
+                names[i], r.schema
             ));
         }
         if r.udp.is_some() != first.udp.is_some() {
             return Err(format!(
-                "input {}: a {} run, input 1 a {} run: merge one protocol at a time",
-                i + 1,
-                r.config.protocol,
-                first.config.protocol
+                "{}: a {} run, {} a {} run: merge one protocol at a time",
+                names[i], r.config.protocol, names[0], first.config.protocol
             ));
         }
         if let Some(u) = &r.udp {
@@ -125,10 +184,16 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
         c.established += r.connections.established;
         c.failed += r.connections.failed;
         c.lost += r.connections.lost;
+        c.lost_unanswered += r.connections.lost_unanswered;
+        c.unanswered += r.connections.unanswered;
+        c.completed += r.connections.completed;
         for (kind, n) in &r.errors {
             *out.errors.entry(kind.clone()).or_default() += n;
         }
         out.duration_s = out.duration_s.max(r.duration_s);
+        if out.interrupted.is_none() {
+            out.interrupted.clone_from(&r.interrupted);
+        }
         out.messages.sent += r.messages.sent;
         out.messages.received += r.messages.received;
         out.messages.unfinished += r.messages.unfinished;
@@ -144,27 +209,42 @@ pub fn merge(reports: &[Report]) -> Result<Report, String> {
             *asked.get_or_insert(0.0) += rate.asked;
         }
         let add = |into: &mut Histogram<u64>, what: &str, s: &str| {
-            let h = decode_histogram(s).map_err(|e| format!("input {}: {what}: {e}", i + 1))?;
+            let h = decode_histogram(s).map_err(|e| format!("{}: {what}: {e}", names[i]))?;
             into.add(&h)
-                .map_err(|e| format!("input {}: {what}: {e:?}", i + 1))
+                .map_err(|e| format!("{}: {what}: {e:?}", names[i]))
         };
         add(&mut latency, "latency_us", &r.histograms.latency_us)?;
         add(&mut connect, "connect_us", &r.histograms.connect_us)?;
+        if !r.histograms.transaction_us.is_empty() {
+            add(
+                &mut transaction,
+                "transaction_us",
+                &r.histograms.transaction_us,
+            )?;
+        }
     }
     out.config.conns = out.connections.requested;
     out.config.rate = asked;
-    out.throughput = throughput(out.messages.received, out.bytes.received, out.duration_s);
+    out.throughput = throughput(
+        out.messages.received,
+        out.bytes.received,
+        out.connections.completed,
+        out.duration_s,
+    );
+    let churn = out.config.messages_per_conn.is_some();
     out.rate = asked.map(|asked| Rate {
         asked,
-        achieved: out.throughput.msgs_per_s,
+        achieved: out.throughput.achieved(churn),
     });
     out.latency_us = Percentiles::of(&latency);
     out.connect_us = Percentiles::of(&connect);
+    out.transaction_us = Percentiles::of(&transaction);
     out.cpu = Cpu::new(user_s, sys_s, cpu_msgs);
     out.udp = datagrams.map(Udp::new);
     out.histograms = Histograms {
         latency_us: encode_histogram(&latency),
         connect_us: encode_histogram(&connect),
+        transaction_us: encode_histogram(&transaction),
     };
     Ok(out)
 }
@@ -196,6 +276,8 @@ mod tests {
             protocol: "tcp".into(),
             udp_timeout_s: None,
             max_loss: None,
+            messages_per_conn: None,
+            linger0: false,
         }
     }
 
@@ -213,6 +295,7 @@ mod tests {
                     established: 10,
                     failed: 0,
                     lost: 0,
+                    ..Default::default()
                 },
                 errors: [("ECONNRESET".to_string(), 1)].into(),
                 duration_s,
@@ -227,6 +310,7 @@ mod tests {
                 },
                 latency,
                 connect: new_histogram(),
+                transaction: new_histogram(),
                 cpu: Cpu::new(0.5, 0.25, n),
                 udp: None,
                 start: Start::default(),
@@ -292,6 +376,45 @@ mod tests {
             merge(&[old, a]).unwrap().start.unwrap().actual,
             1_764_000_000.25
         );
+    }
+
+    /// A churn run: `completed` connections, each with a transaction time.
+    fn churn_report(transactions_us: &[u64], duration_s: f64) -> Report {
+        let mut r = report(&[10], duration_s);
+        let mut h = new_histogram();
+        for &v in transactions_us {
+            h.record(v).unwrap();
+        }
+        r.config.messages_per_conn = Some(1);
+        r.config.rate = Some(100.0);
+        r.rate = Some(Rate {
+            asked: 100.0,
+            achieved: 0.0,
+        });
+        r.connections.completed = transactions_us.len() as u64;
+        r.transaction_us = Percentiles::of(&h);
+        r.histograms.transaction_us = encode_histogram(&h);
+        r
+    }
+
+    #[test]
+    fn merging_churn_runs_sums_connections_and_transaction_times() {
+        let a = churn_report(&[100, 200, 300], 1.0);
+        let b = churn_report(&[400; 5], 2.0);
+        let m = merge(&[a, b]).unwrap();
+        assert_eq!(m.connections.completed, 8);
+        assert_eq!(m.throughput.conns_per_s, 4.0, "8 over the longest 2 s");
+        assert_eq!(m.transaction_us.count, 8);
+        assert_eq!(m.transaction_us.max, 400);
+        let rate = m.rate.unwrap();
+        assert_eq!(
+            (rate.asked, rate.achieved),
+            (200.0, 4.0),
+            "connections per second"
+        );
+        // A report from before churn has no transaction histogram: skipped.
+        let m = merge(&[report(&[10], 1.0), report(&[10], 1.0)]).unwrap();
+        assert_eq!(m.transaction_us.count, 0);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - [`pattern`]: the shared byte pattern that sends come from and echoes are checked against.
 //! - [`stats`]: per-thread counters and histograms, and what progress reads.
 //! - [`report`]: the JSON result, the human summary, the exit checks.
+//! - [`diagnosis`]: what the connection counts say about the server, in one sentence.
 //! - [`merge`]: histogram serialisation and merging results from several hosts.
 //!
 //! This file wires them together: plan the threads, start them, print progress,
@@ -25,6 +26,7 @@ pub mod config;
 pub mod conn;
 pub mod connect;
 pub mod datagram;
+pub mod diagnosis;
 pub mod engine;
 pub mod flow;
 pub mod merge;
@@ -34,7 +36,7 @@ pub mod report;
 pub mod ring;
 pub mod stats;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, OnceLock, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -52,9 +54,18 @@ const MAX_SEND_BYTES: usize = 64 * 1024;
 /// could not start or got no connection at all.
 pub fn run(config: &Config) -> Result<Report, String> {
     crate::sys::ignore_sigpipe();
+    if let Some(cpus) = &config.cpus {
+        cpus.check_allowed()?;
+    }
     let per_ring = crate::sys::raise_open_files_limit().clamp(1, 1 << 20);
-    let target = connect::resolve_target(&config.target)?;
-    let sources = connect::source_plan(target, config.conns, &config.source_addrs)?;
+    let candidates = connect::resolve_target(&config.target)?;
+    let target = connect::pick_target(&candidates, config.udp.is_some(), config.connect_timeout)?;
+    let sources = connect::source_plan(
+        target,
+        config.conns,
+        config.churn.is_some(),
+        &config.source_addrs,
+    )?;
     let base = config.threads.unwrap_or_else(crate::sys::available_cpus);
     let needed = connect::threads_needed(config.conns, per_ring);
     let threads = base.max(needed).min(config.conns as usize).max(1);
@@ -78,14 +89,21 @@ pub fn run(config: &Config) -> Result<Report, String> {
             config.conns
         ));
     }
-    if config.udp.is_some() {
-        connect::probe_udp(target, config.connect_timeout)?;
-    } else {
-        connect::probe(target, config.connect_timeout)?;
+    if config.target.parse::<std::net::SocketAddr>().is_err() {
+        let all: Vec<String> = candidates.iter().map(|a| a.to_string()).collect();
+        let of = if all.len() > 1 {
+            format!(" (of {}: the first that answered)", all.join(", "))
+        } else {
+            String::new()
+        };
+        note(format!(
+            "--target {} resolved to {target}{of}",
+            config.target
+        ));
     }
     let run_config = run_config(config, &target.to_string(), threads, &sources);
     note(format!(
-        "{} {} -> {target}: {} {} on {threads} threads, sources [{}], {}",
+        "{} {} -> {target}: {} {} on {threads} threads{}, sources [{}], {}",
         run_config.protocol,
         run_config.mode,
         config.conns,
@@ -94,10 +112,15 @@ pub fn run(config: &Config) -> Result<Report, String> {
         } else {
             "conns"
         },
+        config
+            .cpus
+            .as_ref()
+            .map_or_else(String::new, |c| format!(" pinned to CPUs {c}")),
         run_config.source_addrs.join(","),
         describe_load(config)
     ));
 
+    let (interrupt, signal) = interrupt_flags();
     let plans = plan_threads(config.conns, threads);
     let (epoch, epoch_unix) = (std::time::Instant::now(), unix_now());
     let shared = Shared {
@@ -118,12 +141,15 @@ pub fn run(config: &Config) -> Result<Report, String> {
         established: AtomicU64::new(0),
         load_start: OnceLock::new(),
         cpu_at_load_start: OnceLock::new(),
+        // With churn a ticket is a connection's worth of messages.
         tickets: match config.stop {
-            Stop::Messages(n) => Some(AtomicU64::new(n)),
+            Stop::Messages(n) => Some(AtomicU64::new(
+                n / config.churn.map_or(1, |c| u64::from(c.messages_per_conn)),
+            )),
             Stop::After(_) => None,
         },
         progress: (0..threads).map(|_| Default::default()).collect(),
-        interrupt: interrupt_flag(),
+        interrupt: interrupt.clone(),
     };
     let results = run_threads(&plans, &shared)?;
     let cpu_end = crate::sys::cpu_time();
@@ -142,7 +168,14 @@ pub fn run(config: &Config) -> Result<Report, String> {
             connect::hint_for(kind)
         ));
     }
-    Ok(Report::new(run_config, totals))
+    let mut report = Report::new(run_config, totals);
+    report.interrupted = match signal.load(Relaxed) as i32 {
+        0 => None,
+        libc::SIGINT => Some("SIGINT".to_string()),
+        libc::SIGTERM => Some("SIGTERM".to_string()),
+        other => Some(format!("signal {other}")),
+    };
+    Ok(report)
 }
 
 /// The wall clock, seconds since the UNIX epoch.
@@ -152,17 +185,21 @@ fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A flag SIGINT/SIGTERM set: the first ends the run early with a report, a
-/// second one exits at once (in case the drain itself is what the user wants
-/// to escape).
-fn interrupt_flag() -> Arc<AtomicBool> {
+/// A flag SIGINT/SIGTERM set, and which of them came: the first ends the run
+/// early with a report (and the exit status says so), a second one exits at
+/// once with 128 + its number (in case the drain itself is what the user
+/// wants to escape).
+fn interrupt_flags() -> (Arc<AtomicBool>, Arc<AtomicUsize>) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let flag = Arc::new(AtomicBool::new(false));
+    let which = Arc::new(AtomicUsize::new(0));
     for signal in [SIGINT, SIGTERM] {
-        let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, flag.clone());
+        let _ =
+            signal_hook::flag::register_conditional_shutdown(signal, 128 + signal, flag.clone());
+        let _ = signal_hook::flag::register_usize(signal, which.clone(), signal as usize);
         let _ = signal_hook::flag::register(signal, flag.clone());
     }
-    flag
+    (flag, which)
 }
 
 /// Splits connections evenly; the first threads take the remainder.
@@ -187,7 +224,10 @@ fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>,
             thread::Builder::new()
                 .name(format!("loadgen-{}", plan.id))
                 .spawn_scoped(scope, move || {
-                    let _ = tx.send(engine::run_thread(plan, shared));
+                    let _ = tx.send(
+                        pin_thread(plan.id, shared.config)
+                            .and_then(|()| engine::run_thread(plan, shared)),
+                    );
                 })
                 .map_err(|e| format!("spawning a thread: {e}"))?;
         }
@@ -216,20 +256,33 @@ fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>,
     })
 }
 
+/// Pins engine thread `id` to its `--cpus` CPU (nothing without `--cpus`).
+fn pin_thread(id: usize, config: &Config) -> Result<(), String> {
+    let Some(cpus) = &config.cpus else {
+        return Ok(());
+    };
+    let cpu = cpus.for_index(id);
+    crate::sys::pin_current_thread(cpu).map_err(|e| {
+        format!("--cpus {cpus}: pinning thread {id} to CPU {cpu}: {e} (is CPU {cpu} in this process's allowed set? see taskset -p)")
+    })
+}
+
 /// The once-a-second line on stderr.
 #[derive(Default)]
 struct ProgressPrinter {
     seconds: u64,
     last_msgs: u64,
+    last_conns: u64,
 }
 
 impl ProgressPrinter {
     fn print(&mut self, shared: &Shared<'_>) {
         self.seconds += 1;
         let mut interval = new_histogram();
-        let (mut up, mut failed, mut msgs) = (0, 0, 0);
+        let (mut up, mut failed, mut msgs, mut done) = (0, 0, 0, 0);
         for p in &shared.progress {
             up += p.conns_up.load(Relaxed);
+            done += p.conns_done.load(Relaxed);
             failed += p.conns_failed.load(Relaxed);
             msgs += p.msgs.load(Relaxed);
             if let Ok(mut h) = p.interval.lock() {
@@ -249,8 +302,15 @@ impl ProgressPrinter {
         } else {
             ("conns", "msgs")
         };
+        let churn = if shared.config.churn.is_some() {
+            let conns_rate = done - self.last_conns;
+            self.last_conns = done;
+            format!(" {conns_rate} conns/s,")
+        } else {
+            String::new()
+        };
         eprintln!(
-            "loadgen: {:>4}s {what} {up} up, {failed} failed; {rate} {unit}/s; p99 {p99}",
+            "loadgen: {:>4}s {what} {up} up, {failed} failed;{churn} {rate} {unit}/s; p99 {p99}",
             self.seconds
         );
     }
@@ -263,6 +323,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
     let mut udp = stats::UdpCounts::default();
     let mut latency = new_histogram();
     let mut connect = new_histogram();
+    let mut transaction = new_histogram();
     let mut msgs_all = 0;
     let mut end = 0;
     for r in results {
@@ -270,6 +331,9 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         connections.established += r.established;
         connections.failed += r.failed;
         connections.lost += r.lost;
+        connections.lost_unanswered += r.lost_unanswered;
+        connections.unanswered += r.unanswered;
+        connections.completed += r.completed;
         for (k, n) in &r.errors {
             *errors.entry(k.clone()).or_default() += n;
         }
@@ -291,6 +355,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         udp.late += u.late;
         let _ = latency.add(&r.latency);
         let _ = connect.add(&r.connect);
+        let _ = transaction.add(&r.transaction);
         end = end.max(r.measure_end);
     }
     let measure_start =
@@ -311,6 +376,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         counters: c,
         latency,
         connect,
+        transaction,
         cpu: Cpu::new(cpu_end.0 - u0, cpu_end.1 - s0, msgs_all),
         udp: shared.config.udp.is_some().then_some(udp),
         start,
@@ -328,6 +394,19 @@ fn describe_load(config: &Config) -> String {
         (Load::Open { rate, pipeline }, None) => {
             format!("open loop at {rate} msgs/s, pipeline {pipeline}")
         }
+    };
+    let load = match (config.churn, config.load) {
+        (Some(c), Load::Open { rate, pipeline }) => format!(
+            "churn of {} msgs per connection, open loop at {rate} conns/s, pipeline {pipeline}{}",
+            c.messages_per_conn,
+            if config.linger0 { ", linger 0" } else { "" }
+        ),
+        (Some(c), Load::Closed { pipeline }) => format!(
+            "churn of {} msgs per connection, closed loop, pipeline {pipeline}{}",
+            c.messages_per_conn,
+            if config.linger0 { ", linger 0" } else { "" }
+        ),
+        (None, _) => load,
     };
     let stop = match config.stop {
         Stop::After(d) => format!("{:.1} s", d.as_secs_f64()),
@@ -385,6 +464,8 @@ fn run_config(
         protocol: if config.udp.is_some() { "udp" } else { "tcp" }.to_string(),
         udp_timeout_s: config.udp.map(|u| u.timeout.as_secs_f64()),
         max_loss: config.udp.map(|u| u.max_loss),
+        messages_per_conn: config.churn.map(|c| c.messages_per_conn),
+        linger0: config.linger0,
     }
 }
 

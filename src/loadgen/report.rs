@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::connect::hint_for;
+use super::diagnosis::{diagnose, hint_in_context};
 use super::merge::encode_histogram;
 
 /// Bumped when a field changes meaning; `merge` refuses mixed versions.
@@ -26,6 +26,10 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Length of the measured part (warm-up excluded), seconds.
     pub duration_s: f64,
+    /// The signal that ended the run early ("SIGINT", "SIGTERM"), or null for
+    /// a run that went to its end. After `merge`: the first input's.
+    #[serde(default)]
+    pub interrupted: Option<String>,
     pub messages: Messages,
     pub bytes: Bytes,
     pub throughput: Throughput,
@@ -33,6 +37,10 @@ pub struct Report {
     pub rate: Option<Rate>,
     pub latency_us: Percentiles,
     pub connect_us: Percentiles,
+    /// `--messages-per-conn` runs: from each measured connection's (intended)
+    /// connect start to its last echo. All 0 otherwise.
+    #[serde(default)]
+    pub transaction_us: Percentiles,
     pub verify: Verify,
     /// `--udp` runs only (null for TCP): what became of the datagrams.
     #[serde(default)]
@@ -73,6 +81,12 @@ pub struct RunConfig {
     /// `--max-loss`, UDP runs only.
     #[serde(default)]
     pub max_loss: Option<f64>,
+    /// `--messages-per-conn`: connection churn; null without it.
+    #[serde(default)]
+    pub messages_per_conn: Option<u32>,
+    /// `--linger0`: connections closed with a reset.
+    #[serde(default)]
+    pub linger0: bool,
 }
 
 fn tcp() -> String {
@@ -86,12 +100,23 @@ pub struct Connections {
     pub failed: u64,
     /// Established, then ended by an error or by the server before the run ended.
     pub lost: u64,
+    /// Of `lost`: ended before the server echoed a byte (closed at accept).
+    #[serde(default)]
+    pub lost_unanswered: u64,
+    /// Established by the kernel and open to the end, but never answered: the
+    /// server never accepted them (its accept queue). Not held.
+    #[serde(default)]
+    pub unanswered: u64,
+    /// `--messages-per-conn`: measured connections that echoed all their
+    /// messages and were closed by loadgen; 0 without churn.
+    #[serde(default)]
+    pub completed: u64,
 }
 
 impl Connections {
-    /// Connections held to the end.
+    /// Connections held to the end, and answered (without churn).
     pub fn held(&self) -> u64 {
-        self.established - self.lost
+        self.established - self.lost - self.unanswered
     }
 }
 
@@ -115,6 +140,9 @@ pub struct Bytes {
 pub struct Throughput {
     pub msgs_per_s: f64,
     pub mib_per_s: f64,
+    /// `--messages-per-conn`: `connections.completed / duration_s`; 0 without churn.
+    #[serde(default)]
+    pub conns_per_s: f64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -236,6 +264,9 @@ pub struct Start {
 pub struct Histograms {
     pub latency_us: String,
     pub connect_us: String,
+    /// Empty in reports from before `--messages-per-conn`.
+    #[serde(default)]
+    pub transaction_us: String,
 }
 
 /// Everything a run measured, before it becomes a [`Report`].
@@ -246,6 +277,7 @@ pub struct Totals {
     pub counters: super::stats::Counters,
     pub latency: Histogram<u64>,
     pub connect: Histogram<u64>,
+    pub transaction: Histogram<u64>,
     pub cpu: Cpu,
     /// UDP runs only.
     pub udp: Option<super::stats::UdpCounts>,
@@ -255,13 +287,18 @@ pub struct Totals {
 impl Report {
     pub fn new(config: RunConfig, t: Totals) -> Report {
         let c = &t.counters;
-        let throughput = throughput(c.msgs_received, c.bytes_received, t.duration_s);
+        let throughput = throughput(
+            c.msgs_received,
+            c.bytes_received,
+            t.connections.completed,
+            t.duration_s,
+        );
         Report {
             schema: SCHEMA_VERSION,
             hosts: 1,
             rate: config.rate.map(|asked| Rate {
                 asked,
-                achieved: throughput.msgs_per_s,
+                achieved: throughput.achieved(config.messages_per_conn.is_some()),
             }),
             verify: Verify {
                 enabled: config.verify,
@@ -271,6 +308,7 @@ impl Report {
             connections: t.connections,
             errors: t.errors,
             duration_s: t.duration_s,
+            interrupted: None,
             messages: Messages {
                 sent: c.msgs_sent,
                 received: c.msgs_received,
@@ -294,12 +332,24 @@ impl Report {
             }),
             latency_us: Percentiles::of(&t.latency),
             connect_us: Percentiles::of(&t.connect),
+            transaction_us: Percentiles::of(&t.transaction),
             cpu: t.cpu,
             start: Some(t.start),
             histograms: Histograms {
                 latency_us: encode_histogram(&t.latency),
                 connect_us: encode_histogram(&t.connect),
+                transaction_us: encode_histogram(&t.transaction),
             },
+        }
+    }
+
+    /// The exit status of an interrupted run: 128 + the signal's number, as a
+    /// shell reports a process killed by it (130 for SIGINT, 143 for SIGTERM).
+    pub fn interrupted_exit_code(&self) -> Option<u8> {
+        match self.interrupted.as_deref()? {
+            "SIGINT" => Some(128 + libc::SIGINT as u8),
+            "SIGTERM" => Some(128 + libc::SIGTERM as u8),
+            _ => Some(1),
         }
     }
 
@@ -330,10 +380,22 @@ impl Report {
                 ));
             }
         }
+        let c = &self.connections;
+        if self.config.messages_per_conn.is_some() {
+            if (c.failed > 0 || c.lost > 0) && !allow_partial {
+                out.push(format!(
+                    "{} connections failed to connect and {} were lost mid-way{} (--allow-partial accepts this)",
+                    c.failed,
+                    c.lost,
+                    self.limit_note()
+                ));
+            }
+            return out;
+        }
         let held = self.connections.held();
         if held < self.connections.requested && !allow_partial {
             out.push(format!(
-                "held {held} of {} connections{} (--allow-partial accepts this)",
+                "held {held} of {} connections: {} (--allow-partial accepts this)",
                 self.connections.requested,
                 self.limit_note()
             ));
@@ -341,11 +403,18 @@ impl Report {
         out
     }
 
-    /// ": stopped by ECONNREFUSED x3 (hint)" for the most frequent error, or "".
+    /// Why connections were not held: the diagnosis when the counts make one,
+    /// else the most frequent error and its knob.
     fn limit_note(&self) -> String {
+        if let Some(d) = diagnose(&self.connections, &self.errors) {
+            return d;
+        }
         match self.errors.iter().max_by_key(|(_, n)| **n) {
-            Some((kind, n)) => format!(": mostly {kind} x{n}; {}", hint_for(kind)),
-            None => String::new(),
+            Some((kind, n)) => format!(
+                "mostly {kind} x{n}; {}",
+                hint_in_context(&self.connections, kind)
+            ),
+            None => "no error was seen".to_string(),
         }
     }
 
@@ -353,25 +422,49 @@ impl Report {
     pub fn summary(&self) -> String {
         let mut s = String::new();
         let c = &self.connections;
-        let _ = writeln!(
-            s,
-            "loadgen: {} {} -> {}: {} {} held of {} ({} established, {} failed, {} lost)",
-            self.config.protocol,
-            self.config.mode,
-            self.config.target,
-            c.held(),
-            if self.udp.is_some() {
-                "flows"
-            } else {
-                "connections"
-            },
-            c.requested,
-            c.established,
-            c.failed,
-            c.lost
-        );
+        if let Some(n) = self.config.messages_per_conn {
+            let _ = writeln!(
+                s,
+                "loadgen: {} {} churn -> {}: {} connections of {n} messages completed, {:.0} conns/s \
+                 ({} open at once; {} established, {} failed, {} lost in all)",
+                self.config.protocol,
+                self.config.mode,
+                self.config.target,
+                c.completed,
+                self.throughput.conns_per_s,
+                c.requested,
+                c.established,
+                c.failed,
+                c.lost
+            );
+        } else {
+            let _ = writeln!(
+                s,
+                "loadgen: {} {} -> {}: {} {} held of {} ({} established, {} failed, {} lost, {} never answered)",
+                self.config.protocol,
+                self.config.mode,
+                self.config.target,
+                c.held(),
+                if self.udp.is_some() {
+                    "flows"
+                } else {
+                    "connections"
+                },
+                c.requested,
+                c.established,
+                c.failed,
+                c.lost,
+                c.unanswered
+            );
+        }
         for (kind, n) in &self.errors {
-            let _ = writeln!(s, "  error {kind}: {n} ({})", hint_for(kind));
+            let hint = hint_in_context(c, kind);
+            let _ = writeln!(s, "  error {kind}: {n} ({hint})");
+        }
+        if c.held() < c.requested
+            && let Some(d) = diagnose(c, &self.errors)
+        {
+            let _ = writeln!(s, "  diagnosis: {d}");
         }
         let _ = writeln!(
             s,
@@ -419,6 +512,14 @@ impl Report {
             "  connect us: p50 {} p90 {} p99 {} max {}",
             k.p50, k.p90, k.p99, k.max
         );
+        if self.config.messages_per_conn.is_some() {
+            let t = &self.transaction_us;
+            let _ = writeln!(
+                s,
+                "  transaction us (connect start to last echo): p50 {} p90 {} p99 {} p99.9 {} max {}",
+                t.p50, t.p90, t.p99, t.p999, t.max
+            );
+        }
         let _ = writeln!(
             s,
             "  verify: {}; loadgen cpu: user {:.2} s, sys {:.2} s, {:.0} ns/msg",
@@ -435,12 +536,24 @@ impl Report {
     }
 }
 
-pub fn throughput(msgs: u64, bytes: u64, duration_s: f64) -> Throughput {
+impl Throughput {
+    /// What `--rate` asked for: connections per second with churn, else messages.
+    pub fn achieved(&self, churn: bool) -> f64 {
+        if churn {
+            self.conns_per_s
+        } else {
+            self.msgs_per_s
+        }
+    }
+}
+
+pub fn throughput(msgs: u64, bytes: u64, conns: u64, duration_s: f64) -> Throughput {
     if duration_s <= 0.0 {
         return Throughput::default();
     }
     Throughput {
         msgs_per_s: msgs as f64 / duration_s,
         mib_per_s: bytes as f64 / duration_s / (1 << 20) as f64,
+        conns_per_s: conns as f64 / duration_s,
     }
 }

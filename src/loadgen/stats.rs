@@ -62,6 +62,11 @@ pub struct ThreadResult {
     pub failed: u64,
     /// Established, then lost to an error or the server's close.
     pub lost: u64,
+    /// Of `lost`: lost before the server echoed a byte.
+    pub lost_unanswered: u64,
+    /// Established and open at the end, sent something, never got a byte
+    /// back: the server never accepted them (they sat in its accept queue).
+    pub unanswered: u64,
     /// Failures by kind (errno name or a word), connects and established connections alike.
     pub errors: BTreeMap<String, u64>,
     pub counters: Counters,
@@ -70,6 +75,11 @@ pub struct ThreadResult {
     pub msgs_all: u64,
     pub latency: Histogram<u64>,
     pub connect: Histogram<u64>,
+    /// `--messages-per-conn`: measured connections that echoed all their
+    /// messages and were closed by loadgen.
+    pub completed: u64,
+    /// Their times from (intended) connect start to last echo.
+    pub transaction: Histogram<u64>,
     /// When this thread's measured part ended.
     pub measure_end: Nanos,
 }
@@ -81,12 +91,16 @@ impl ThreadResult {
             established: 0,
             failed: 0,
             lost: 0,
+            lost_unanswered: 0,
+            unanswered: 0,
             errors: BTreeMap::new(),
             counters: Counters::default(),
             udp: UdpCounts::default(),
             msgs_all: 0,
             latency: new_histogram(),
             connect: new_histogram(),
+            completed: 0,
+            transaction: new_histogram(),
             measure_end: 0,
         }
     }
@@ -101,6 +115,8 @@ pub struct Progress {
     /// Connections established and not lost.
     pub conns_up: AtomicU64,
     pub conns_failed: AtomicU64,
+    /// `--messages-per-conn`: connections completed so far (warm-up included).
+    pub conns_done: AtomicU64,
     /// Echoes received so far (warm-up included).
     pub msgs: AtomicU64,
     /// Latencies since the printer last took them.
@@ -112,6 +128,7 @@ impl Default for Progress {
         Progress {
             conns_up: AtomicU64::new(0),
             conns_failed: AtomicU64::new(0),
+            conns_done: AtomicU64::new(0),
             msgs: AtomicU64::new(0),
             interval: Mutex::new(new_histogram()),
         }

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use super::send_vec::SendVec;
+use super::user_data::UserData;
 use crate::echo_queue::EchoQueue;
 
 /// State bits. Each `*_IN_FLIGHT`/`ARMED` bit is set when the operation is
@@ -82,6 +83,13 @@ impl Conn {
     }
 
     /// Nothing of this connection is left in the kernel: its slot may be reused.
+    /// Whether a completion tagged `ud` is one of this connection's: a slot
+    /// freed and refilled has a new generation, so a late completion of the
+    /// connection that held it before can never act on this one.
+    pub fn owns(&self, ud: UserData) -> bool {
+        self.generation == ud.generation()
+    }
+
     pub fn is_finished(&self) -> bool {
         self.flags.has(Flags::CLOSED)
             && !self.flags.has(Flags::RECV_ARMED)
@@ -104,6 +112,21 @@ mod tests {
         assert!(c.is_finished());
         c.flags.set(Flags::RECV_ARMED);
         assert!(!c.is_finished());
+    }
+
+    #[test]
+    fn a_reused_slot_ignores_the_completions_of_its_previous_connection() {
+        use super::super::user_data::OpKind;
+        let mut conns = slab::Slab::new();
+        let old_key = conns.insert(Conn::new(7, 41));
+        let old_recv = UserData::new(OpKind::Recv, old_key as u32, 41);
+        assert!(conns[old_key].owns(old_recv));
+        conns.remove(old_key);
+        // The slab hands the freed slot straight to the next connection.
+        let key = conns.insert(Conn::new(7, 42));
+        assert_eq!(key, old_key);
+        assert!(!conns[key].owns(old_recv), "a late receive of the old one");
+        assert!(conns[key].owns(UserData::new(OpKind::Recv, key as u32, 42)));
     }
 
     #[test]

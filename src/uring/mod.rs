@@ -49,7 +49,7 @@ pub struct RingParts {
 pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
     let (ring, flags) = setup::build_ring(config.sq_entries, config.cq_entries)?;
     setup::check_features(&ring)?;
-    let table_slots = direct_table_slots(config);
+    let table_slots = direct_table_slots(config, crate::sys::open_files_limit());
     ring.submitter()
         .register_files_sparse(table_slots)
         .map_err(|err| SetupError::Io {
@@ -84,11 +84,15 @@ pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
     })
 }
 
+/// Slots a ring's table is given at most, whatever RLIMIT_NOFILE allows: the
+/// table is allocated up front, and more would be memory no benchmark uses.
+pub const MAX_TABLE_SLOTS: u32 = 1 << 20;
+
 /// The kernel caps a ring's direct-descriptor table at RLIMIT_NOFILE (per ring,
 /// not per process), so each worker can hold up to that many connections while
 /// the process's own fd table stays nearly empty.
-fn direct_table_slots(config: &Config) -> u32 {
-    let limit = crate::sys::open_files_limit().min(1 << 20);
+pub fn direct_table_slots(config: &Config, open_files_limit: u64) -> u32 {
+    let limit = open_files_limit.min(u64::from(MAX_TABLE_SLOTS));
     limit.min(config.max_conns as u64).max(1) as u32
 }
 

@@ -21,6 +21,7 @@ use super::send_vec::{MAX_SEND_IOVECS, SendVecPool};
 use super::setup::{SQE_LEN_OFFSET, SQE_OPTLEN_OFFSET, with_sqe_u32};
 use super::udp::{Received, UdpEcho};
 use super::user_data::{GENERATION_MASK, OpKind, UserData};
+use crate::capacity::{self, TableFull};
 use crate::config::Config;
 use crate::echo_queue::{BufId, Chunk};
 use crate::shutdown::Shutdown;
@@ -69,6 +70,9 @@ pub struct Worker<'a> {
     accept_paused: bool,
     /// Accepting failed for another reason: retried at the next tick.
     accept_retry: bool,
+    /// This ring's direct-descriptor table: its size, and whether it is full.
+    table_slots: u32,
+    table_full: TableFull,
     drain_deadline: Option<Instant>,
     tick_armed: bool,
     udp_armed: bool,
@@ -97,6 +101,8 @@ impl<'a> Worker<'a> {
         shared: Shared<'a>,
     ) -> Worker<'a> {
         let free_bufs = shared.config.buf_count;
+        let table_slots =
+            crate::uring::direct_table_slots(shared.config, crate::sys::open_files_limit());
         Worker {
             ring,
             bufs,
@@ -114,6 +120,8 @@ impl<'a> Worker<'a> {
             accept_armed: false,
             accept_paused: false,
             accept_retry: false,
+            table_slots,
+            table_full: TableFull::default(),
             drain_deadline: None,
             tick_armed: false,
             udp_armed: false,
@@ -228,11 +236,12 @@ impl<'a> Worker<'a> {
             Some(OpKind::Tick) => self.handle_tick(),
             Some(OpKind::UdpRecv) => self.handle_udp_recv(res, flags, more),
             Some(OpKind::UdpSend) => self.handle_udp_sent(ud.key(), res),
-            Some(OpKind::CloseRejected) | Some(OpKind::Cancel) => {}
+            Some(OpKind::CloseRejected) => WorkerStats::sub(&self.shared.stats.direct_fds, 1),
+            Some(OpKind::Cancel) => {}
             Some(kind) => {
                 let key = ud.key();
                 match self.conns.get(key) {
-                    Some(c) if c.generation == ud.generation() => {}
+                    Some(c) if c.owns(ud) => {}
                     _ => {
                         debug_assert!(false, "completion for a freed connection: {ud:?}");
                         if let Some(first) = cqueue::buffer_select(flags).map(BufId) {
@@ -425,6 +434,7 @@ impl<'a> Worker<'a> {
             self.accept_armed = false;
         }
         if res >= 0 {
+            WorkerStats::add(&self.shared.stats.direct_fds, 1);
             self.admit(res as u32);
         } else {
             match -res {
@@ -435,6 +445,7 @@ impl<'a> Worker<'a> {
                 libc::ENFILE | libc::EMFILE => {
                     WorkerStats::add(&self.shared.stats.rejected, 1);
                     self.accept_paused = true;
+                    self.note_table_full();
                 }
                 // The client gave up before we accepted it: harmless.
                 libc::ECONNABORTED | libc::EPERM | libc::EPROTO => {}
@@ -480,6 +491,7 @@ impl<'a> Worker<'a> {
         self.next_generation = (self.next_generation + 1) & GENERATION_MASK;
         let key = self.conns.insert(Conn::new(fixed, generation));
         debug_assert!(key <= u32::MAX as usize);
+        WorkerStats::set(&self.shared.stats.slab_slots, self.conns.capacity() as u64);
         self.arm_recv(key);
     }
 
@@ -590,6 +602,7 @@ impl<'a> Worker<'a> {
 
     fn handle_close(&mut self, key: usize) {
         self.conns[key].flags.set(Flags::CLOSED);
+        WorkerStats::sub(&self.shared.stats.direct_fds, 1);
     }
 
     fn handle_wake(&mut self) {
@@ -780,8 +793,31 @@ impl<'a> Worker<'a> {
         debug_assert!(conn.queue.is_empty());
         WorkerStats::add(&self.shared.stats.closed, 1);
         self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
+        if self.drain_deadline.is_none()
+            && let Some(full_at) = self.table_full.room_again(self.conns.len())
+        {
+            let table = format!("worker {}: descriptor table", self.shared.worker_id);
+            let notice = capacity::room_again_notice(&table, self.conns.len(), full_at);
+            eprintln!("{notice}");
+        }
         if self.accept_paused && self.drain_deadline.is_none() {
             self.arm_accept();
+        }
+    }
+
+    /// The table had no free slot for an accepted connection: said and counted
+    /// once until it has room again (`try_free`).
+    fn note_table_full(&mut self) {
+        if self.table_full.filled(self.conns.len()) {
+            WorkerStats::add(&self.shared.stats.table_full, 1);
+            eprintln!(
+                "{}",
+                capacity::ring_table_full_notice(
+                    self.shared.worker_id,
+                    self.conns.len(),
+                    self.table_slots
+                )
+            );
         }
     }
 

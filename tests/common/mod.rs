@@ -46,6 +46,8 @@ pub struct Server {
     /// Taken by `signal_and_wait`; `Drop` kills whatever is left.
     child: Option<Child>,
     pub addr: SocketAddr,
+    /// The start-up line (address, effective configuration, capacity).
+    pub start_line: String,
     /// Lines the server printed after its start-up line.
     lines: Receiver<String>,
     stderr: Receiver<String>,
@@ -99,6 +101,7 @@ impl Server {
         Server {
             child: Some(child),
             addr,
+            start_line: first,
             lines,
             stderr,
         }
@@ -131,6 +134,26 @@ impl Server {
             }
         }
         panic!("stats never matched within {timeout:?}; last: {last:?}");
+    }
+
+    /// Waits (up to `timeout`) for a line on stderr that satisfies `pred`;
+    /// returns every stderr line read, the matching one last.
+    pub fn wait_for_stderr(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.stderr.recv_timeout(left) {
+                Ok(line) => {
+                    let done = pred(&line);
+                    seen.push(line);
+                    if done {
+                        return seen;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("no such line on stderr within {timeout:?}; read: {seen:?}");
     }
 
     pub fn pid(&self) -> i32 {
@@ -411,6 +434,7 @@ pub fn set_recv_buffer(stream: &TcpStream, bytes: i32) {
 pub mod loadgen;
 pub mod netns;
 pub mod seccomp;
+pub mod steering;
 pub mod stream;
 
 impl Server {
@@ -507,8 +531,17 @@ impl Server {
 
     /// Descriptors the server process has open (entries of /proc/PID/fd).
     pub fn open_fds(&self) -> usize {
+        self.open_fds_below(u64::MAX)
+    }
+
+    /// Descriptors the server has open with numbers below `limit`: those that
+    /// take room under an RLIMIT_NOFILE of `limit` (it caps numbers, so one
+    /// inherited above it takes none).
+    pub fn open_fds_below(&self, limit: u64) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .expect("read /proc/PID/fd")
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .filter(|&fd| fd < limit)
             .count()
     }
 }

@@ -4,7 +4,8 @@
 //! receive queue steering that side's receive processing to chosen CPUs.
 //!
 //! Used by the integration tests and, through `#[path]`, by the criterion
-//! benches, so it depends on nothing but `std` and `libc`. It runs `ip(8)`
+//! benches, so it depends on nothing but `std` and the crate's own
+//! dependencies (`libc`, `signal-hook`). It runs `ip(8)`
 //! and needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN); where a namespace cannot
 //! be made, [`Topology::create`] returns the reason for the caller to print
 //! and skip. It changes no setting of the machine itself: both ends of every
@@ -15,15 +16,32 @@
 //! keeps concurrent runs (other engineers, CI, the bench script) apart, and
 //! `n`, a per-process counter, keeps apart the topologies of tests running as
 //! threads of one process. Dropping a [`Topology`] deletes every namespace it
-//! made, also while a panic unwinds; namespaces of this prefix whose PID is no
-//! longer alive (a run killed before its `Drop` ran) are deleted by the next
-//! [`Topology::create`].
+//! made, also while a panic unwinds; on SIGINT, SIGTERM or SIGHUP the process
+//! deletes the namespaces it holds and exits (128 + the signal); namespaces of
+//! this prefix whose PID is no longer alive (a run killed by SIGKILL) are
+//! deleted by the next [`Topology::create`].
 #![allow(dead_code)] // each user takes a different subset
+
+// Relative to this file's directory however this file is reached (as
+// `common::netns`, or through `#[path]` from the benches).
+#[path = "netns/cleanup.rs"]
+mod cleanup;
+#[path = "netns/enter.rs"]
+mod enter;
+#[path = "netns/rps.rs"]
+mod rps;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use cleanup::{delete_live_namespaces_on_signal, lock_live};
+#[allow(unused_imports)] // each user takes a different subset
+pub use cleanup::{list_namespaces, owner_pid, remove_leftovers};
+pub use enter::NetnsGuard;
+pub use rps::rps_mask;
+use rps::{rps_path, same_mask};
 
 /// Prefix of every namespace this module (and the bench script) creates.
 pub const PREFIX: &str = "ue-";
@@ -140,6 +158,7 @@ impl Topology {
             }
         }
         remove_leftovers();
+        delete_live_namespaces_on_signal();
 
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let base = format!(
@@ -211,9 +230,9 @@ impl Topology {
 
     /// `ip netns exec NS program`: add the arguments, then spawn. The
     /// program replaces `ip` (exec), so the child's PID is the program's.
-    pub fn exec(&self, ns: &str, program: &str) -> Command {
+    pub fn exec(&self, ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns, program]);
+        cmd.args(["netns", "exec", ns]).arg(program);
         cmd
     }
 
@@ -223,6 +242,20 @@ impl Topology {
     pub fn rps_cpus(&self, ns: &str, dev: &str) -> Result<String, String> {
         let out = run(self.exec(ns, "cat").arg(rps_path(dev)))?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Moves the calling thread into namespace `ns` (one of this
+    /// topology's) until the guard drops, which moves it back. Sockets the
+    /// thread creates meanwhile live in `ns` for good, so a client can make
+    /// its connections inside and then run anywhere. Other threads of the
+    /// process stay where they are: a network namespace is per thread.
+    pub fn enter(&self, ns: &str) -> Result<NetnsGuard, String> {
+        let home = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(|e| format!("open /proc/thread-self/ns/net: {e}"))?;
+        let target = std::fs::File::open(format!("/var/run/netns/{ns}"))
+            .map_err(|e| format!("open /var/run/netns/{ns}: {e}"))?;
+        enter::set_thread_netns(&target).map_err(|e| format!("setns into {ns}: {e}"))?;
+        Ok(NetnsGuard { home })
     }
 
     /// A counter of `dev` in `ns` from /sys/class/net/DEV/statistics
@@ -237,8 +270,11 @@ impl Topology {
     }
 
     fn add_namespace(&mut self, ns: &str) -> Result<(), String> {
+        let mut live = lock_live();
         run(Command::new("ip").args(["netns", "add", ns]))
             .map_err(|e| format!("network namespaces unavailable: {e}"))?;
+        live.push(ns.to_string());
+        drop(live);
         self.created.push(ns.to_string());
         run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
         Ok(())
@@ -325,105 +361,13 @@ impl Drop for Topology {
         // end gone its peer goes too. A process still running inside keeps
         // the namespace itself alive until it exits, but the name is gone.
         for ns in self.created.drain(..).rev() {
+            let mut live = lock_live();
             if let Err(e) = run(Command::new("ip").args(["netns", "delete", &ns])) {
                 eprintln!("netns: could not delete {ns}: {e}");
             }
+            live.retain(|n| *n != ns);
         }
     }
-}
-
-/// Names of the network namespaces that exist now (`ip netns list`).
-pub fn list_namespaces() -> Vec<String> {
-    match run(Command::new("ip").args(["netns", "list"])) {
-        // Lines are "NAME" or "NAME (id: N)".
-        Ok(out) => String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next())
-            .map(str::to_string)
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Deletes namespaces of our prefix left by runs that were killed before
-/// they could clean up: those whose PID is no longer a live process. Another
-/// run's namespaces (a live PID) are never touched. Returns the names deleted.
-pub fn remove_leftovers() -> Vec<String> {
-    let mut removed = Vec::new();
-    for ns in list_namespaces() {
-        let Some(pid) = owner_pid(&ns) else { continue };
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        if run(Command::new("ip").args(["netns", "delete", &ns])).is_ok() {
-            eprintln!("netns: deleted {ns}, left by process {pid}, which no longer runs");
-            removed.push(ns);
-        }
-    }
-    removed
-}
-
-/// The PID in a name of our scheme (`ue-<pid>-...`), if it is one.
-pub fn owner_pid(ns: &str) -> Option<u32> {
-    let rest = ns.strip_prefix(PREFIX)?;
-    let (pid, _) = rest.split_once('-')?;
-    pid.parse().ok().filter(|&p| p > 0)
-}
-
-/// The hex mask `rps_cpus` takes for a CPU list such as "0", "0-3" or
-/// "0,2,4-5": comma-separated 32-bit groups, most significant first, as the
-/// kernel prints bitmaps.
-pub fn rps_mask(cpus: &str) -> Result<String, String> {
-    let mut set: Vec<usize> = Vec::new();
-    for part in cpus.split(',') {
-        let part = part.trim();
-        let range = match part.split_once('-') {
-            Some((a, b)) => (parse_cpu(a)?, parse_cpu(b)?),
-            None => (parse_cpu(part)?, parse_cpu(part)?),
-        };
-        if range.0 > range.1 {
-            return Err(format!("CPU range {part} runs backwards"));
-        }
-        set.extend(range.0..=range.1);
-    }
-    let top = *set.iter().max().expect("split yields at least one part");
-    let mut groups = vec![0u32; top / 32 + 1];
-    for cpu in set {
-        groups[cpu / 32] |= 1 << (cpu % 32);
-    }
-    let mut words: Vec<String> = groups.iter().rev().map(|g| format!("{g:08x}")).collect();
-    // The most significant group without its leading zeros, like the kernel.
-    words[0] = format!("{:x}", groups[groups.len() - 1]);
-    Ok(words.join(","))
-}
-
-fn parse_cpu(s: &str) -> Result<usize, String> {
-    s.trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|&c| c < 8192)
-        .ok_or_else(|| format!("{s:?} is not a CPU number (0..8192); expected a list like 0-3,5"))
-}
-
-/// Whether two bitmaps in the kernel's hex format are the same set of CPUs
-/// (the kernel pads to its CPU count: "00000001" and "1" are equal).
-fn same_mask(a: &str, b: &str) -> bool {
-    let bits = |m: &str| -> Vec<u32> {
-        let mut g: Vec<u32> = m
-            .split(',')
-            .rev()
-            .map(|w| u32::from_str_radix(w.trim(), 16).unwrap_or(u32::MAX))
-            .collect();
-        while g.len() > 1 && g.last() == Some(&0) {
-            g.pop();
-        }
-        g
-    };
-    bits(a) == bits(b)
-}
-
-fn rps_path(dev: &str) -> String {
-    format!("/sys/class/net/{dev}/queues/rx-0/rps_cpus")
 }
 
 /// Address `last` of load host `host`'s /24, inside 198.18.0.0/15.

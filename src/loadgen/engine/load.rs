@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{Engine, TICKET_BATCH, Tally};
-use crate::loadgen::config::{Load, Stop};
+use crate::loadgen::config::Load;
 use crate::loadgen::conn::{RecvError, State};
 use crate::loadgen::connect::errno_kind;
 use crate::loadgen::pacing::{Nanos, Schedule};
@@ -16,12 +16,7 @@ use crate::loadgen::ring::{Completion, OpKind, Tag};
 impl Engine<'_> {
     pub(super) fn load(&mut self) -> Result<(), String> {
         let config = self.config();
-        let start = *self.shared.load_start.get_or_init(|| self.shared.now());
-        self.measure_start = start + config.warmup.as_nanos() as Nanos;
-        let mut stop_at = match config.stop {
-            Stop::After(d) => self.measure_start + d.as_nanos() as Nanos,
-            Stop::Messages(_) => Nanos::MAX,
-        };
+        let (start, mut stop_at) = self.begin_load();
         let mut live: Vec<u32> = (0..self.plan.count)
             .filter(|&k| self.conns[k as usize].state == State::Established)
             .collect();
@@ -71,11 +66,7 @@ impl Engine<'_> {
             if self.outstanding == 0 && (!self.creating || schedule.is_none()) {
                 break;
             }
-            if !self.creating && drain_deadline == Nanos::MAX {
-                drain_deadline = now + config.drain_timeout.as_nanos() as Nanos;
-            }
-            if now >= drain_deadline {
-                self.result.counters.unfinished += self.outstanding;
+            if self.drain_over(now, &mut drain_deadline) {
                 break;
             }
             self.flush_progress(now);
@@ -123,22 +114,43 @@ impl Engine<'_> {
     }
 
     /// Submits the next send of `key` if one is due and none is in flight.
-    fn kick_send(&mut self, key: u32) {
+    pub(super) fn kick_send(&mut self, key: u32) {
         let max = self.shared.pattern.max_slice();
         let conn = &mut self.conns[key as usize];
         if let Some((offset, len)) = conn.next_send(max) {
             conn.send_in_flight = len;
             let seed = conn.seed;
-            self.ring
-                .send(key, seed, offset, len, Tag::new(OpKind::Send, key));
+            let tag = Tag::new(OpKind::Send, key).with_generation(conn.generation);
+            self.ring.send(key, seed, offset, len, tag);
+        }
+    }
+
+    /// At the end of the drain: established connections that sent and never
+    /// got a byte back were never accepted by the server (the kernel completed
+    /// the handshake and queued them). They are not held, and their messages
+    /// are abandoned, not unfinished: the report says what happened to them.
+    /// No thread closes its connections before every thread is past this
+    /// point (`run_thread`), or the server could take these late.
+    pub(super) fn set_apart_unanswered(&mut self) {
+        for conn in &mut self.conns {
+            if conn.state == State::Established && conn.has_sent() && !conn.answered() {
+                conn.state = State::Unanswered;
+                let abandoned = conn.abandon() as u64;
+                self.outstanding -= abandoned;
+                self.result.counters.abandoned += abandoned;
+                self.result.unanswered += 1;
+            }
         }
     }
 
     /// An established connection ended: counted, its messages abandoned, closed.
-    fn lose(&mut self, key: u32, kind: &str) {
+    pub(super) fn lose(&mut self, key: u32, kind: &str) {
         let conn = &mut self.conns[key as usize];
         if conn.state != State::Established {
             return;
+        }
+        if !conn.answered() {
+            self.result.lost_unanswered += 1;
         }
         conn.state = State::Lost;
         let abandoned = conn.abandon() as u64;
@@ -146,10 +158,21 @@ impl Engine<'_> {
         self.result.counters.abandoned += abandoned;
         self.result.lost += 1;
         self.result.error(kind);
-        self.ring.close(key);
+        self.close_conn(key);
+    }
+
+    /// Closes connection `key`: its receive cancelled first if still armed,
+    /// since an operation in flight keeps the socket open however the slot is
+    /// closed (and with churn the slot is free only after the close).
+    pub(super) fn close_conn(&mut self, key: u32) {
+        if self.conns[key as usize].recv_armed {
+            self.ring.cancel(self.tag(OpKind::Recv, key));
+        }
+        self.ring.close(key, self.tag(OpKind::Close, key));
     }
 
     pub(super) fn handle_recv(&mut self, key: u32, c: &Completion, now: Nanos) {
+        let measure_start = self.measure_start_for(key);
         let Engine {
             ring,
             conns,
@@ -171,7 +194,7 @@ impl Engine<'_> {
                 let mut tally = Tally {
                     result,
                     interval,
-                    measure_start: self.measure_start,
+                    measure_start,
                     now,
                     echoed: 0,
                 };
@@ -197,14 +220,19 @@ impl Engine<'_> {
             }
             _ => {}
         }
-        if matches!(self.config().load, Load::Closed { .. }) {
+        if self.churn.is_some() {
+            if self.churn_echoed(key, echoed, now) {
+                return; // all its messages are back: closing
+            }
+        } else if matches!(self.config().load, Load::Closed { .. }) {
             for _ in 0..echoed {
                 self.create(key, now);
             }
         }
         self.kick_send(key);
-        if !self.conns[key as usize].recv_armed {
-            self.rearm.push(key);
+        let conn = &self.conns[key as usize];
+        if !conn.recv_armed {
+            self.rearm.push((key, conn.generation));
         }
     }
 
@@ -218,10 +246,12 @@ impl Engine<'_> {
             conn.send_in_flight = 0;
             return self.lose(key, errno_kind(-res));
         }
+        let measure_start = self.measure_start_for(key);
+        let conn = &mut self.conns[key as usize];
         let mut tally = Tally {
             result: &mut self.result,
             interval: &mut self.interval,
-            measure_start: self.measure_start,
+            measure_start,
             now,
             echoed: 0,
         };

@@ -5,7 +5,7 @@
 //! Then all threads meet at a barrier, wait for `--start-at` if it was given,
 //! and the load phase runs: closed loop
 //! (a message per echo, `pipeline` in flight) or open loop (messages due on a
-//! [`Schedule`](super::pacing::Schedule), handed round-robin to the live connections), until the stop
+//! [`Schedule`], handed round-robin to the live connections), until the stop
 //! condition, then a drain of what is still in flight.
 //!
 //! Every loop turn: create what is due → wait for completions or the next
@@ -16,10 +16,13 @@
 //!   completion dispatch, progress flushes.
 //! - `ramp.rs`: the connect phase.
 //! - `load.rs`: the load phase: creating messages, handling receives and sends.
+//! - `churn.rs`: the `--messages-per-conn` load phase: connections opened,
+//!   used for N messages, closed and replaced, their slots reused.
 //! - `udp.rs`: the `--udp` load phase: datagrams on the schedule, their echoes,
 //!   loss expiry.
 #![forbid(unsafe_code)]
 
+mod churn;
 mod load;
 mod ramp;
 mod udp;
@@ -133,17 +136,23 @@ pub struct Plan {
     pub count: u32,
 }
 
-/// Runs one engine thread to the end. Always reaches the barrier, even when
-/// its own setup fails, so the other threads are never left waiting.
+/// Runs one engine thread to the end. Always reaches both barriers, even
+/// when its own setup fails, so the other threads are never left waiting.
 pub fn run_thread(plan: Plan, shared: &Shared<'_>) -> Result<ThreadResult, String> {
     let mut engine = match Engine::new(plan, shared) {
         Ok(e) => e,
         Err(e) => {
             shared.barrier.wait();
+            shared.barrier.wait();
             return Err(e);
         }
     };
-    let ramp = engine.ramp();
+    // A churn run opens its connections in the load phase itself.
+    let ramp = if shared.config.churn.is_some() {
+        Ok(())
+    } else {
+        engine.ramp()
+    };
     shared
         .established
         .fetch_add(engine.result.established - engine.result.lost, Relaxed);
@@ -163,12 +172,21 @@ pub fn run_thread(plan: Plan, shared: &Shared<'_>) -> Result<ThreadResult, Strin
     if leader {
         let _ = shared.cpu_at_load_start.set(crate::sys::cpu_time());
     }
-    ramp?;
-    if shared.config.udp.is_some() {
-        engine.load_udp()?;
-    } else {
-        engine.load()?;
-    }
+    let loaded = ramp.and_then(|()| {
+        if shared.config.udp.is_some() {
+            engine.load_udp()
+        } else if shared.config.churn.is_some() {
+            engine.load_churn()
+        } else {
+            engine.load()
+        }
+    });
+    // Connections close when the engine drops, and all threads close theirs
+    // together: one that finished its drain first would otherwise free
+    // server slots for connections another thread still waits on, and those
+    // would look answered when the server never took them during the run.
+    shared.barrier.wait();
+    loaded?;
     Ok(engine.result)
 }
 
@@ -220,11 +238,15 @@ struct Engine<'a> {
     /// Latencies since the last flush to the progress printer.
     interval: Histogram<u64>,
     cqes: Vec<Completion>,
-    /// Connections whose receive ended and must be re-armed after the buffers
-    /// are given back (re-arming before would only earn another ENOBUFS).
-    rearm: Vec<u32>,
-    /// Connects in flight with their deadlines, oldest first (one timeout for all).
-    connecting: VecDeque<(u32, Nanos)>,
+    /// Connections (slot, generation) whose receive ended and must be
+    /// re-armed after the buffers are given back (re-arming before would
+    /// only earn another ENOBUFS).
+    rearm: Vec<(u32, u32)>,
+    /// Connects in flight as (slot, generation, deadline), oldest first (one
+    /// timeout for all).
+    connecting: VecDeque<(u32, u32, Nanos)>,
+    /// `--messages-per-conn` only: the slots' lifecycles.
+    churn: Option<churn::Slots>,
     /// Connections whose connect has finished, either way.
     settled: u32,
     /// Messages created and not yet echoed, all connections.
@@ -268,6 +290,7 @@ impl<'a> Engine<'a> {
             cqes: Vec::with_capacity(4096),
             rearm: Vec::new(),
             connecting: VecDeque::new(),
+            churn: shared.config.churn.map(|_| churn::Slots::new(plan.count)),
             settled: 0,
             outstanding: 0,
             tickets: 0,
@@ -279,6 +302,22 @@ impl<'a> Engine<'a> {
 
     fn config(&self) -> &'a Config {
         self.shared.config
+    }
+
+    /// The tag of a `kind` operation on the connection now in slot `key`.
+    fn tag(&self, kind: OpKind, key: u32) -> Tag {
+        Tag::new(kind, key).with_generation(self.conns[key as usize].generation)
+    }
+
+    /// Where the measured part starts for the messages of connection `key`:
+    /// the run's, or with churn its connection's (all or none of a
+    /// connection's messages are measured).
+    fn measure_start_for(&self, key: u32) -> Nanos {
+        match &self.churn {
+            Some(slots) if slots.measured(key) => 0,
+            Some(_) => Nanos::MAX,
+            None => self.measure_start,
+        }
     }
 
     /// Where this thread's schedules sit within an interval, so threads interleave.
@@ -301,25 +340,52 @@ impl<'a> Engine<'a> {
         let udp = !self.flows.is_empty();
         for c in &cqes {
             let key = c.tag.conn();
+            let stale = (key as usize) < self.conns.len()
+                && c.tag.generation() != self.conns[key as usize].generation;
+            if stale {
+                // A completion of the slot's previous connection (the receive
+                // its close cancelled): only its buffer matters.
+                if let Some(buf) = c.buffer() {
+                    self.ring.recycle(buf);
+                }
+                continue;
+            }
             match c.tag.kind() {
                 Some(OpKind::Connect) => self.handle_connect(key, c.result, now),
                 Some(OpKind::Recv) if udp => self.handle_datagram(key, c, now),
                 Some(OpKind::Recv) => self.handle_recv(key, c, now),
                 Some(OpKind::Datagram) => self.handle_datagram_sent(key, c.result, now),
                 Some(OpKind::Send) => self.handle_send(key, c.result, now),
-                Some(OpKind::Close | OpKind::Cancel) | None => {}
+                Some(OpKind::Close) => self.handle_close(key),
+                Some(OpKind::Cancel) | None => {}
             }
         }
         self.cqes = cqes;
         self.ring.publish();
-        for key in std::mem::take(&mut self.rearm) {
+        for (key, generation) in std::mem::take(&mut self.rearm) {
             let conn = &mut self.conns[key as usize];
-            if conn.state == State::Established && !conn.recv_armed {
+            if conn.generation == generation && conn.state == State::Established && !conn.recv_armed
+            {
                 conn.recv_armed = true;
-                self.ring.recv(key, Tag::new(OpKind::Recv, key));
+                self.ring
+                    .recv(key, Tag::new(OpKind::Recv, key).with_generation(generation));
             }
         }
         Ok(())
+    }
+
+    /// The TCP load phase begins: the shared start (the first thread to get
+    /// here sets it), where measuring starts, and `stop_at` (the end of
+    /// `--duration`, or never with `--messages`).
+    fn begin_load(&mut self) -> (Nanos, Nanos) {
+        let config = self.config();
+        let start = *self.shared.load_start.get_or_init(|| self.shared.now());
+        self.measure_start = start + config.warmup.as_nanos() as Nanos;
+        let stop_at = match config.stop {
+            Stop::After(d) => self.measure_start + d.as_nanos() as Nanos,
+            Stop::Messages(_) => Nanos::MAX,
+        };
+        (start, stop_at)
     }
 
     /// The start of a load-phase turn: on Ctrl-C the measured part ends now
@@ -347,6 +413,21 @@ impl<'a> Engine<'a> {
             return None;
         }
         Some(due)
+    }
+
+    /// The TCP drain: once messages are no longer created, outstanding echoes
+    /// have `--drain-timeout` to arrive; true (those left counted unfinished)
+    /// once it has passed.
+    fn drain_over(&mut self, now: Nanos, drain_deadline: &mut Nanos) -> bool {
+        if !self.creating && *drain_deadline == Nanos::MAX {
+            *drain_deadline = now + self.config().drain_timeout.as_nanos() as Nanos;
+        }
+        if now < *drain_deadline {
+            return false;
+        }
+        self.set_apart_unanswered();
+        self.result.counters.unfinished += self.outstanding;
+        true
     }
 
     /// A load-phase turn: waits until `wake` or, while messages are being
@@ -380,8 +461,14 @@ impl<'a> Engine<'a> {
         }
         self.next_flush = self.shared.now() + FLUSH_EVERY;
         let p = &self.shared.progress[self.plan.id];
-        p.conns_up
-            .store(self.result.established - self.result.lost, Relaxed);
+        let up = match &self.churn {
+            Some(slots) => {
+                p.conns_done.store(slots.done, Relaxed);
+                u64::from(slots.active)
+            }
+            None => self.result.established - self.result.lost,
+        };
+        p.conns_up.store(up, Relaxed);
         p.conns_failed.store(self.result.failed, Relaxed);
         p.flush(&mut self.interval, self.result.msgs_all);
     }

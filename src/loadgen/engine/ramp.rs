@@ -7,9 +7,9 @@
 
 use super::Engine;
 use crate::loadgen::conn::State;
-use crate::loadgen::connect::{errno_kind, open_socket};
+use crate::loadgen::connect::{SocketKind, errno_kind, open_socket};
 use crate::loadgen::pacing::{Nanos, Schedule};
-use crate::loadgen::ring::{OpKind, Tag};
+use crate::loadgen::ring::OpKind;
 use crate::loadgen::stats::record_ns;
 
 impl Engine<'_> {
@@ -30,23 +30,11 @@ impl Engine<'_> {
                 self.start_connect(next, now, now + timeout);
                 next += 1;
             }
-            while let Some(&(key, deadline)) = self.connecting.front() {
-                if deadline > now {
-                    break;
-                }
-                self.connecting.pop_front();
-                if self.conns[key as usize].state == State::Connecting {
-                    // Completes with ECANCELED, counted as a timeout.
-                    self.ring.cancel(Tag::new(OpKind::Connect, key));
-                }
-            }
+            self.expire_connects(now);
             self.flush_progress(now);
-            let mut wake = self.next_flush;
+            let mut wake = self.next_flush.min(self.next_connect_deadline());
             if next < n {
                 wake = wake.min(schedule.next_due());
-            }
-            if let Some(&(_, deadline)) = self.connecting.front() {
-                wake = wake.min(deadline);
             }
             self.turn(wake)?;
         }
@@ -54,13 +42,48 @@ impl Engine<'_> {
         Ok(())
     }
 
-    fn start_connect(&mut self, key: u32, now: Nanos, deadline: Nanos) {
+    /// Cancels the connects whose `--connect-timeout` passed by `now`.
+    pub(super) fn expire_connects(&mut self, now: Nanos) {
+        while let Some(&(key, generation, deadline)) = self.connecting.front() {
+            if deadline > now {
+                break;
+            }
+            self.connecting.pop_front();
+            let conn = &self.conns[key as usize];
+            if conn.generation == generation && conn.state == State::Connecting {
+                // Completes with ECANCELED, counted as a timeout.
+                self.ring.cancel(self.tag(OpKind::Connect, key));
+            }
+        }
+    }
+
+    /// When the oldest connect in flight times out (never, when none is).
+    pub(super) fn next_connect_deadline(&self) -> Nanos {
+        self.connecting.front().map_or(Nanos::MAX, |&(_, _, d)| d)
+    }
+
+    /// Opens a socket into slot `key` and submits its connect. `spread` picks
+    /// the source address (connections are spread round-robin over them).
+    pub(super) fn start_connect(&mut self, key: u32, now: Nanos, deadline: Nanos) {
         let global = self.plan.first + u64::from(key);
+        self.start_connect_from(key, global, now, deadline);
+    }
+
+    pub(super) fn start_connect_from(
+        &mut self,
+        key: u32,
+        spread: u64,
+        now: Nanos,
+        deadline: Nanos,
+    ) {
         let sources = &self.shared.sources;
         let source =
-            (!sources.is_empty()).then(|| sources[(global % sources.len() as u64) as usize]);
-        let udp = self.config().udp.is_some();
-        let installed = open_socket(self.shared.target, source, udp)
+            (!sources.is_empty()).then(|| sources[(spread % sources.len() as u64) as usize]);
+        let kind = SocketKind {
+            udp: self.config().udp.is_some(),
+            linger0: self.config().linger0,
+        };
+        let installed = open_socket(self.shared.target, source, kind)
             .and_then(|socket| self.ring.install(key, socket));
         if let Err(e) = installed {
             self.fail(
@@ -73,8 +96,9 @@ impl Engine<'_> {
         let conn = &mut self.conns[key as usize];
         conn.state = State::Connecting;
         conn.connect_started = now;
-        self.ring.connect(key, Tag::new(OpKind::Connect, key));
-        self.connecting.push_back((key, deadline));
+        let generation = conn.generation;
+        self.ring.connect(key, self.tag(OpKind::Connect, key));
+        self.connecting.push_back((key, generation, deadline));
     }
 
     fn fail(&mut self, key: u32, kind: &str, installed: bool) {
@@ -83,7 +107,10 @@ impl Engine<'_> {
         self.result.failed += 1;
         self.result.error(kind);
         if installed {
-            self.ring.close(key);
+            self.ring.close(key, self.tag(OpKind::Close, key));
+        } else if let Some(slots) = &mut self.churn {
+            // Nothing to close: the slot is free at once (reused next turn).
+            slots.release(key);
         }
     }
 
@@ -103,12 +130,16 @@ impl Engine<'_> {
         }
         conn.state = State::Established;
         conn.recv_armed = true;
-        record_ns(
-            &mut self.result.connect,
-            now.saturating_sub(conn.connect_started),
-        );
+        let took = now.saturating_sub(conn.connect_started);
+        // With churn only measured connections' connects count, like their messages.
+        if self.churn.as_ref().is_none_or(|s| s.measured(key)) {
+            record_ns(&mut self.result.connect, took);
+        }
         self.settled += 1;
         self.result.established += 1;
-        self.ring.recv(key, Tag::new(OpKind::Recv, key));
+        self.ring.recv(key, self.tag(OpKind::Recv, key));
+        if self.churn.is_some() {
+            self.churn_connected(key, now);
+        }
     }
 }

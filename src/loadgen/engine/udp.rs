@@ -166,7 +166,7 @@ impl Engine<'_> {
         }
         let conn = &self.conns[key as usize];
         if conn.state == State::Established && !conn.recv_armed {
-            self.rearm.push(key);
+            self.rearm.push((key, conn.generation));
         }
     }
 

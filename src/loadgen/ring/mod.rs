@@ -73,15 +73,34 @@ pub enum OpKind {
     Datagram = 6,
 }
 
-/// The `user_data` of every operation: `kind << 56 | connection index`.
-/// Connection slots are never reused within a run, so no generation is needed.
+/// The `user_data` of every operation:
+/// `kind << 56 | generation << 32 | connection slot`.
+///
+/// With `--messages-per-conn` a slot is reused by one connection after
+/// another, and a completion of the previous one (the receive its close
+/// cancelled) can arrive after the next one started: the 24-bit generation,
+/// bumped at each reuse, tells them apart. Without churn it stays 0.
 #[repr(transparent)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tag(u64);
 
+/// Generations wrap at 24 bits.
+pub const GENERATION_MASK: u32 = (1 << 24) - 1;
+
 impl Tag {
+    /// Generation 0: a slot's first connection.
     pub fn new(kind: OpKind, conn: u32) -> Tag {
         Tag((u64::from(kind as u8) << 56) | u64::from(conn))
+    }
+
+    /// The same operation on the slot's connection of `generation`.
+    pub fn with_generation(self, generation: u32) -> Tag {
+        let cleared = self.0 & !(u64::from(GENERATION_MASK) << 32);
+        Tag(cleared | (u64::from(generation & GENERATION_MASK) << 32))
+    }
+
+    pub fn generation(self) -> u32 {
+        (self.0 >> 32) as u32 & GENERATION_MASK
     }
 
     pub fn from_raw(raw: u64) -> Tag {
@@ -230,10 +249,13 @@ impl Ring {
         unsafe { self.push(entry) };
     }
 
-    pub fn close(&mut self, slot: u32) {
+    /// Closes the socket in `slot`; `tag` (kind Close) names its connection.
+    /// The socket itself goes only once no operation on it is left in the
+    /// kernel: a multishot receive still armed keeps it open (cancel it).
+    pub fn close(&mut self, slot: u32, tag: Tag) {
         let entry = opcode::Close::new(types::Fixed(slot))
             .build()
-            .user_data(Tag::new(OpKind::Close, slot).0);
+            .user_data(tag.0);
         // SAFETY: no pointers.
         unsafe { self.push(entry) };
     }
@@ -363,8 +385,19 @@ mod tests {
                 let t = Tag::from_raw(Tag::new(kind, conn).0);
                 assert_eq!(t.kind(), Some(kind));
                 assert_eq!(t.conn(), conn);
+                assert_eq!(t.generation(), 0);
+                for generation in [1, 77, GENERATION_MASK] {
+                    let g = Tag::from_raw(t.with_generation(generation).0);
+                    assert_eq!(
+                        (g.kind(), g.conn(), g.generation()),
+                        (Some(kind), conn, generation)
+                    );
+                }
             }
         }
         assert_eq!(Tag::from_raw(0).kind(), None);
+        // A generation past 24 bits wraps instead of spilling into the kind.
+        let t = Tag::new(OpKind::Close, 5).with_generation(GENERATION_MASK + 2);
+        assert_eq!((t.kind(), t.generation()), (Some(OpKind::Close), 1));
     }
 }

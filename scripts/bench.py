@@ -54,7 +54,8 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import chart, env, host, options, procs, report, sweep, targets, topology  # noqa: E402
+from benchkit import (  # noqa: E402
+    chart, env, host, options, procs, reload, report, sweep, targets, topology)
 from benchkit.model import (  # noqa: E402
     BACKENDS, MODES, Cell, Run, rotated, saturated, server_workers, skip_reason, summarise)
 
@@ -197,6 +198,30 @@ class Bench:
             },
         }
 
+    @classmethod
+    def reloaded(cls, args: argparse.Namespace, out: Path, res: dict) -> "Bench":
+        """A Bench holding what a results.json recorded, ready to write it again."""
+        b = cls.__new__(cls)
+        b.args, b.out, b.started, b.nofile = args, out, time.monotonic(), args.nofile
+        b.runs = [reload.run_from_json(r) for r in res["runs"]]
+        b.targets = [reload.target_from_json(t) for t in res.get("targets", [])]
+        b.sweeps, b.summaries = reload.sweeps(res), []
+        b.interrupted, b._log_file, b.is_reloaded = res.get("interrupted", False), None, True
+        b.meta = {k: v for k, v in res.items() if k not in ("schema", "runs", "medians", "targets",
+                                                            "sweeps")}
+        b.meta["options"]["p99_bound_us"] = args.p99_bound_us
+        hosts = b.meta.get("topology", {}).get("load_hosts")
+        plan = None
+        if hosts:
+            plan = topology.plan(0, len(hosts), options.cpus(args.server_cpus),
+                                 options.cpus(args.client_cpus))
+        b.env = env.Env(repo=REPO, bin_dir=Path("."), runs_dir=out / "runs",
+                        server_cpus=args.server_cpus, client_cpus=args.client_cpus,
+                        loadgen_threads=args.loadgen_threads, duration=args.duration,
+                        warmup=args.warmup, nofile=args.nofile, log=b.log, net=plan)
+        b.log(f"from {out / 'results.json'}: {len(b.runs)} runs, measured {b.meta.get('date')}")
+        return b
+
     def set_topology(self, net_plan, why_loopback) -> None:
         self.env.net = net_plan
         self.meta["options"]["topology"] = self.env.topology
@@ -299,10 +324,11 @@ class Bench:
 
     def write_outputs(self) -> None:
         self.summaries = summarise(self.runs)
-        self.meta["elapsed_s"] = round(time.monotonic() - self.started, 1)
-        self.meta["load_average"] = {"start": self.meta["load_average"]["start"],
-                                     "end": [round(v, 2) for v in os.getloadavg()]}
-        self.meta["interrupted"] = self.interrupted
+        if not getattr(self, "is_reloaded", False):
+            self.meta["elapsed_s"] = round(time.monotonic() - self.started, 1)
+            self.meta["load_average"] = {"start": self.meta["load_average"]["start"],
+                                         "end": [round(v, 2) for v in os.getloadavg()]}
+            self.meta["interrupted"] = self.interrupted
         sweeps = self.sweep_results()
         missing = chart.unavailable()
         charts = {} if missing else self.write_charts(sweeps)
@@ -415,8 +441,19 @@ def interrupt_on(*signums) -> None:
         signal.signal(s, handler)
 
 
+def from_results(args: argparse.Namespace) -> int:
+    """--from-results DIR: the outputs of a past run, written again."""
+    res = reload.load(args.from_results / "results.json")
+    args = reload.options(args, res)
+    bench = Bench.reloaded(args, args.from_results, res)
+    bench.write_outputs()
+    return 0
+
+
 def main(argv: list) -> int:
     args = options.parse_args(argv, __doc__)
+    if args.from_results:
+        return from_results(args)
     release = target_dir() / "release"
     if not args.dry_run:
         build(args.no_build, release)
@@ -475,6 +512,8 @@ def main(argv: list) -> int:
     finally:
         if net:
             net.remove()
+        if bench._log_file:
+            bench._log_file.close()
     failed = [r for r in bench.runs if r.status == "failed"]
     if failed:
         bench.log(f"{len(failed)} run(s) failed: see results.md")

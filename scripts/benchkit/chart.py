@@ -42,7 +42,8 @@ def size_label(size: int) -> str:
 def unavailable() -> Optional[str]:
     """Why charts cannot be drawn here, or None."""
     if importlib.util.find_spec("matplotlib") is None:
-        return f"no charts: matplotlib is not installed ({INSTALL_HINT})"
+        return (f"no charts: matplotlib is not installed ({INSTALL_HINT}; then "
+                "scripts/bench.py --from-results DIR draws them from DIR/results.json)")
     return None
 
 

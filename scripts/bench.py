@@ -393,7 +393,7 @@ class Bench:
         doc = REPO / "docs" / "benchmarks.md"
         topo, copied = self.env.topology + ("-sweep" if self.args.only_sweep else ""), {}
         for key, name in charts.items():
-            dest = f"benchmarks-{topo}-{name}"
+            dest = f"benchmarks-{self.env.topology}-{name}"
             shutil.copyfile(self.out / name, REPO / "docs" / dest)
             copied[key] = dest
         section = report.markdown(self.meta, self.runs, self.summaries, self.targets, copied,

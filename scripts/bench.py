@@ -39,15 +39,12 @@ from __future__ import annotations
 import argparse
 import atexit
 import datetime as dt
-import json
 import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from typing import Optional
 from pathlib import Path
 
 # benchkit lives beside this script; leave no __pycache__ in the tree.
@@ -56,100 +53,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit import (  # noqa: E402
     chart, env, host, options, procs, reload, report, sweep, targets, topology)
+from benchkit.plan import estimate_s, plan_matrix  # noqa: E402
+from benchkit.setup import (  # noqa: E402
+    REPO, build, check_start_at, choose_topology, interrupt_on, shown, target_dir)
 from benchkit.model import (  # noqa: E402
     BACKENDS, MODES, Cell, Run, rotated, saturated, server_workers, skip_reason, summarise)
-
-REPO = Path(__file__).resolve().parent.parent
-# Seconds a run takes beyond ramp, warm-up and measured time (server start and
-# stop, loadgen start, drain), measured on the 2-core development VM.
-RUN_OVERHEAD_S = 0.4
-
-
-# ---------------------------------------------------------------- set-up
-
-def target_dir() -> Path:
-    """Where cargo puts its builds: `target_directory` from `cargo metadata`,
-    which honours CARGO_TARGET_DIR and .cargo/config.toml's build.target-dir."""
-    cmd = ["cargo", "metadata", "--format-version", "1", "--no-deps"]
-    try:
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
-        return Path(json.loads(done.stdout)["target_directory"])
-    except (OSError, subprocess.CalledProcessError, ValueError, KeyError) as e:
-        print(f"bench: {shlex.join(cmd)} failed ({e}); looking in target/", file=sys.stderr)
-        return REPO / "target"
-
-
-def build(no_build: bool, release: Path) -> None:
-    if not no_build:
-        cmd = ["cargo", "build", "--release", "--bins", "--examples"]
-        print("bench: " + shlex.join(cmd), file=sys.stderr)
-        if subprocess.run(cmd, cwd=REPO).returncode != 0:
-            print("bench: the build failed", file=sys.stderr)
-            sys.exit(2)
-    needed = [release / "uring-echo", release / "loadgen", release / "examples" / "pingpong",
-              release / "examples" / "tokio_echo", release / "examples" / "monoio_echo"]
-    missing = [str(p) for p in needed if not p.exists()]
-    if missing:
-        print(f"bench: missing {', '.join(missing)}: run cargo build --release --bins --examples",
-              file=sys.stderr)
-        sys.exit(2)
-    if shutil.which("taskset") is None:
-        print("bench: taskset not found (util-linux): it pins the server and loadgen", file=sys.stderr)
-        sys.exit(2)
-
-
-def shown(path: Path) -> Path:
-    """`path` relative to the repository when inside it, so commands read as typed there."""
-    try:
-        return path.relative_to(REPO)
-    except ValueError:
-        return path
-
-
-def matrix_cells(args: argparse.Namespace) -> list:
-    return [Cell(c, s, MODES[m]) for s in args.sizes for m in args.modes for c in args.conns]
-
-
-def plan_matrix(args: argparse.Namespace, nofile: int, tcp_mem: Optional[int]) -> list:
-    """Every run of the matrix, in the order it will run (skips included once)."""
-    plan = []
-    for rep in range(args.reps):
-        for i, cell in enumerate(matrix_cells(args)):
-            for name in rotated(args.backends, rep + i):
-                backend = BACKENDS[name]
-                run = Run("matrix", cell, name, rep,
-                          server_workers(backend, cell.conns, args.workers, nofile))
-                why = skip_reason(backend, cell, nofile, tcp_mem)
-                if why:
-                    if rep > 0:
-                        continue
-                    run.status, run.reason = "skipped", why
-                plan.append(run)
-    return plan
-
-
-def run_seconds(cell: Cell, duration: float, warmup: float) -> float:
-    return RUN_OVERHEAD_S + cell.conns / env.LOADGEN_CONNECT_RATE + warmup + duration
-
-
-def estimate_s(args: argparse.Namespace, plan: list) -> float:
-    total = sum(run_seconds(r.cell, args.duration, args.warmup) for r in plan if r.status != "skipped")
-    if args.targets:
-        t_runs = args.reps * (4 + 2 + 2 + 2)  # targets 1-3, 5, 6
-        t1 = run_seconds(targets.T1, args.duration, args.warmup)
-        conns = round(targets.T4_CONNS * args.targets_scale)
-        t4 = (run_seconds(Cell(conns, 64, 1), max(args.duration, targets.T4_MIN_DURATION_S),
-                          args.warmup) + targets.T4_WARM_S + args.warmup + 3)
-        total += t_runs * t1 + t4
-    if args.sweep:
-        for c, _size in args.sweep_cells:
-            per_run = run_seconds(Cell(c, 64, 1), args.duration, args.warmup)
-            runs = len(args.backends) * (args.reps * args.sweep_steps + (1 if args.only_sweep else 0))
-            # The top rates saturate some backends: loadgen then waits out its drain.
-            saturated = len(args.backends) * args.reps * 3 * env.LOADGEN_DRAIN_S
-            total += runs * per_run + saturated
-    return total
-
 
 # ---------------------------------------------------------------- phases
 
@@ -401,44 +309,6 @@ class Bench:
         report.update_doc(doc, section, topo)
         self.log(f"updated {doc.relative_to(REPO)} ({topo} section)"
                  + (f" and {len(copied)} chart(s) in docs/" if copied else ""))
-
-
-def choose_topology(args) -> tuple:
-    """(plan or None for loopback, why loopback). Without --topology: netns
-    where it can be made, else loopback and one line saying why; asked for
-    explicitly (or needed by --load-hosts) and impossible: exit 2."""
-    if args.topology == "loopback":
-        return None, "asked for (--topology loopback)"
-    reason = topology.unavailable_reason()
-    if reason:
-        if args.topology == "netns" or args.load_hosts > 1:
-            print(f"bench: --topology netns cannot be made here: {reason}", file=sys.stderr)
-            sys.exit(2)
-        print(f"bench: topology loopback: {reason}", file=sys.stderr)
-        return None, reason
-    return topology.plan(os.getpid(), args.load_hosts, options.cpus(args.server_cpus),
-                         options.cpus(args.client_cpus)), None
-
-
-def check_start_at(release: Path, load_hosts: int) -> None:
-    """Several load hosts need loadgen --start-at to measure the same window."""
-    if load_hosts < 2:
-        return
-    done = subprocess.run([str(release / "loadgen"), "--help"], capture_output=True, text=True)
-    if "--start-at" not in done.stdout:
-        print("bench: --load-hosts needs loadgen --start-at (to start every host's load at one "
-              "instant), which this loadgen does not have: build a newer one", file=sys.stderr)
-        sys.exit(2)
-
-
-def interrupt_on(*signums) -> None:
-    """SIGINT (set here too: a background job inherits it ignored), SIGTERM and
-    SIGHUP end the run as Ctrl-C does: results written,
-    namespaces removed (the finally clauses run)."""
-    def handler(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    for s in signums:
-        signal.signal(s, handler)
 
 
 def from_results(args: argparse.Namespace) -> int:

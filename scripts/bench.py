@@ -248,7 +248,7 @@ class Bench:
         self.log(f"wrote {self.out}/results.json, results.md"
                  + (", " + ", ".join(charts.values()) if charts else ""))
         if missing:
-            self.log(missing)
+            self.log(missing.replace(" DIR ", f" {self.out} ").replace("DIR/", f"{self.out}/"))
         if self.args.update_doc:
             self.update_doc(charts, sweeps)
 

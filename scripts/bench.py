@@ -1,28 +1,37 @@
 #!/usr/bin/env python3
-"""Runs uring-echo's benchmark matrix and target measurements and writes
-results a person reads (results.md, chart.svg) and a program parses
-(results.json, runs/*.json).
+"""Runs uring-echo's benchmark matrix, latency against load and the target
+measurements, and writes results a person reads (results.md, charts) and a
+program parses (results.json, runs/*.json).
 
-Matrix: backends x connections x message size x mode (closed loop = pipeline 1,
-pipelined = pipeline 16), each cell run --reps times, interleaved: for each
+Topology: netns by default where it can be made (root, iproute2): the server
+in one network namespace and each load host (--load-hosts) in its own, joined
+by veth pairs on 198.18.0.0/15, RPS steering each side's receive processing
+to its own CPUs; loopback otherwise (saying why) or with --topology loopback.
+On loopback each side runs the other's receive path, and every server looks
+alike; see docs/benchmarks.md.
+
+Matrix: backends x connections x message size x mode (closed loop = pipeline
+1, pipelined = pipeline 16), each cell run --reps times, interleaved: for each
 repetition, for each cell, every backend once, in an order rotated per cell
 and repetition so that no backend always runs first. Every run starts its
 server fresh, pinned with taskset to --server-cpus, drives it with loadgen
-pinned to --client-cpus, and stops it with SIGTERM.
+pinned to --client-cpus (several load hosts start together with --start-at
+and are merged with loadgen merge), and stops it with SIGTERM. --sweep adds
+open-loop runs at log-spaced rates per cell and each backend's knee.
 
 Per run: loadgen's JSON (msgs/s, latency, errors, mismatches, its own CPU per
-message), the server's CPU per message (utime+stime from /proc/PID/stat over
-the loadgen run, connection ramp included, divided by loadgen's cpu.msgs), the
-server's memory per connection (peak VmRSS sampled every 200 ms minus VmRSS
-before loadgen started, divided by connections), and the growth of the
-system-wide drop and retransmit counters (a run that saw drops, RTOs or
-accept-queue overflows is marked suspect; retransmits alone are recorded).
+message), the server's CPU per message (utime+stime from /proc/PID/stat,
+plus the irq and softirq time of its CPUs from /proc/stat, over the loadgen
+run, divided by loadgen's cpu.msgs), the server's memory per connection, and
+the growth of the drop and retransmit counters (read inside the namespaces;
+a run that saw drops, RTOs or accept-queue overflows is marked suspect).
 
 Outputs in --out DIR: runs/<cell>-<backend>-<rep>.json (and the processes'
-logs), results.json, results.md, chart.svg (64 B closed loop) and
-chart-<size>-<mode>.svg for the other shapes. See docs/benchmarks.md.
+logs), results.json, results.md, chart.png (64 B closed loop),
+chart-<size>-<mode>.png for the other shapes and sweep-<conns>-<size>.png
+(charts need matplotlib: pip install -r scripts/requirements.txt).
 
-Standard library only. Linux only (taskset, /proc).
+Linux only (taskset, /proc, ip netns).
 """
 
 from __future__ import annotations
@@ -30,116 +39,25 @@ from __future__ import annotations
 import argparse
 import atexit
 import datetime as dt
-import json
 import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import time
-from typing import Optional
 from pathlib import Path
 
 # benchkit lives beside this script; leave no __pycache__ in the tree.
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit import chart, env, host, options, procs, report, sweep, targets, topology  # noqa: E402
+from benchkit import (  # noqa: E402
+    chart, env, host, options, procs, reload, report, sweep, targets, topology)
+from benchkit.plan import estimate_s, plan_matrix  # noqa: E402
+from benchkit.setup import (  # noqa: E402
+    REPO, build, check_start_at, choose_topology, interrupt_on, shown, target_dir)
 from benchkit.model import (  # noqa: E402
     BACKENDS, MODES, Cell, Run, rotated, saturated, server_workers, skip_reason, summarise)
-
-REPO = Path(__file__).resolve().parent.parent
-# Seconds a run takes beyond ramp, warm-up and measured time (server start and
-# stop, loadgen start, drain), measured on the 2-core development VM.
-RUN_OVERHEAD_S = 0.4
-
-
-# ---------------------------------------------------------------- set-up
-
-def target_dir() -> Path:
-    """Where cargo puts its builds: `target_directory` from `cargo metadata`,
-    which honours CARGO_TARGET_DIR and .cargo/config.toml's build.target-dir."""
-    cmd = ["cargo", "metadata", "--format-version", "1", "--no-deps"]
-    try:
-        done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True)
-        return Path(json.loads(done.stdout)["target_directory"])
-    except (OSError, subprocess.CalledProcessError, ValueError, KeyError) as e:
-        print(f"bench: {shlex.join(cmd)} failed ({e}); looking in target/", file=sys.stderr)
-        return REPO / "target"
-
-
-def build(no_build: bool, release: Path) -> None:
-    if not no_build:
-        cmd = ["cargo", "build", "--release", "--bins", "--examples"]
-        print("bench: " + shlex.join(cmd), file=sys.stderr)
-        if subprocess.run(cmd, cwd=REPO).returncode != 0:
-            print("bench: the build failed", file=sys.stderr)
-            sys.exit(2)
-    needed = [release / "uring-echo", release / "loadgen", release / "examples" / "pingpong",
-              release / "examples" / "tokio_echo", release / "examples" / "monoio_echo"]
-    missing = [str(p) for p in needed if not p.exists()]
-    if missing:
-        print(f"bench: missing {', '.join(missing)}: run cargo build --release --bins --examples",
-              file=sys.stderr)
-        sys.exit(2)
-    if shutil.which("taskset") is None:
-        print("bench: taskset not found (util-linux): it pins the server and loadgen", file=sys.stderr)
-        sys.exit(2)
-
-
-def shown(path: Path) -> Path:
-    """`path` relative to the repository when inside it, so commands read as typed there."""
-    try:
-        return path.relative_to(REPO)
-    except ValueError:
-        return path
-
-
-def matrix_cells(args: argparse.Namespace) -> list:
-    return [Cell(c, s, MODES[m]) for s in args.sizes for m in args.modes for c in args.conns]
-
-
-def plan_matrix(args: argparse.Namespace, nofile: int, tcp_mem: Optional[int]) -> list:
-    """Every run of the matrix, in the order it will run (skips included once)."""
-    plan = []
-    for rep in range(args.reps):
-        for i, cell in enumerate(matrix_cells(args)):
-            for name in rotated(args.backends, rep + i):
-                backend = BACKENDS[name]
-                run = Run("matrix", cell, name, rep,
-                          server_workers(backend, cell.conns, args.workers, nofile))
-                why = skip_reason(backend, cell, nofile, tcp_mem)
-                if why:
-                    if rep > 0:
-                        continue
-                    run.status, run.reason = "skipped", why
-                plan.append(run)
-    return plan
-
-
-def run_seconds(cell: Cell, duration: float, warmup: float) -> float:
-    return RUN_OVERHEAD_S + cell.conns / env.LOADGEN_CONNECT_RATE + warmup + duration
-
-
-def estimate_s(args: argparse.Namespace, plan: list) -> float:
-    total = sum(run_seconds(r.cell, args.duration, args.warmup) for r in plan if r.status != "skipped")
-    if args.targets:
-        t_runs = args.reps * (4 + 2 + 2 + 2)  # targets 1-3, 5, 6
-        t1 = run_seconds(targets.T1, args.duration, args.warmup)
-        conns = round(targets.T4_CONNS * args.targets_scale)
-        t4 = (run_seconds(Cell(conns, 64, 1), max(args.duration, targets.T4_MIN_DURATION_S),
-                          args.warmup) + targets.T4_WARM_S + args.warmup + 3)
-        total += t_runs * t1 + t4
-    if args.sweep:
-        for c, _size in args.sweep_cells:
-            per_run = run_seconds(Cell(c, 64, 1), args.duration, args.warmup)
-            runs = len(args.backends) * (args.reps * args.sweep_steps + (1 if args.only_sweep else 0))
-            # The top rates saturate some backends: loadgen then waits out its drain.
-            saturated = len(args.backends) * args.reps * 3 * env.LOADGEN_DRAIN_S
-            total += runs * per_run + saturated
-    return total
-
 
 # ---------------------------------------------------------------- phases
 
@@ -187,6 +105,30 @@ class Bench:
                 "nofile": self.nofile,
             },
         }
+
+    @classmethod
+    def reloaded(cls, args: argparse.Namespace, out: Path, res: dict) -> "Bench":
+        """A Bench holding what a results.json recorded, ready to write it again."""
+        b = cls.__new__(cls)
+        b.args, b.out, b.started, b.nofile = args, out, time.monotonic(), args.nofile
+        b.runs = [reload.run_from_json(r) for r in res["runs"]]
+        b.targets = [reload.target_from_json(t) for t in res.get("targets", [])]
+        b.sweeps, b.summaries = reload.sweeps(res), []
+        b.interrupted, b._log_file, b.is_reloaded = res.get("interrupted", False), None, True
+        b.meta = {k: v for k, v in res.items() if k not in ("schema", "runs", "medians", "targets",
+                                                            "sweeps")}
+        b.meta["options"]["p99_bound_us"] = args.p99_bound_us
+        hosts = b.meta.get("topology", {}).get("load_hosts")
+        plan = None
+        if hosts:
+            plan = topology.plan(0, len(hosts), options.cpus(args.server_cpus),
+                                 options.cpus(args.client_cpus))
+        b.env = env.Env(repo=REPO, bin_dir=Path("."), runs_dir=out / "runs",
+                        server_cpus=args.server_cpus, client_cpus=args.client_cpus,
+                        loadgen_threads=args.loadgen_threads, duration=args.duration,
+                        warmup=args.warmup, nofile=args.nofile, log=b.log, net=plan)
+        b.log(f"from {out / 'results.json'}: {len(b.runs)} runs, measured {b.meta.get('date')}")
+        return b
 
     def set_topology(self, net_plan, why_loopback) -> None:
         self.env.net = net_plan
@@ -290,10 +232,11 @@ class Bench:
 
     def write_outputs(self) -> None:
         self.summaries = summarise(self.runs)
-        self.meta["elapsed_s"] = round(time.monotonic() - self.started, 1)
-        self.meta["load_average"] = {"start": self.meta["load_average"]["start"],
-                                     "end": [round(v, 2) for v in os.getloadavg()]}
-        self.meta["interrupted"] = self.interrupted
+        if not getattr(self, "is_reloaded", False):
+            self.meta["elapsed_s"] = round(time.monotonic() - self.started, 1)
+            self.meta["load_average"] = {"start": self.meta["load_average"]["start"],
+                                         "end": [round(v, 2) for v in os.getloadavg()]}
+            self.meta["interrupted"] = self.interrupted
         sweeps = self.sweep_results()
         missing = chart.unavailable()
         charts = {} if missing else self.write_charts(sweeps)
@@ -305,7 +248,7 @@ class Bench:
         self.log(f"wrote {self.out}/results.json, results.md"
                  + (", " + ", ".join(charts.values()) if charts else ""))
         if missing:
-            self.log(missing)
+            self.log(missing.replace(" DIR ", f" {self.out} ").replace("DIR/", f"{self.out}/"))
         if self.args.update_doc:
             self.update_doc(charts, sweeps)
 
@@ -358,7 +301,7 @@ class Bench:
         doc = REPO / "docs" / "benchmarks.md"
         topo, copied = self.env.topology + ("-sweep" if self.args.only_sweep else ""), {}
         for key, name in charts.items():
-            dest = f"benchmarks-{topo}-{name}"
+            dest = f"benchmarks-{self.env.topology}-{name}"
             shutil.copyfile(self.out / name, REPO / "docs" / dest)
             copied[key] = dest
         section = report.markdown(self.meta, self.runs, self.summaries, self.targets, copied,
@@ -368,46 +311,19 @@ class Bench:
                  + (f" and {len(copied)} chart(s) in docs/" if copied else ""))
 
 
-def choose_topology(args) -> tuple:
-    """(plan or None for loopback, why loopback). Without --topology: netns
-    where it can be made, else loopback and one line saying why; asked for
-    explicitly (or needed by --load-hosts) and impossible: exit 2."""
-    if args.topology == "loopback":
-        return None, "asked for (--topology loopback)"
-    reason = topology.unavailable_reason()
-    if reason:
-        if args.topology == "netns" or args.load_hosts > 1:
-            print(f"bench: --topology netns cannot be made here: {reason}", file=sys.stderr)
-            sys.exit(2)
-        print(f"bench: topology loopback: {reason}", file=sys.stderr)
-        return None, reason
-    return topology.plan(os.getpid(), args.load_hosts, options.cpus(args.server_cpus),
-                         options.cpus(args.client_cpus)), None
-
-
-def check_start_at(release: Path, load_hosts: int) -> None:
-    """Several load hosts need loadgen --start-at to measure the same window."""
-    if load_hosts < 2:
-        return
-    done = subprocess.run([str(release / "loadgen"), "--help"], capture_output=True, text=True)
-    if "--start-at" not in done.stdout:
-        print("bench: --load-hosts needs loadgen --start-at (to start every host's load at one "
-              "instant), which this loadgen does not have: build a newer one", file=sys.stderr)
-        sys.exit(2)
-
-
-def interrupt_on(*signums) -> None:
-    """SIGINT (set here too: a background job inherits it ignored), SIGTERM and
-    SIGHUP end the run as Ctrl-C does: results written,
-    namespaces removed (the finally clauses run)."""
-    def handler(signum, _frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    for s in signums:
-        signal.signal(s, handler)
+def from_results(args: argparse.Namespace) -> int:
+    """--from-results DIR: the outputs of a past run, written again."""
+    res = reload.load(args.from_results / "results.json")
+    args = reload.options(args, res)
+    bench = Bench.reloaded(args, args.from_results, res)
+    bench.write_outputs()
+    return 0
 
 
 def main(argv: list) -> int:
     args = options.parse_args(argv, __doc__)
+    if args.from_results:
+        return from_results(args)
     release = target_dir() / "release"
     if not args.dry_run:
         build(args.no_build, release)
@@ -466,6 +382,8 @@ def main(argv: list) -> int:
     finally:
         if net:
             net.remove()
+        if bench._log_file:
+            bench._log_file.close()
     failed = [r for r in bench.runs if r.status == "failed"]
     if failed:
         bench.log(f"{len(failed)} run(s) failed: see results.md")

@@ -50,11 +50,15 @@ SYMBOLS = (
     ("__do_sys_io_uring_enter", "`io_uring_enter`"),
     ("entry_SYSCALL_64_after_hwframe", "any syscall (`entry_SYSCALL_64`)"),
 )
-# A sample on the server's CPUs is the server's work when it ran in one of
-# the server's threads, or in interrupt context (receive processing and the
-# IPIs that start it land in whatever thread the CPU was running, on a shared
-# machine often a neighbour's build).
-IRQ_FRAMES = ("handle_softirqs", "sysvec_call_function_single", "net_rx_action")
+# A sample on the server's CPUs counts as the server's when it ran in one of
+# the server's threads (by thread id: on a shared machine other processes'
+# threads have the same names), interrupts landing there included, or in a
+# hardware interrupt that landed on the idle CPU (RPS's cross-CPU interrupt
+# and the receive processing after it). Interrupts landing in other threads
+# are left out: on a shared machine they are as likely the neighbours' own
+# (their RPS traffic, their TLB shootdowns) as the server's.
+IRQ_ENTRY = "asm_"
+IDLE_TID = 0
 
 
 def parse_args(argv: list) -> argparse.Namespace:
@@ -88,35 +92,35 @@ def release_dir() -> Path:
 
 
 def samples(script: str) -> list:
-    """(comm, functions on the stack, innermost first) per sample of
-    `perf script -F comm,ip,sym`."""
+    """(thread id, comm, functions on the stack, innermost first) per sample
+    of `perf script -F comm,tid,ip,sym`."""
     out = []
     for block in script.split("\n\n"):
         lines = [line for line in block.splitlines() if line.strip()]
         if not lines:
             continue
+        comm, _, tid = lines[0].strip().rpartition(" ")
         funcs = [parts[1].split("+")[0] for parts in (line.split(None, 1) for line in lines[1:])
                  if len(parts) == 2]
-        out.append((lines[0].strip(), funcs))
+        out.append((int(tid) if tid.isdigit() else -1, comm.strip(), funcs))
     return out
 
 
-def server_part(comm: str, funcs: list, server_comms: set) -> set:
+def server_part(tid: int, funcs: list, server_tids: set) -> list:
     """The functions of a sample that are the server's work: all of them in
-    the server's threads (and ksoftirqd); in another process, only the
-    interrupt that landed there (the frames up to its asm_ entry), or
-    nothing when no interrupt was running."""
-    if comm in server_comms or comm.startswith("ksoftirqd"):
-        return set(funcs)
-    if not set(funcs) & set(IRQ_FRAMES):
-        return set()
-    entry = next((i for i, f in enumerate(funcs) if f.startswith("asm_")), len(funcs) - 1)
-    return set(funcs[:entry + 1])
+    the server's threads; on the idle CPU, those of a hardware interrupt (up
+    to its asm_ entry); elsewhere none."""
+    if tid in server_tids:
+        return funcs
+    if tid != IDLE_TID:
+        return []
+    entry = next((i for i, f in enumerate(funcs) if f.startswith(IRQ_ENTRY)), None)
+    return [] if entry is None else funcs[:entry + 1]
 
 
-def shares(samples_: list, server_comms: set) -> tuple:
+def shares(samples_: list, server_tids: set) -> tuple:
     """(symbol -> % of the server's samples, the server's samples, all samples)."""
-    ours = [f for f in (server_part(c, fs, server_comms) for c, fs in samples_) if f]
+    ours = [set(f) for f in (server_part(t, fs, server_tids) for t, _c, fs in samples_) if f]
     got = {sym: 100.0 * sum(sym in f for f in ours) / len(ours) for sym, _ in SYMBOLS} if ours else {}
     return got, len(ours), len(samples_)
 
@@ -152,7 +156,7 @@ def main(argv: list) -> int:
                     log=print, net=net.plan if net else None)
         server = procs.Server(procs.server_argv(e, args.backend, 1), args.out / f"{stem}.server.log",
                               REPO)
-        comms = set()
+        tids: dict = {}
         try:
             from benchkit import clients
             from benchkit.model import Cell
@@ -167,8 +171,8 @@ def main(argv: list) -> int:
             subprocess.run(["perf", "record", "-e", "cpu-clock", "-a", "-g", "-C", args.server_cpus,
                             "-o", str(data), "--", "sleep", str(args.seconds)],
                            check=True, capture_output=True)
-            for task in Path(f"/proc/{server.pid}/task").glob("*/comm"):
-                comms.add(task.read_text().strip())
+            for task in Path(f"/proc/{server.pid}/task").iterdir():
+                tids[int(task.name)] = (task / "comm").read_text().strip()
             result = json.loads(load.communicate(timeout=60)[0] or "{}")
         finally:
             server.stop()
@@ -178,14 +182,15 @@ def main(argv: list) -> int:
     report = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--children",
                              "--sort", "sym", "-g", "none"], capture_output=True, text=True).stdout
     (args.out / f"{stem}.txt").write_text(report)
-    script = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,ip,sym"],
+    script = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,tid,ip,sym"],
                             capture_output=True, text=True).stdout
-    got, ours, total = shares(samples(script), comms)
+    got, ours, total = shares(samples(script), set(tids))
     rate = result.get("throughput", {}).get("msgs_per_s")
     print(f"{args.backend} on {args.topology}: {args.conns:,} conns x {args.size} B x pipeline "
           f"{args.pipeline}; {rate:,.0f} msgs/s while perf recorded CPUs {args.server_cpus}"
           if rate else f"{args.backend} on {args.topology}: loadgen gave no result")
-    print(f"the server's samples (threads {', '.join(sorted(comms))}, and interrupt context): "
+    print(f"the server's samples (threads {', '.join(sorted(set(tids.values())))}, and "
+          f"interrupts on the idle CPU): "
           f"{ours:,} of {total:,} on CPUs {args.server_cpus}; the rest were other processes")
     print(f"| inclusive share of the server's samples | {args.backend}, {args.topology} |")
     print("|---|---:|")

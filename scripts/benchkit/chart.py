@@ -42,7 +42,8 @@ def size_label(size: int) -> str:
 def unavailable() -> Optional[str]:
     """Why charts cannot be drawn here, or None."""
     if importlib.util.find_spec("matplotlib") is None:
-        return f"no charts: matplotlib is not installed ({INSTALL_HINT})"
+        return (f"no charts: matplotlib is not installed ({INSTALL_HINT}; then "
+                "scripts/bench.py --from-results DIR draws them from DIR/results.json)")
     return None
 
 
@@ -63,15 +64,31 @@ def _whiskers(stats: list) -> tuple:
     return med, [lo, hi]
 
 
+def _si_label(v: float) -> str:
+    """312400 -> '312k', 1500000 -> '1.5M'."""
+    for div, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{suffix}"
+    return f"{v:g}"
+
+
 def _si_formatter():
     from matplotlib.ticker import FuncFormatter
 
-    def si(v, _pos):
-        for div, suffix in ((1e6, "M"), (1e3, "k")):
-            if abs(v) >= div:
-                return f"{v / div:g}{suffix}"
-        return f"{v:g}"
-    return FuncFormatter(si)
+    return FuncFormatter(lambda v, _pos: _si_label(v))
+
+
+def _duration_formatter():
+    """Microseconds as people read them: 50 µs, 2 ms, 1.5 s."""
+    from matplotlib.ticker import FuncFormatter
+
+    def label(us, _pos):
+        if us >= 1e6:
+            return f"{us / 1e6:g} s"
+        if us >= 1e3:
+            return f"{us / 1e3:g} ms"
+        return f"{us:g} µs"
+    return FuncFormatter(label)
 
 
 def _caption(fig, caption: str) -> None:
@@ -138,7 +155,7 @@ def sweep(path: Path, points: list, knees: dict, conns: int, size: int, bound_us
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
-    fig, ax = plt.subplots(figsize=(10, 5.6))
+    fig, ax = plt.subplots(figsize=(12, 5.6))
     backends = list(dict.fromkeys(p.backend for p in points))
     for b in backends:
         color, marker = STYLE.get(b, FALLBACK)
@@ -161,7 +178,7 @@ def sweep(path: Path, points: list, knees: dict, conns: int, size: int, bound_us
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("achieved rate, messages / s (log scale)")
-    ax.set_ylabel("latency, µs (log scale)")
+    ax.set_ylabel("latency (log scale)")
     ax.grid(True, which="both", alpha=0.25)
     handles = [Line2D([], [], color=STYLE.get(b, FALLBACK)[0], marker=STYLE.get(b, FALLBACK)[1],
                       label=b) for b in backends]
@@ -170,8 +187,12 @@ def sweep(path: Path, points: list, knees: dict, conns: int, size: int, bound_us
     handles += [Line2D([], [], color="#888", linestyle="-.", label=f"p99 bound {bound_us:g} µs"),
                 Line2D([], [], color="gray", marker="*", markersize=12, markeredgecolor="black",
                        linestyle="none", label="knee: highest rate, p99 under the bound")]
-    ax.legend(handles=handles, fontsize=8, loc="upper left",
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
               title="median, whiskers min–max", title_fontsize=8)
+    rates = sorted({p.asked for p in points})
+    ax.set_xticks(rates, [_si_label(r) for r in rates], fontsize=8)
+    ax.minorticks_off()
+    ax.yaxis.set_major_formatter(_duration_formatter())
     ax.set_title(f"uring-echo: latency against load, {conns:,} connections × "
                  f"{size_label(size)}, open loop", fontsize=12)
     _caption(fig, caption)

@@ -146,9 +146,14 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
       help="comma-separated CONNSxSIZE cells to sweep, e.g. 1000x64,10000x1024 "
            "[default: every --conns x --sizes cell]")
     a("--sweep-steps", type=int, default=10, help="rates in the sweep grid, 2..=50 [default: 10]")
-    a("--p99-bound-us", type=positive_float, default=1000.0,
+    a("--p99-bound-us", type=positive_float,
       help="the sweep reports each backend's knee: the highest achieved rate whose p99 "
-           "stays under this many microseconds [default: 1000]")
+           "stays under this many microseconds [default: 1000; with --from-results, the "
+           "bound recorded there]")
+    a("--from-results", type=Path, metavar="DIR",
+      help="measure nothing: read DIR/results.json and write its tables and charts again "
+           "into DIR (after installing matplotlib, or with another --p99-bound-us); "
+           "with --update-doc, into docs/benchmarks.md too")
     a("--loadgen-threads", type=int,
       help="loadgen --threads [default: loadgen decides: CPUs it may run on, raised to what "
            "the connections need]")
@@ -190,6 +195,8 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
         p.error(f"--sweep-steps must be 2..=50, not {args.sweep_steps}")
     if args.only_targets and args.only_sweep:
         p.error("--only-targets and --only-sweep exclude each other: drop one of them")
+    if args.from_results is None and args.p99_bound_us is None:
+        args.p99_bound_us = 1000.0
     if args.only_targets:
         args.targets = True
     if args.only_sweep:

@@ -50,6 +50,23 @@ class Script(unittest.TestCase):
             self.assertEqual(cells, {(c, b) for c in (100, 1000) for b in ("uring", "epoll")})
             self.assertIn("| 1,000 | 120.0k", (Path(d) / "results.md").read_text())
 
+    def test_from_results_writes_the_same_tables_again_and_knees_for_a_new_bound(self):
+        bench = load_bench()
+        with tempfile.TemporaryDirectory() as d, \
+                mock.patch.object(procs, "execute", fake_execute), \
+                mock.patch.object(bench, "build", lambda *_: None):
+            argv = ["--quick", "--no-build", "--topology", "loopback", "--sweep", "--sweep-steps",
+                    "3", "--sweep-cells", "1000x64", "--out", d]
+            self.assertEqual(bench.main(argv), 0)
+            first = (Path(d) / "results.md").read_text()
+            self.assertIn("Knee: the highest achieved rate at which p99 stayed under 1000 µs", first)
+            (Path(d) / "results.md").unlink()
+            self.assertEqual(bench.main(["--from-results", d]), 0)
+            self.assertEqual((Path(d) / "results.md").read_text(), first)
+            self.assertEqual(bench.main(["--from-results", d, "--p99-bound-us", "300"]), 0)
+            again = json.loads((Path(d) / "results.json").read_text())
+            self.assertEqual({k["bound_us"] for k in again["sweeps"][0]["knees"].values()}, {300.0})
+
     def test_the_target_directory_is_asked_of_cargo(self):
         bench = load_bench()
         with tempfile.TemporaryDirectory() as d, \

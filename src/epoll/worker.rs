@@ -75,6 +75,30 @@ enum Accept {
     Stopped,
 }
 
+/// What a connection with nothing left to send does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Finish {
+    Wait,
+    /// The peer sent FIN and everything is echoed.
+    Close,
+    /// Draining and everything is echoed: send our FIN.
+    ShutdownWrite,
+}
+
+/// The rule `maybe_finish` applies, as a pure function of the state and
+/// whether anything is still queued to echo.
+fn finish_step(state: &State, queue_empty: bool) -> Finish {
+    if !queue_empty {
+        Finish::Wait
+    } else if state.peer_eof {
+        Finish::Close
+    } else if state.draining && !state.write_shut {
+        Finish::ShutdownWrite
+    } else {
+        Finish::Wait
+    }
+}
+
 struct Conn {
     fd: OwnedFd,
     generation: u32,
@@ -476,19 +500,23 @@ impl<'a> Worker<'a> {
     /// After the peer's FIN, or during a drain, once nothing is left to echo.
     fn maybe_finish(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        if !conn.queue.is_empty() {
-            return;
+        match finish_step(&conn.state, conn.queue.is_empty()) {
+            Finish::Wait => {}
+            Finish::Close => self.close(key, false),
+            Finish::ShutdownWrite => self.shutdown_write(key),
         }
-        if conn.state.peer_eof {
-            self.close(key, false);
-        } else if conn.state.draining && !conn.state.write_shut {
-            conn.state.write_shut = true;
-            if crate::sys::shutdown_write(conn.fd.as_raw_fd()).is_err() {
-                self.close(key, true);
-            } else if conn.state.readable && !conn.state.queued {
-                conn.state.queued = true;
-                self.ready.push_back((key, conn.generation));
-            }
+    }
+
+    /// Sends our FIN (graceful stop, everything echoed), then reads on until
+    /// the peer's, so that closing does not turn unread bytes into a reset.
+    fn shutdown_write(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        conn.state.write_shut = true;
+        if crate::sys::shutdown_write(conn.fd.as_raw_fd()).is_err() {
+            self.close(key, true);
+        } else if conn.state.readable && !conn.state.queued {
+            conn.state.queued = true;
+            self.ready.push_back((key, conn.generation));
         }
     }
 
@@ -574,5 +602,33 @@ impl<'a> Worker<'a> {
             self.conns[key].state.draining = true;
             self.maybe_finish(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_finishes_only_once_everything_is_echoed() {
+        let eof = State {
+            peer_eof: true,
+            ..State::default()
+        };
+        assert_eq!(finish_step(&eof, false), Finish::Wait);
+        assert_eq!(finish_step(&eof, true), Finish::Close);
+        let draining = State {
+            draining: true,
+            ..State::default()
+        };
+        assert_eq!(finish_step(&draining, false), Finish::Wait);
+        assert_eq!(finish_step(&draining, true), Finish::ShutdownWrite);
+        let shut = State {
+            draining: true,
+            write_shut: true,
+            ..State::default()
+        };
+        assert_eq!(finish_step(&shut, true), Finish::Wait, "FIN sent once");
+        assert_eq!(finish_step(&State::default(), true), Finish::Wait);
     }
 }

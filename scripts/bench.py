@@ -312,10 +312,11 @@ class Bench:
     def update_doc(self, charts: dict, sweeps: list) -> None:
         """Rewrites this run's results section of docs/benchmarks.md
         (<!-- bench:begin KEY --> ... <!-- bench:end KEY -->, KEY the topology,
-        or TOPOLOGY-sweep for --only-sweep) and copies its charts to
+        TOPOLOGY-sweep for --only-sweep, TOPOLOGY-churn for --modes churn
+        alone) and copies its charts to
         docs/benchmarks-KEY-*.png."""
         doc = REPO / "docs" / "benchmarks.md"
-        topo, copied = self.env.topology + ("-sweep" if self.args.only_sweep else ""), {}
+        topo, copied = self.env.topology + doc_key_suffix(self.args), {}
         for key, name in charts.items():
             dest = f"benchmarks-{self.env.topology}-{name}"
             shutil.copyfile(self.out / name, REPO / "docs" / dest)
@@ -325,6 +326,17 @@ class Bench:
         report.update_doc(doc, section, topo)
         self.log(f"updated {doc.relative_to(REPO)} ({topo} section)"
                  + (f" and {len(copied)} chart(s) in docs/" if copied else ""))
+
+
+def doc_key_suffix(args: argparse.Namespace) -> str:
+    """Which results section of docs/benchmarks.md a run rewrites, after its
+    topology: a sweep alone or churn alone has its own, so that it does not
+    replace the full run's."""
+    if args.only_sweep:
+        return "-sweep"
+    if args.modes == [CHURN] and not args.sweep and not args.targets:
+        return "-churn"
+    return ""
 
 
 def from_results(args: argparse.Namespace) -> int:

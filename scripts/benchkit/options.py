@@ -181,7 +181,7 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
     a("--update-doc", action="store_true",
       help="rewrite this topology's results section of docs/benchmarks.md (between "
            "<!-- bench:begin TOPOLOGY --> and <!-- bench:end TOPOLOGY -->; TOPOLOGY-sweep "
-           "with --only-sweep) and copy the charts to docs/benchmarks-TOPOLOGY-*.png")
+           "with --only-sweep, TOPOLOGY-churn with --modes churn alone) and copy the charts to docs/benchmarks-TOPOLOGY-*.png")
     a("--no-build", action="store_true",
       help="use the release binaries as they are, in cargo's target directory (asked of "
            "cargo metadata: CARGO_TARGET_DIR is honoured) [default: cargo build --release "

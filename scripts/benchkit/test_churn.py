@@ -190,6 +190,15 @@ class Outputs(unittest.TestCase):
         self.assertEqual(back.cell, N10)
         self.assertEqual(back.metrics["conns_per_s"], run.metrics["conns_per_s"])
 
+    def test_churn_alone_updates_its_own_doc_section(self):
+        spec = importlib.util.spec_from_file_location("bench", SCRIPTS / "bench.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        self.assertEqual(bench.doc_key_suffix(parse("--modes", "churn")), "-churn")
+        self.assertEqual(bench.doc_key_suffix(parse("--modes", "closed,churn")), "")
+        self.assertEqual(bench.doc_key_suffix(parse("--modes", "churn", "--targets")), "")
+        self.assertEqual(bench.doc_key_suffix(parse("--only-sweep")), "-sweep")
+
     def test_smoke_check_names_a_churn_cell_without_conns_per_second(self):
         runs = churn_runs({"uring": 15_000.0, "epoll": 10_000.0})
         res = {"options": meta(["uring", "epoll"])["options"],

@@ -252,6 +252,7 @@ pub fn hint_for(kind: &str) -> &'static str {
             "the server dropped connections: check its --max-conns and its log"
         }
         "unexpected_bytes" => "the server echoed bytes that were never sent",
+        "interrupted" => "connects still in flight when SIGINT or SIGTERM stopped the run",
         "foreign_datagram" => {
             "a datagram that no flow sent came back (too short or naming another flow)"
         }

@@ -157,7 +157,9 @@ pub fn run(config: &Config) -> Result<Report, String> {
         note("interrupted: the report covers the run up to the signal".to_string());
     }
     let totals = sum(&results, &shared, cpu_end);
-    if totals.connections.established == 0 {
+    // A run stopped by a signal before any connection is still a report, so
+    // that its exit status and JSON say it was interrupted.
+    if totals.connections.established == 0 && !shared.interrupted() {
         let (kind, n) = totals
             .errors
             .iter()

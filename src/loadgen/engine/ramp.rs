@@ -23,8 +23,11 @@ impl Engine<'_> {
         while self.settled < n {
             let now = self.shared.now();
             if self.shared.interrupted() {
-                // Open no more; the connects in flight still finish.
+                // Open no more, and cancel the connects in flight: a Ctrl-C
+                // must not wait out --connect-timeout (a server whose accept
+                // queue is full drops SYNs, and a connect then hangs).
                 n = next;
+                self.expire_connects(Nanos::MAX);
             }
             while next < n && schedule.take_due(now).is_some() {
                 self.start_connect(next, now, now + timeout);
@@ -120,10 +123,10 @@ impl Engine<'_> {
             return;
         }
         if res < 0 {
-            let kind = if -res == libc::ECANCELED {
-                "connect_timeout"
-            } else {
-                errno_kind(-res)
+            let kind = match -res {
+                libc::ECANCELED if self.shared.interrupted() => "interrupted",
+                libc::ECANCELED => "connect_timeout",
+                _ => errno_kind(-res),
             };
             self.fail(key, kind, true);
             return;

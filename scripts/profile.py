@@ -59,7 +59,7 @@ CHURN_SYMBOLS = (
     ("tcp_v4_syn_recv_sock", "`tcp_v4_syn_recv_sock`: the child socket, at the handshake's ACK"),
     ("inet_csk_accept", "`inet_csk_accept`: taking it off the accept queue"),
     ("io_accept", "… by io_uring's accept (`io_accept`)"),
-    ("do_accept", "… by `accept4` (`do_accept`)"),
+    ("__sys_accept4", "… by the `accept4` syscall (`__sys_accept4`)"),
     ("do_epoll_ctl", "`epoll_ctl`: registering the connection"),
     ("tcp_close", "`tcp_close`: the close, FIN and socket release"),
     ("io_close", "… through the ring (`io_close`)"),

@@ -8,12 +8,13 @@
 use super::Engine;
 use crate::loadgen::conn::State;
 use crate::loadgen::connect::{SocketKind, errno_kind, open_socket};
+use crate::loadgen::error::Error;
 use crate::loadgen::pacing::{Nanos, Schedule};
 use crate::loadgen::ring::OpKind;
 use crate::loadgen::stats::record_ns;
 
 impl Engine<'_> {
-    pub(super) fn ramp(&mut self) -> Result<(), String> {
+    pub(super) fn ramp(&mut self) -> Result<(), Error> {
         let config = self.config();
         let mut n = self.plan.count;
         let rate = f64::from(config.connect_rate) * f64::from(n) / f64::from(config.conns);

@@ -138,6 +138,11 @@ class Bench:
         self.meta["topology"] = (net_plan.to_json() if net_plan else
                                  {"kind": "loopback", "why": why_loopback})
 
+    def close(self) -> None:
+        if self._log_file:
+            self._log_file.close()
+            self._log_file = None
+
     def log(self, msg: str) -> None:
         line = f"[{time.monotonic() - self.started:7.1f}s] {msg}"
         print(line, file=sys.stderr, flush=True)
@@ -410,11 +415,10 @@ def main(argv: list) -> int:
     finally:
         if net:
             net.remove()
-        if bench._log_file:
-            bench._log_file.close()
     failed = [r for r in bench.runs if r.status == "failed"]
     if failed:
         bench.log(f"{len(failed)} run(s) failed: see results.md")
+    bench.close()
     return 1 if failed or bench.interrupted else 0
 
 

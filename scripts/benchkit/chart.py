@@ -98,6 +98,14 @@ def _caption(fig, caption: str) -> None:
              wrap=True)
 
 
+def _save(plt, fig, path: Path, caption: str) -> None:
+    """Captions `fig`, writes it to `path` and frees it."""
+    _caption(fig, caption)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def matrix(path: Path, summaries: list, size: int, pipeline: int, backends: list,
            conns: list, caption: str) -> bool:
     """Throughput and server CPU per message against connections for one
@@ -141,10 +149,7 @@ def matrix(path: Path, summaries: list, size: int, pipeline: int, backends: list
         ax.grid(True, alpha=0.3)
     thr.legend(title="backend (median, whiskers min–max)", fontsize=8, title_fontsize=8)
     fig.suptitle(f"uring-echo: {size_label(size)} messages, {mode}", fontsize=13)
-    _caption(fig, caption)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, caption)
     return True
 
 
@@ -197,10 +202,7 @@ def sweep(path: Path, points: list, knees: dict, conns: int, size: int, bound_us
     ax.yaxis.set_major_formatter(_duration_formatter())
     ax.set_title(f"uring-echo: latency against load, {conns:,} connections × "
                  f"{size_label(size)}, open loop", fontsize=12)
-    _caption(fig, caption)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, caption)
     return True
 
 
@@ -254,8 +256,5 @@ def churn(path: Path, summaries: list, conns: int, size: int, per_conn: list, ba
     axes[0].legend(title="backend (median, whiskers min–max)", fontsize=8, title_fontsize=8)
     fig.suptitle(f"uring-echo: connection churn, {conns:,} connections open at once × "
                  f"{size_label(size)}, closed loop", fontsize=13)
-    _caption(fig, caption)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, caption)
     return True

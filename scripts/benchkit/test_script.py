@@ -26,10 +26,14 @@ def load_bench():
 
 
 def fake_execute(env, run, **_kw):
-    """Fills a run as procs.execute would after a clean loadgen run."""
+    """Fills a run as procs.execute would after a clean loadgen run (an
+    epoll run at 10,000 connections fails)."""
     run.commands.update(server=f"server {run.backend}", client="loadgen")
     if env.dry_run:
         run.status, run.reason = "skipped", "dry run"
+        return run
+    if run.backend == "epoll" and run.cell.conns == 10_000:
+        run.status, run.reason = "failed", "client exit 1: loadgen: FAILED: 3 mismatches"
         return run
     rate = {"uring": 120_000.0, "epoll": 80_000.0}.get(run.backend, 90_000.0)
     run.metrics.update(msgs_per_s=rate * (1 + run.rep / 10), server_cpu_ns_per_msg=1e9 / rate,
@@ -66,6 +70,19 @@ class Script(unittest.TestCase):
             self.assertEqual(bench.main(["--from-results", d, "--p99-bound-us", "300"]), 0)
             again = json.loads((Path(d) / "results.json").read_text())
             self.assertEqual({k["bound_us"] for k in again["sweeps"][0]["knees"].values()}, {300.0})
+
+    def test_a_failed_run_exits_1_with_the_results_written(self):
+        bench = load_bench()
+        with tempfile.TemporaryDirectory() as d, \
+                mock.patch.object(procs, "execute", fake_execute), \
+                mock.patch.object(bench, "build", lambda *_: None):
+            argv = ["--quick", "--no-build", "--topology", "loopback", "--conns", "100,10000",
+                    "--out", d]
+            self.assertEqual(bench.main(argv), 1)
+            md = (Path(d) / "results.md").read_text()
+            self.assertIn("## Failed runs", md)
+            self.assertIn("3 mismatches", md)
+            self.assertIn("run(s) failed", (Path(d) / "bench.log").read_text())
 
     def test_the_target_directory_is_asked_of_cargo(self):
         bench = load_bench()

@@ -278,7 +278,7 @@ fn run_uring(
     open_conns: &AtomicUsize,
     ready: &mpsc::Sender<Ready>,
 ) -> anyhow::Result<()> {
-    let parts = match uring::setup_worker(config) {
+    let mut parts = match uring::setup_worker(config) {
         Ok(parts) => parts,
         Err(e) => {
             let _ = ready.send(Err(e.to_string()));
@@ -286,7 +286,7 @@ fn run_uring(
         }
     };
     let udp = match udp
-        .map(|socket| uring::udp::UdpEcho::new(&parts.ring, socket, config.udp_max_datagram))
+        .map(|socket| uring::udp::UdpEcho::new(&mut parts.ring, socket, config.udp_max_datagram))
         .transpose()
     {
         Ok(udp) => udp,

@@ -179,11 +179,17 @@ pub fn cpu_time() -> (f64, f64) {
     (secs(usage.ru_utime), secs(usage.ru_stime))
 }
 
+/// An empty `msghdr` (its padding fields are private on some targets, so it
+/// cannot be written as a literal).
+pub fn zeroed_msghdr() -> libc::msghdr {
+    // SAFETY: msghdr is plain C data; all-zero is a valid empty header.
+    unsafe { std::mem::zeroed() }
+}
+
 /// `sendmsg(2)` of several slices at once (a gathered write), MSG_DONTWAIT |
 /// MSG_NOSIGNAL.
 pub fn send_vectored(fd: std::os::fd::RawFd, bufs: &[std::io::IoSlice<'_>]) -> io::Result<usize> {
-    // SAFETY: msghdr is plain C data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    let mut msg = zeroed_msghdr();
     // `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix; the kernel
     // only reads through the pointer.
     msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;

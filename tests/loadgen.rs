@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{Server, many_sockets_guard};
 use serde_json::Value;
-use uring_echo::loadgen::merge::decode_histogram;
+use uring_echo::loadgen::histogram::decode_histogram;
 
 use common::loadgen::*;
 

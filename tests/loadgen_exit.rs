@@ -52,6 +52,42 @@ fn an_interrupted_run_still_reports_what_it_measured() {
 }
 
 #[test]
+fn sigint_while_connecting_ends_the_run_at_once_with_130() {
+    // A listener that never accepts, with the smallest queue: loadgen's probe
+    // takes the one place in it, the kernel drops every later SYN, and each
+    // connect would hang until --connect-timeout (60 s here).
+    let listener =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    listener.bind(&any.into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut child = Command::new(LOADGEN)
+        .args(["--target", &addr.to_string(), "--conns", "10"])
+        .args(["--connect-timeout", "60", "--json", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The first progress line of the connect phase: connects are in flight.
+    let mut err = child.stderr.take().unwrap();
+    read_until(&mut err, "conns 0 up");
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let signalled = Instant::now();
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    // Far short of the 60 s connect timeout: the connects were cancelled.
+    assert!(signalled.elapsed() < Duration::from_secs(30), "{rest}");
+    assert_eq!(out.status.code(), Some(130), "stderr: {rest}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pointer(&r, "interrupted"), "SIGINT", "{r}");
+    assert_eq!(u(&r, "connections.established"), 0, "{r}");
+    assert_eq!(u(&r, "errors.interrupted"), 10, "{r}");
+}
+
+#[test]
 fn sigterm_ends_a_run_with_143_and_says_so_in_the_json() {
     let _guard = many_sockets_guard();
     let server = Server::start("uring", &[]);

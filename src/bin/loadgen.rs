@@ -165,7 +165,7 @@ fn merge(files: &[PathBuf]) -> ExitCode {
         };
         let parsed = text
             .map_err(|e| format!("{name}: {e}"))
-            .and_then(|text| loadgen::merge::parse_input(&name, &text));
+            .and_then(|text| loadgen::merge::parse_input(&name, &text).map_err(|e| e.to_string()));
         match parsed {
             Ok(r) => reports.push(r),
             Err(e) => {
@@ -179,6 +179,7 @@ fn merge(files: &[PathBuf]) -> ExitCode {
         eprintln!("loadgen: warning: merge: {warning}");
     }
     let written = loadgen::merge::merge_named(&reports, &names)
+        .map_err(|e| e.to_string())
         .and_then(|m| to_json(&m).map_err(|e| e.to_string()))
         .and_then(|text| {
             std::io::stdout()

@@ -62,6 +62,19 @@ struct State {
     queued: bool,
 }
 
+/// Whether the listener is in the poller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accept {
+    Listening,
+    /// Out of descriptors (or another accept error) since `since`: out of the
+    /// poller until a close, or a tick later.
+    Paused {
+        since: Instant,
+    },
+    /// Graceful stop: no more accepts.
+    Stopped,
+}
+
 struct Conn {
     fd: OwnedFd,
     generation: u32,
@@ -84,9 +97,7 @@ pub struct Worker<'a> {
     ready: VecDeque<(usize, u32)>,
     /// Connections waiting for a free buffer.
     starved: VecDeque<(usize, u32)>,
-    accept_paused: bool,
-    /// When accepting was paused, to retry after a tick.
-    accept_paused_at: Option<Instant>,
+    accept: Accept,
     drain_deadline: Option<Instant>,
 }
 
@@ -120,8 +131,7 @@ impl<'a> Worker<'a> {
             next_generation: 1,
             ready: VecDeque::new(),
             starved: VecDeque::new(),
-            accept_paused: false,
-            accept_paused_at: None,
+            accept: Accept::Listening,
             drain_deadline: None,
         })
     }
@@ -137,7 +147,7 @@ impl<'a> Worker<'a> {
             // descriptor may happen in another worker, which cannot tell us.
             let timeout = if !self.ready.is_empty() {
                 Some(Duration::ZERO)
-            } else if self.drain_deadline.is_some() || self.accept_paused {
+            } else if self.drain_deadline.is_some() || self.accept != Accept::Listening {
                 Some(TICK)
             } else {
                 None
@@ -164,9 +174,9 @@ impl<'a> Worker<'a> {
             }
             self.run_ready();
             self.rearm_starved();
-            if self.accept_paused
+            if let Accept::Paused { since } = self.accept
                 && self.drain_deadline.is_none()
-                && self.accept_paused_at.is_some_and(|t| t.elapsed() >= TICK)
+                && since.elapsed() >= TICK
             {
                 self.resume_accept();
             }
@@ -246,9 +256,11 @@ impl<'a> Worker<'a> {
     }
 
     fn pause_accept(&mut self) {
-        if !self.accept_paused && self.poller.delete(self.listener.as_raw_fd()).is_ok() {
-            self.accept_paused = true;
-            self.accept_paused_at = Some(Instant::now());
+        if self.accept == Accept::Listening && self.poller.delete(self.listener.as_raw_fd()).is_ok()
+        {
+            self.accept = Accept::Paused {
+                since: Instant::now(),
+            };
         }
     }
 
@@ -501,7 +513,7 @@ impl<'a> Worker<'a> {
                 capacity::room_again_notice("the process's descriptor table", open, full_at);
             eprintln!("{notice}");
         }
-        if self.accept_paused && self.drain_deadline.is_none() {
+        if matches!(self.accept, Accept::Paused { .. }) && self.drain_deadline.is_none() {
             self.resume_accept();
         }
     }
@@ -509,8 +521,7 @@ impl<'a> Worker<'a> {
     fn resume_accept(&mut self) {
         let listener = self.listener.as_raw_fd();
         if self.poller.add(listener, LEVEL_READ, LISTENER).is_ok() {
-            self.accept_paused = false;
-            self.accept_paused_at = None;
+            self.accept = Accept::Listening;
         }
     }
 
@@ -550,10 +561,10 @@ impl<'a> Worker<'a> {
 
     fn begin_drain(&mut self) {
         self.drain_deadline = Some(Instant::now() + self.shared.config.drain_timeout);
-        if !self.accept_paused {
+        if self.accept == Accept::Listening {
             let _ = self.poller.delete(self.listener.as_raw_fd());
-            self.accept_paused = true;
         }
+        self.accept = Accept::Stopped;
         // UDP has no connection to drain: stop echoing datagrams.
         if let Some(udp) = self.udp.take() {
             let _ = self.poller.delete(udp.socket().as_raw_fd());

@@ -13,6 +13,9 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::diagnosis::hint_for;
+use super::error::Error;
+
 /// Connections per loopback source address when spreading automatically. One
 /// address has ~28,000 ephemeral ports per destination (32768-60999); staying
 /// well under leaves room for TIME_WAIT sockets of earlier runs.
@@ -26,13 +29,15 @@ pub const CHURN_SOURCES: u32 = 16;
 
 /// Resolves `HOST:PORT` (once, at start) to every address it names, in the
 /// resolver's order; the error is one line naming the flag.
-pub fn resolve_target(target: &str) -> Result<Vec<SocketAddr>, String> {
+pub fn resolve_target(target: &str) -> Result<Vec<SocketAddr>, Error> {
     let addrs: Vec<SocketAddr> = target
         .to_socket_addrs()
-        .map_err(|e| format!("--target {target}: cannot resolve: {e}"))?
+        .map_err(|e| Error::Target(format!("--target {target}: cannot resolve: {e}")))?
         .collect();
     if addrs.is_empty() {
-        return Err(format!("--target {target}: resolves to no address"));
+        return Err(Error::Target(format!(
+            "--target {target}: resolves to no address"
+        )));
     }
     Ok(addrs)
 }
@@ -45,7 +50,7 @@ pub fn pick_target(
     candidates: &[SocketAddr],
     udp: bool,
     timeout: Duration,
-) -> Result<SocketAddr, String> {
+) -> Result<SocketAddr, Error> {
     let mut first_error = None;
     for &addr in candidates {
         let answered = if udp {
@@ -60,7 +65,7 @@ pub fn pick_target(
             }
         }
     }
-    Err(first_error.unwrap_or_else(|| "--target resolves to no address".into()))
+    Err(first_error.unwrap_or_else(|| Error::Target("--target resolves to no address".into())))
 }
 
 /// Source addresses to spread connections over: the given ones, or for an IPv4
@@ -73,11 +78,11 @@ pub fn source_plan(
     conns: u32,
     churn: bool,
     given: &[IpAddr],
-) -> Result<Vec<IpAddr>, String> {
+) -> Result<Vec<IpAddr>, Error> {
     if let Some(bad) = given.iter().find(|a| a.is_ipv4() != target.is_ipv4()) {
-        return Err(format!(
+        return Err(Error::Target(format!(
             "--source-addrs {bad} is not of the same family as --target {target}"
-        ));
+        )));
     }
     if !given.is_empty() {
         return Ok(given.to_vec());
@@ -152,15 +157,15 @@ pub fn open_socket(
 
 /// A quick blocking connect before the threads start, so that a target with
 /// nothing listening is one clear line at once rather than a ramp of failures.
-pub fn probe(target: SocketAddr, timeout: Duration) -> Result<(), String> {
+pub fn probe(target: SocketAddr, timeout: Duration) -> Result<(), Error> {
     match TcpStream::connect_timeout(&target, timeout) {
         Ok(_) => Ok(()),
         Err(e) => {
             let kind = e.raw_os_error().map_or("connect_timeout", errno_kind);
-            Err(format!(
+            Err(Error::Target(format!(
                 "cannot connect to --target {target}: {e} ({})",
                 hint_for(kind)
-            ))
+            )))
         }
     }
 }
@@ -168,7 +173,7 @@ pub fn probe(target: SocketAddr, timeout: Duration) -> Result<(), String> {
 /// The UDP counterpart of [`probe`]: one datagram (shorter than any `--udp`
 /// header, so it cannot be mistaken for load) must come back within `timeout`,
 /// tried three times in case one is dropped.
-pub fn probe_udp(target: SocketAddr, timeout: Duration) -> Result<(), String> {
+pub fn probe_udp(target: SocketAddr, timeout: Duration) -> Result<(), Error> {
     let fail = |e: io::Error| {
         let why = match e.raw_os_error() {
             Some(libc::ECONNREFUSED) => {
@@ -179,7 +184,7 @@ pub fn probe_udp(target: SocketAddr, timeout: Duration) -> Result<(), String> {
             }
             _ => "see the error",
         };
-        format!("no UDP echo from --target {target}: {e} ({why})")
+        Error::Target(format!("no UDP echo from --target {target}: {e} ({why})"))
     };
     let local: SocketAddr = if target.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -228,37 +233,6 @@ pub fn errno_kind(errno: i32) -> &'static str {
     }
 }
 
-/// Which knob to turn for an error kind the report counted.
-pub fn hint_for(kind: &str) -> &'static str {
-    match kind {
-        "ECONNREFUSED" => {
-            "nothing listens at --target, or its accept backlog overflowed: check the server, lower --connect-rate"
-        }
-        "connect_timeout" | "ETIMEDOUT" => {
-            "the server accepts too slowly: lower --connect-rate or raise --connect-timeout"
-        }
-        "EADDRNOTAVAIL" | "EADDRINUSE" => {
-            "out of ephemeral ports: add --source-addrs (IPv4 loopback targets are spread over 127.0.0.x \
-             automatically; an IPv6 target is not, ::1 being the only IPv6 loopback address, so list \
-             addresses configured on this host), or widen net.ipv4.ip_local_port_range"
-        }
-        "EMFILE" | "ENFILE" => {
-            "open-files limit: raise `ulimit -n` (each ring holds at most that many connections) or --threads"
-        }
-        "ENOBUFS" | "ENOMEM" => {
-            "kernel memory for sockets: lower --conns or raise net.ipv4.tcp_mem"
-        }
-        "ECONNRESET" | "EPIPE" | "closed_by_server" => {
-            "the server dropped connections: check its --max-conns and its log"
-        }
-        "unexpected_bytes" => "the server echoed bytes that were never sent",
-        "foreign_datagram" => {
-            "a datagram that no flow sent came back (too short or naming another flow)"
-        }
-        _ => "see the error name",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +271,7 @@ mod tests {
         assert!(
             source_plan(loopback(), 1, false, &v6)
                 .unwrap_err()
+                .to_string()
                 .contains("--source-addrs")
         );
     }
@@ -337,6 +312,6 @@ mod tests {
     #[test]
     fn an_unresolvable_target_names_the_flag() {
         let e = resolve_target("no-such-host.invalid:9999").unwrap_err();
-        assert!(e.starts_with("--target"), "{e}");
+        assert!(e.to_string().starts_with("--target"), "{e}");
     }
 }

@@ -63,8 +63,13 @@ impl Header {
     /// The bytes that follow this header: `len - 16` bytes of flow `flow`'s
     /// pattern, starting at a place set by `seq`.
     pub fn payload<'p>(&self, pattern: &'p Pattern) -> &'p [u8] {
+        &pattern.as_ref()[self.payload_range(pattern)]
+    }
+
+    /// Where the payload lies in the pattern's bytes.
+    pub fn payload_range(&self, pattern: &Pattern) -> std::ops::Range<usize> {
         let offset = self.seq.wrapping_mul(SEQ_STRIDE) % PERIOD as u64;
-        pattern.slice(
+        pattern.range(
             Pattern::seed_for(u64::from(self.flow)),
             offset,
             (self.len - HEADER_BYTES) as usize,

@@ -16,7 +16,6 @@
 
 use std::collections::BTreeMap;
 
-use super::connect::hint_for;
 use super::report::Connections;
 
 /// The one-line explanation of why fewer connections were held than asked,
@@ -87,6 +86,38 @@ fn timed_out(errors: &BTreeMap<String, u64>) -> u64 {
         .iter()
         .filter_map(|k| errors.get(*k))
         .sum()
+}
+
+/// Which knob to turn for an error kind the report counted.
+pub fn hint_for(kind: &str) -> &'static str {
+    match kind {
+        "ECONNREFUSED" => {
+            "nothing listens at --target, or its accept backlog overflowed: check the server, lower --connect-rate"
+        }
+        "connect_timeout" | "ETIMEDOUT" => {
+            "the server accepts too slowly: lower --connect-rate or raise --connect-timeout"
+        }
+        "EADDRNOTAVAIL" | "EADDRINUSE" => {
+            "out of ephemeral ports: add --source-addrs (IPv4 loopback targets are spread over 127.0.0.x \
+             automatically; an IPv6 target is not, ::1 being the only IPv6 loopback address, so list \
+             addresses configured on this host), or widen net.ipv4.ip_local_port_range"
+        }
+        "EMFILE" | "ENFILE" => {
+            "open-files limit: raise `ulimit -n` (each ring holds at most that many connections) or --threads"
+        }
+        "ENOBUFS" | "ENOMEM" => {
+            "kernel memory for sockets: lower --conns or raise net.ipv4.tcp_mem"
+        }
+        "ECONNRESET" | "EPIPE" | "closed_by_server" => {
+            "the server dropped connections: check its --max-conns and its log"
+        }
+        "unexpected_bytes" => "the server echoed bytes that were never sent",
+        "interrupted" => "connects still in flight when SIGINT or SIGTERM stopped the run",
+        "foreign_datagram" => {
+            "a datagram that no flow sent came back (too short or naming another flow)"
+        }
+        _ => "see the error name",
+    }
 }
 
 #[cfg(test)]

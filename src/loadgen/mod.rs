@@ -28,7 +28,9 @@ pub mod connect;
 pub mod datagram;
 pub mod diagnosis;
 pub mod engine;
+pub mod error;
 pub mod flow;
+pub mod histogram;
 pub mod merge;
 pub mod pacing;
 pub mod pattern;
@@ -43,6 +45,7 @@ use std::time::Duration;
 
 use config::{Config, Load, Stop};
 use engine::{Plan, Shared};
+pub use error::Error;
 use pattern::Pattern;
 use report::{Connections, Cpu, Report, RunConfig, Start, Totals};
 use stats::{Counters, ThreadResult, new_histogram};
@@ -52,10 +55,10 @@ const MAX_SEND_BYTES: usize = 64 * 1024;
 
 /// Runs the load and returns its report. The error is one line, for a run that
 /// could not start or got no connection at all.
-pub fn run(config: &Config) -> Result<Report, String> {
+pub fn run(config: &Config) -> Result<Report, Error> {
     crate::sys::ignore_sigpipe();
     if let Some(cpus) = &config.cpus {
-        cpus.check_allowed()?;
+        cpus.check_allowed().map_err(Error::Setup)?;
     }
     let per_ring = crate::sys::raise_open_files_limit().clamp(1, 1 << 20);
     let candidates = connect::resolve_target(&config.target)?;
@@ -157,16 +160,18 @@ pub fn run(config: &Config) -> Result<Report, String> {
         note("interrupted: the report covers the run up to the signal".to_string());
     }
     let totals = sum(&results, &shared, cpu_end);
-    if totals.connections.established == 0 {
+    // A run stopped by a signal before any connection is still a report, so
+    // that its exit status and JSON say it was interrupted.
+    if totals.connections.established == 0 && !shared.interrupted() {
         let (kind, n) = totals
             .errors
             .iter()
             .max_by_key(|(_, n)| **n)
             .map_or(("none", &0), |(k, n)| (k.as_str(), n));
-        return Err(format!(
+        return Err(Error::Run(format!(
             "no connection to {target} could be established: {kind} x{n} ({})",
-            connect::hint_for(kind)
-        ));
+            diagnosis::hint_for(kind)
+        )));
     }
     let mut report = Report::new(run_config, totals);
     report.interrupted = match signal.load(Relaxed) as i32 {
@@ -216,7 +221,7 @@ fn plan_threads(conns: u32, threads: usize) -> Vec<Plan> {
         .collect()
 }
 
-fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>, String> {
+fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>, Error> {
     thread::scope(|scope| {
         let (tx, rx) = mpsc::channel();
         for &plan in plans {
@@ -229,7 +234,7 @@ fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>,
                             .and_then(|()| engine::run_thread(plan, shared)),
                     );
                 })
-                .map_err(|e| format!("spawning a thread: {e}"))?;
+                .map_err(|e| Error::Setup(format!("spawning a thread: {e}")))?;
         }
         drop(tx);
         let mut results = Vec::new();
@@ -257,13 +262,13 @@ fn run_threads(plans: &[Plan], shared: &Shared<'_>) -> Result<Vec<ThreadResult>,
 }
 
 /// Pins engine thread `id` to its `--cpus` CPU (nothing without `--cpus`).
-fn pin_thread(id: usize, config: &Config) -> Result<(), String> {
+fn pin_thread(id: usize, config: &Config) -> Result<(), Error> {
     let Some(cpus) = &config.cpus else {
         return Ok(());
     };
     let cpu = cpus.for_index(id);
     crate::sys::pin_current_thread(cpu).map_err(|e| {
-        format!("--cpus {cpus}: pinning thread {id} to CPU {cpu}: {e} (is CPU {cpu} in this process's allowed set? see taskset -p)")
+        Error::Setup(format!("--cpus {cpus}: pinning thread {id} to CPU {cpu}: {e} (is CPU {cpu} in this process's allowed set? see taskset -p)"))
     })
 }
 
@@ -327,32 +332,21 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
     let mut msgs_all = 0;
     let mut end = 0;
     for r in results {
-        connections.requested += r.requested;
-        connections.established += r.established;
-        connections.failed += r.failed;
-        connections.lost += r.lost;
-        connections.lost_unanswered += r.lost_unanswered;
-        connections.unanswered += r.unanswered;
-        connections.completed += r.completed;
+        connections += &Connections {
+            requested: r.requested,
+            established: r.established,
+            failed: r.failed,
+            lost: r.lost,
+            lost_unanswered: r.lost_unanswered,
+            unanswered: r.unanswered,
+            completed: r.completed,
+        };
         for (k, n) in &r.errors {
             *errors.entry(k.clone()).or_default() += n;
         }
-        let t = &r.counters;
-        c.msgs_sent += t.msgs_sent;
-        c.msgs_received += t.msgs_received;
-        c.bytes_sent += t.bytes_sent;
-        c.bytes_received += t.bytes_received;
-        c.mismatches += t.mismatches;
-        c.unfinished += t.unfinished;
-        c.abandoned += t.abandoned;
+        c += &r.counters;
         msgs_all += r.msgs_all;
-        let u = &r.udp;
-        udp.sent += u.sent;
-        udp.received += u.received;
-        udp.lost += u.lost;
-        udp.duplicated += u.duplicated;
-        udp.reordered += u.reordered;
-        udp.late += u.late;
+        udp += &r.udp;
         let _ = latency.add(&r.latency);
         let _ = connect.add(&r.connect);
         let _ = transaction.add(&r.transaction);

@@ -25,6 +25,12 @@ pub struct Pattern {
     tail: usize,
 }
 
+impl AsRef<[u8]> for Pattern {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 impl Pattern {
     /// Builds the pattern; `tail` is the longest slice [`Pattern::slice`] may be asked for.
     pub fn new(tail: usize) -> Pattern {
@@ -63,13 +69,19 @@ impl Pattern {
     /// The `len` bytes connection `seed` sends from stream offset `offset`.
     /// Panics if `len > max_slice()`.
     pub fn slice(&self, seed: u32, offset: u64, len: usize) -> &[u8] {
+        &self.bytes[self.range(seed, offset, len)]
+    }
+
+    /// Where [`Pattern::slice`] lies in the pattern's bytes (`AsRef<[u8]>`),
+    /// for a send that points into them.
+    pub fn range(&self, seed: u32, offset: u64, len: usize) -> std::ops::Range<usize> {
         assert!(
             len <= self.tail,
             "slice of {len} bytes > tail {}",
             self.tail
         );
         let start = Self::index(seed, offset);
-        &self.bytes[start..start + len]
+        start..start + len
     }
 
     /// Whether `received` is exactly what connection `seed` sent at `offset`.

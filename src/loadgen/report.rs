@@ -11,7 +11,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use super::diagnosis::{diagnose, hint_in_context};
-use super::merge::encode_histogram;
+use super::histogram::encode_histogram;
+use super::stats::add_assign_fields;
 
 /// Bumped when a field changes meaning; `merge` refuses mixed versions.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -112,6 +113,31 @@ pub struct Connections {
     #[serde(default)]
     pub completed: u64,
 }
+
+add_assign_fields!(Connections {
+    requested,
+    established,
+    failed,
+    lost,
+    lost_unanswered,
+    unanswered,
+    completed,
+});
+add_assign_fields!(Messages {
+    sent,
+    received,
+    unfinished,
+    abandoned,
+});
+add_assign_fields!(Bytes { sent, received });
+add_assign_fields!(Datagrams {
+    sent,
+    received,
+    lost,
+    duplicated,
+    reordered,
+    late,
+});
 
 impl Connections {
     /// Connections held to the end, and answered (without churn).

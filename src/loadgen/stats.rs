@@ -21,6 +21,39 @@ pub fn record_ns(h: &mut Histogram<u64>, ns: u64) {
     h.saturating_record((ns / 1000).max(1));
 }
 
+/// Implements `+=` for a struct of counters: the one way counters are summed
+/// (threads into a run, runs into a merge). Every field must be listed: the
+/// destructuring fails to compile when one is missing.
+macro_rules! add_assign_fields {
+    ($t:ty { $($f:ident),* $(,)? }) => {
+        impl std::ops::AddAssign<&$t> for $t {
+            fn add_assign(&mut self, other: &$t) {
+                let Self { $($f),* } = other;
+                $(self.$f += *$f;)*
+            }
+        }
+    };
+}
+pub(crate) use add_assign_fields;
+
+add_assign_fields!(Counters {
+    msgs_sent,
+    msgs_received,
+    bytes_sent,
+    bytes_received,
+    mismatches,
+    unfinished,
+    abandoned,
+});
+add_assign_fields!(UdpCounts {
+    sent,
+    received,
+    lost,
+    duplicated,
+    reordered,
+    late,
+});
+
 /// Counters of the measured part of the run (after the warm-up).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {

@@ -164,6 +164,11 @@ impl BufRing {
         self.bgid
     }
 
+    /// How many buffers the group holds (their ids are `0..count`).
+    pub fn count(&self) -> u32 {
+        u32::from(self.entries)
+    }
+
     pub fn buf_size(&self) -> u32 {
         self.buf_size
     }

@@ -3,12 +3,17 @@
 //! registered provided-buffer ring, and the received buffer sent back as is.
 //!
 //! - [`setup`]: builds the ring with the best flags the kernel takes, probes features.
+//! - [`ring`]: the one submission layer (shared with `loadgen` and the
+//!   example): typed, safe operations, the memory they point into
+//!   ([`op_memory`]), and teardown.
 //! - [`buf_ring`]: the provided buffer ring and its memory.
 //! - [`user_data`]: the 64-bit tag on every operation.
 //! - [`conn`]: one connection's state.
-//! - [`send_vec`]: the msghdr of a send that carries several buffers.
 //! - [`udp`]: UDP echo on the same ring.
 //! - [`worker`]: the event loop.
+//!
+//! `unsafe` lives in `ring`, `op_memory`'s callers there, `buf_ring` and
+//! `setup`; the rest says `#![forbid(unsafe_code)]`.
 //!
 //! Terms used in this module: SQE/CQE are submission/completion queue entries;
 //! a *direct descriptor* is a slot in the ring's own file table (not the
@@ -16,7 +21,8 @@
 
 pub mod buf_ring;
 pub mod conn;
-pub mod send_vec;
+pub mod op_memory;
+pub mod ring;
 pub mod setup;
 pub mod udp;
 pub mod user_data;
@@ -24,8 +30,7 @@ pub mod worker;
 
 use std::io;
 
-use io_uring::IoUring;
-
+pub use ring::Ring;
 pub use setup::{RingFlags, SetupError};
 
 use crate::config::Config;
@@ -36,8 +41,9 @@ pub const BGID: u16 = 0;
 /// A worker's ring, buffers and descriptor table, set up in the thread that runs
 /// them (SINGLE_ISSUER and the registered ring fd bind the ring to that thread).
 pub struct RingParts {
-    pub ring: IoUring,
-    pub bufs: buf_ring::BufRing,
+    pub ring: Ring,
+    /// The receive buffers' group in `ring`.
+    pub bufs: ring::BufGroup,
     pub flags: RingFlags,
     /// Slots in the direct-descriptor table: the most connections this worker holds.
     pub table_slots: u32,
@@ -48,7 +54,7 @@ pub struct RingParts {
 /// Builds and registers everything one worker needs.
 pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
     let (ring, flags) = setup::build_ring(config.sq_entries, config.cq_entries)?;
-    setup::check_features(&ring)?;
+    setup::check_features(&ring, &setup::SERVER_OPS, false)?;
     let table_slots = direct_table_slots(config, crate::sys::open_files_limit());
     ring.submitter()
         .register_files_sparse(table_slots)
@@ -56,7 +62,9 @@ pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
             what: "registering the direct-descriptor table",
             err,
         })?;
-    let bufs = buf_ring::BufRing::register(&ring, BGID, config.buf_count, config.buf_size_bytes)
+    let mut ring = Ring::new(ring);
+    let bufs = ring
+        .register_buffers(BGID, config.buf_count, config.buf_size_bytes)
         .map_err(|err| match err.raw_os_error() {
             Some(libc::EINVAL) => SetupError::UnsupportedKernel {
                 feature: "provided buffer rings",
@@ -70,10 +78,9 @@ pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
                 err,
             },
         })?;
-    let recv_bundle = config.recv_bundle && ring.params().is_feature_recvsend_bundle();
-    let mut bufs = bufs;
+    let recv_bundle = config.recv_bundle && ring.io_uring().params().is_feature_recvsend_bundle();
     if recv_bundle {
-        bufs.track_bundles();
+        ring.buffers_mut(bufs).track_bundles();
     }
     Ok(RingParts {
         ring,

@@ -171,48 +171,61 @@ fn parse_release(release: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
-/// Checks that the kernel has every operation and flag the event loop uses.
-/// Opcodes are probed; the multishot flags cannot be probed, so they are
-/// checked against the kernel version that introduced them.
-pub fn check_features(ring: &IoUring) -> Result<(), SetupError> {
+/// An io_uring operation a ring user needs: its opcode, its name in messages,
+/// and the kernel release that brought it.
+pub type NeededOp = (u8, &'static str, &'static str);
+
+/// What the server's event loop submits.
+pub const SERVER_OPS: [NeededOp; 8] = [
+    (opcode::AcceptMulti::CODE, "accept", "5.5"),
+    (opcode::RecvMulti::CODE, "recv", "5.6"),
+    (opcode::Send::CODE, "send", "5.6"),
+    (opcode::Close::CODE, "close", "5.6"),
+    (opcode::Shutdown::CODE, "shutdown", "5.11"),
+    (opcode::AsyncCancel::CODE, "async cancel", "5.5"),
+    (opcode::Read::CODE, "read", "5.6"),
+    (opcode::Timeout::CODE, "timeout", "5.4"),
+];
+
+/// What the load generator's engine submits.
+pub const LOADGEN_OPS: [NeededOp; 6] = [
+    (opcode::Connect::CODE, "connect", "5.5"),
+    (opcode::RecvMulti::CODE, "recv", "5.6"),
+    (opcode::Send::CODE, "send", "5.6"),
+    (opcode::SendMsg::CODE, "sendmsg", "5.3"),
+    (opcode::Close::CODE, "close", "5.6"),
+    (opcode::AsyncCancel::CODE, "async cancel", "5.5"),
+];
+
+/// Checks that the kernel has every operation in `ops`, and what every ring
+/// user needs: multishot receive (6.0, which also brings multishot accept into
+/// direct descriptors, buffer rings and cancel-any for teardown, all 5.19)
+/// and, with `ext_arg`, waits with a timeout (EXT_ARG, 5.11). Opcodes are
+/// probed; the multishot flags cannot be, so they are checked against the
+/// kernel version that introduced them.
+pub fn check_features(ring: &IoUring, ops: &[NeededOp], ext_arg: bool) -> Result<(), SetupError> {
     let running = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
+    let lacks = |feature, needs| SetupError::UnsupportedKernel {
+        feature,
+        needs,
+        running: running.clone(),
+    };
+    if ext_arg && !ring.params().is_feature_ext_arg() {
+        return Err(lacks("EXT_ARG waits", "5.11"));
+    }
     let mut probe = Probe::new();
     ring.submitter()
         .register_probe(&mut probe)
-        .map_err(|_| SetupError::UnsupportedKernel {
-            feature: "opcode probing",
-            needs: "5.6",
-            running: running.clone(),
-        })?;
-    let needed: [(u8, &str, &str); 8] = [
-        (opcode::AcceptMulti::CODE, "accept", "5.5"),
-        (opcode::RecvMulti::CODE, "recv", "5.6"),
-        (opcode::Send::CODE, "send", "5.6"),
-        (opcode::Close::CODE, "close", "5.6"),
-        (opcode::Shutdown::CODE, "shutdown", "5.11"),
-        (opcode::AsyncCancel::CODE, "async cancel", "5.5"),
-        (opcode::Read::CODE, "read", "5.6"),
-        (opcode::Timeout::CODE, "timeout", "5.4"),
-    ];
-    for (code, feature, needs) in needed {
+        .map_err(|_| lacks("opcode probing", "5.6"))?;
+    for &(code, feature, needs) in ops {
         if !probe.is_supported(code) {
-            return Err(SetupError::UnsupportedKernel {
-                feature,
-                needs,
-                running,
-            });
+            return Err(lacks(feature, needs));
         }
     }
-    // Multishot receive (6.0) is the newest thing we need; multishot accept into
-    // direct descriptors and buffer rings came in 5.19.
     if kernel_version().is_some_and(|v| v < (6, 0)) {
-        return Err(SetupError::UnsupportedKernel {
-            feature: "multishot receive",
-            needs: "6.0",
-            running,
-        });
+        return Err(lacks("multishot receive", "6.0"));
     }
     Ok(())
 }
@@ -225,7 +238,11 @@ pub const SQE_LEN_OFFSET: usize = 24;
 pub const SQE_OPTLEN_OFFSET: usize = 44;
 
 /// Sets a 32-bit field of an SQE that the io-uring crate's builders do not
-/// expose:
+/// expose (0.7.16 has `len` on `RecvMulti` but not on `RecvMultiBundle`, and
+/// nothing for `optlen`, nor a setter for `ioprio` that would let the bundle
+/// flag ride on `RecvMulti`). The one wrapper that does; only `ring.rs` calls
+/// it, and `ring::tests::the_kernel_ends_a_multishot_receive_at_its_total_byte_limit`
+/// checks that the kernel honours what it writes:
 /// - `len` of a receive bundle caps the bytes, so the buffers, one completion
 ///   may take (6.10+);
 /// - `optlen` of a multishot receive caps the bytes it takes in total before

@@ -13,14 +13,15 @@
 //! for the largest datagram UDP can carry, so nothing is truncated unless asked.
 //! This module decides nothing about when to arm or stop; the worker does.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::os::fd::AsRawFd;
 
 use io_uring::types::RecvMsgOut;
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::Socket;
 
-use super::buf_ring::BufRing;
+use super::ring::{BufGroup, MsgId, Part, Ring, Sock};
 use super::user_data::{OpKind, UserData};
 use crate::echo_queue::BufId;
 
@@ -36,47 +37,51 @@ const HEADER_BYTES: u32 = RECVMSG_OUT_BYTES + std::mem::size_of::<libc::sockaddr
 /// `struct io_uring_recvmsg_out`: four u32 (name, control and payload lengths, flags).
 const RECVMSG_OUT_BYTES: u32 = 16;
 
-/// One reply's kernel-visible state.
-struct Reply {
-    msg: libc::msghdr,
-    iov: libc::iovec,
-}
-
 /// What became of a received datagram.
 pub enum Received {
-    /// Send this reply of `len` payload bytes (its buffer stays held until the
-    /// send completes). Pushing it is sound for as long as this `UdpEcho`
-    /// lives: it points into `replies` and `bufs`, neither of which moves.
-    Reply { entry: squeue::Entry, len: u32 },
+    /// A reply of `len` payload bytes was submitted (its buffer stays held
+    /// until the send completes: `on_sent`).
+    Reply { len: u32 },
     /// Larger than a buffer: counted and dropped, buffer already recycled.
     Truncated,
     /// The receive failed (`errno`), buffer (if any) recycled.
     Failed(i32),
 }
 
+/// Where the multishot receive stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecvState {
+    Armed,
+    /// Ended (cancelled, an error): re-armed unless the worker drains.
+    Idle,
+    /// Ended with ENOBUFS: re-armed once a reply gives a buffer back.
+    Starved,
+}
+
+/// The UDP side of a worker: ids of what it uses in the ring's memory.
 pub struct UdpEcho {
-    // Field order: `bufs` and `replies` are pointed into by operations in
-    // flight; the worker keeps the ring in a field declared before this one.
-    bufs: BufRing,
-    /// Indexed by buffer id; never resized, so its addresses are stable.
-    replies: Box<[Reply]>,
+    recv: RecvState,
+    bufs: BufGroup,
+    /// One message per buffer id: a reply holds exactly one buffer, so no
+    /// allocation per datagram.
+    replies: Box<[MsgId]>,
     /// Template for the multishot recvmsg: only the name and control lengths
-    /// are read by the kernel. Boxed so its address is stable.
-    recv_template: Box<libc::msghdr>,
+    /// are read by the kernel.
+    recv_template: MsgId,
     socket: Socket,
 }
 
 impl UdpEcho {
-    pub fn new(ring: &IoUring, socket: Socket, max_datagram: u32) -> io::Result<UdpEcho> {
-        let bufs = BufRing::register(ring, UDP_BGID, UDP_BUF_COUNT, HEADER_BYTES + max_datagram)?;
-        // SAFETY: msghdr and iovec are plain C structs for which all-zero is valid.
-        let blank = || unsafe { std::mem::zeroed::<Reply>() };
-        let replies = (0..UDP_BUF_COUNT).map(|_| blank()).collect();
-        // SAFETY: as above.
-        let mut recv_template: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
-        recv_template.msg_namelen =
-            std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    pub fn new(ring: &mut Ring, socket: Socket, max_datagram: u32) -> io::Result<UdpEcho> {
+        let bufs = ring.register_buffers(UDP_BGID, UDP_BUF_COUNT, HEADER_BYTES + max_datagram)?;
+        let replies = (0..UDP_BUF_COUNT).map(|_| ring.take_msg(1, 0)).collect();
+        let recv_template = ring.take_msg(0, 0);
+        ring.set_msg_name_len(
+            recv_template,
+            std::mem::size_of::<libc::sockaddr_storage>() as u32,
+        );
         Ok(UdpEcho {
+            recv: RecvState::Idle,
             bufs,
             replies,
             recv_template,
@@ -84,68 +89,90 @@ impl UdpEcho {
         })
     }
 
-    /// The multishot receive to (re-)arm.
-    pub fn recv_entry(&self) -> squeue::Entry {
-        opcode::RecvMsgMulti::new(
-            types::Fd(self.socket.as_raw_fd()),
-            &*self.recv_template,
-            UDP_BGID,
-        )
-        .build()
-        .user_data(UserData::worker_op(OpKind::UdpRecv).raw())
+    /// (Re-)arms the multishot receive.
+    pub fn arm_recv(&mut self, ring: &mut Ring) {
+        let sock = Sock::Fd(self.socket.as_raw_fd());
+        let ud = UserData::worker_op(OpKind::UdpRecv);
+        ring.recvmsg_multi(sock, self.recv_template, self.bufs, ud);
+        self.recv = RecvState::Armed;
     }
 
-    /// Turns a receive completion into the reply to send, if any.
-    pub fn on_recv(&mut self, res: i32, flags: u32) -> Received {
-        let buf = cqueue::buffer_select(flags).map(BufId);
+    pub fn is_armed(&self) -> bool {
+        self.recv == RecvState::Armed
+    }
+
+    /// The receive ended and waits for nothing: re-arm it.
+    pub fn is_idle(&self) -> bool {
+        self.recv == RecvState::Idle
+    }
+
+    /// The receive ran out of buffers: re-arm it once one comes back.
+    pub fn is_starved(&self) -> bool {
+        self.recv == RecvState::Starved
+    }
+
+    /// Turns a receive completion into the reply it sends, if any; `more`
+    /// says whether the receive stays armed.
+    pub fn on_recv(
+        &mut self,
+        ring: &mut Ring,
+        res: i32,
+        buf: Option<BufId>,
+        more: bool,
+    ) -> Received {
+        if !more && self.recv == RecvState::Armed {
+            self.recv = if res == -libc::ENOBUFS {
+                RecvState::Starved
+            } else {
+                RecvState::Idle
+            };
+        }
         if let Some(buf) = buf {
             // Tell the ring the buffer's slot was consumed, so it may be reused.
-            self.bufs.consume(buf, res.max(0) as u32, |_, _| {});
+            ring.buffers_mut(self.bufs)
+                .consume(buf, res.max(0) as u32, |_, _| {});
         }
         if res < 0 {
             if let Some(buf) = buf {
-                self.bufs.recycle(buf);
+                ring.buffers_mut(self.bufs).recycle(buf);
             }
             return Received::Failed(-res);
         }
         let buf = buf.expect("a recvmsg from the buffer ring names its buffer");
-        let bytes = self.bufs.bytes(buf, res as u32);
-        let Ok(out) = RecvMsgOut::parse(bytes, &self.recv_template) else {
-            self.bufs.recycle(buf);
+        let bytes = ring.buffers(self.bufs).bytes(buf, res as u32);
+        let base = bytes.as_ptr() as usize;
+        let Ok(out) = RecvMsgOut::parse(bytes, ring.msg_header(self.recv_template)) else {
+            ring.buffers_mut(self.bufs).recycle(buf);
             return Received::Failed(libc::EINVAL);
         };
         if out.is_payload_truncated() || out.is_name_data_truncated() {
-            self.bufs.recycle(buf);
+            ring.buffers_mut(self.bufs).recycle(buf);
             return Received::Truncated;
         }
-        let payload = out.payload_data();
-        let name = out.name_data();
-        let reply = &mut self.replies[buf.0 as usize];
-        reply.iov = libc::iovec {
-            iov_base: payload.as_ptr() as *mut libc::c_void,
-            iov_len: payload.len(),
+        // The source address and the payload, as places in the buffer: the
+        // reply is sent from the very buffer the datagram arrived in.
+        let at = |s: &[u8]| Part::Buffer {
+            group: self.bufs,
+            buf,
+            offset: (s.as_ptr() as usize - base) as u32,
+            len: s.len() as u32,
         };
-        reply.msg.msg_name = name.as_ptr() as *mut libc::c_void;
-        reply.msg.msg_namelen = name.len() as libc::socklen_t;
-        reply.msg.msg_iov = &mut reply.iov;
-        reply.msg.msg_iovlen = 1;
-        let entry = opcode::SendMsg::new(types::Fd(self.socket.as_raw_fd()), &reply.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(UserData::new(OpKind::UdpSend, u32::from(buf.0), 0).raw());
-        Received::Reply {
-            entry,
-            len: payload.len() as u32,
-        }
+        let (name, payload) = (at(out.name_data()), at(out.payload_data()));
+        let len = out.payload_data().len() as u32;
+        let reply = self.replies[buf.0 as usize];
+        ring.fill_msg(reply, Some(name), [payload]);
+        let ud = UserData::new(OpKind::UdpSend, u32::from(buf.0), 0);
+        ring.sendmsg(Sock::Fd(self.socket.as_raw_fd()), reply, ud);
+        Received::Reply { len }
     }
 
     /// The reply using buffer `key` was sent (or failed): give the buffer back.
-    pub fn on_sent(&mut self, key: usize) {
-        self.bufs.recycle(BufId(key as u16));
+    pub fn on_sent(&mut self, ring: &mut Ring, key: usize) {
+        ring.buffers_mut(self.bufs).recycle(BufId(key as u16));
     }
 
     /// Makes recycled buffers visible to the kernel; once per batch.
-    pub fn publish(&mut self) {
-        self.bufs.publish();
+    pub fn publish(&mut self, ring: &mut Ring) {
+        ring.buffers_mut(self.bufs).publish();
     }
 }

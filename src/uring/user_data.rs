@@ -1,6 +1,22 @@
 //! The 64-bit `user_data` every io_uring operation carries and its completion
 //! returns: which operation it was, on which connection, of which generation.
+//!
+//! One codec for every ring user. The layout is fixed here; what the kind byte
+//! means is each user's own table ([`OpKind`] for the server, the load
+//! generator's `loadgen::ring::OpKind`), both implementing [`KindCode`]. Code 0
+//! is never written, and [`TEARDOWN_CODE`] belongs to the ring layer.
 #![forbid(unsafe_code)]
+
+/// A table of operation kinds, one byte each.
+pub trait KindCode: Copy {
+    fn code(self) -> u8;
+    /// `None` for a code this table does not hold.
+    fn from_code(code: u8) -> Option<Self>;
+}
+
+/// The kind byte of the ring layer's own cancel-everything at teardown; no
+/// table may use it.
+pub const TEARDOWN_CODE: u8 = 0xff;
 
 /// Layout (bit 63 on the left):
 ///
@@ -48,8 +64,12 @@ pub enum OpKind {
     UdpSend = 11,
 }
 
-impl OpKind {
-    fn from_u8(v: u8) -> Option<OpKind> {
+impl KindCode for OpKind {
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(v: u8) -> Option<OpKind> {
         use OpKind::*;
         Some(match v {
             1 => Accept,
@@ -72,17 +92,21 @@ impl OpKind {
 pub const GENERATION_MASK: u32 = (1 << 24) - 1;
 
 impl UserData {
-    pub fn new(kind: OpKind, key: u32, generation: u32) -> UserData {
+    /// The ring layer's cancel-everything at teardown.
+    pub const TEARDOWN: UserData = UserData((TEARDOWN_CODE as u64) << 56);
+
+    pub fn new(kind: impl KindCode, key: u32, generation: u32) -> UserData {
         debug_assert!(generation <= GENERATION_MASK);
+        debug_assert!(kind.code() != 0 && kind.code() != TEARDOWN_CODE);
         UserData(
-            (u64::from(kind as u8) << 56)
+            (u64::from(kind.code()) << 56)
                 | (u64::from(generation & GENERATION_MASK) << 32)
                 | u64::from(key),
         )
     }
 
     /// For operations that belong to no connection.
-    pub fn worker_op(kind: OpKind) -> UserData {
+    pub fn worker_op(kind: impl KindCode) -> UserData {
         UserData::new(kind, 0, 0)
     }
 
@@ -95,16 +119,23 @@ impl UserData {
     }
 
     /// `None` for a value this program never wrote.
-    pub fn kind(self) -> Option<OpKind> {
-        OpKind::from_u8((self.0 >> 56) as u8)
+    pub fn kind<K: KindCode>(self) -> Option<K> {
+        K::from_code((self.0 >> 56) as u8)
     }
 
-    pub fn key(self) -> usize {
-        (self.0 & 0xffff_ffff) as usize
+    pub fn key(self) -> u32 {
+        self.0 as u32
     }
 
     pub fn generation(self) -> u32 {
         ((self.0 >> 32) as u32) & GENERATION_MASK
+    }
+
+    /// The same operation on the slot's connection of `generation` (wrapped
+    /// at 24 bits, never spilling into the kind).
+    pub fn with_generation(self, generation: u32) -> UserData {
+        let cleared = self.0 & !(u64::from(GENERATION_MASK) << 32);
+        UserData(cleared | (u64::from(generation & GENERATION_MASK) << 32))
     }
 }
 
@@ -125,7 +156,7 @@ mod tests {
                 for generation in [0u32, 1, 0xabcdef, GENERATION_MASK] {
                     let ud = UserData::from_raw(UserData::new(kind, key, generation).raw());
                     assert_eq!(ud.kind(), Some(kind));
-                    assert_eq!(ud.key(), key as usize);
+                    assert_eq!(ud.key(), key);
                     assert_eq!(ud.generation(), generation);
                 }
             }
@@ -134,7 +165,8 @@ mod tests {
 
     #[test]
     fn unknown_kinds_are_rejected() {
-        assert_eq!(UserData::from_raw(0).kind(), None);
-        assert_eq!(UserData::from_raw(0xff << 56).kind(), None);
+        assert_eq!(UserData::from_raw(0).kind::<OpKind>(), None);
+        assert_eq!(UserData::from_raw(0xff << 56).kind::<OpKind>(), None);
+        assert_eq!(UserData::TEARDOWN.kind::<OpKind>(), None);
     }
 }

@@ -4,21 +4,20 @@
 //! Operations a connection can have in flight: one multishot receive, at most one
 //! send, a shutdown, a close. Every transition goes through the handlers below;
 //! the slot is freed by `try_free` once nothing is left in the kernel.
-//! This module does not set the ring up (`setup`) or own buffer memory (`buf_ring`).
+//! This module does not set the ring up (`setup`), own memory the kernel
+//! points into, or push entries (`ring`): it only decides.
+#![forbid(unsafe_code)]
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use slab::Slab;
 use socket2::Socket;
 
-use super::buf_ring::BufRing;
-use super::conn::{Conn, Flags};
-use super::send_vec::{MAX_SEND_IOVECS, SendVecPool};
-use super::setup::{SQE_LEN_OFFSET, SQE_OPTLEN_OFFSET, with_sqe_u32};
+use super::conn::{Conn, Flags, MAX_SEND_IOVECS, SendVec, Step, next_step};
+use super::ring::{BufGroup, Completion, Part, RecvLimits, Ring, Sock, TimerId};
 use super::udp::{Received, UdpEcho};
 use super::user_data::{GENERATION_MASK, OpKind, UserData};
 use crate::capacity::{self, TableFull};
@@ -31,6 +30,40 @@ use crate::stats::WorkerStats;
 /// failed accept waits before it is retried.
 const TICK: Duration = Duration::from_millis(50);
 
+/// Where the multishot accept stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Accept {
+    /// Armed in the kernel.
+    Armed,
+    /// Not armed: it ended (re-armed at once unless draining), or never started.
+    Stopped,
+    /// The descriptor table or the open-files limit is full: resumed by the
+    /// next close instead of retried in a loop.
+    PausedUntilClose,
+    /// Failed for another reason: retried at the next tick (or the next close).
+    RetryAtTick,
+}
+
+/// What to do after the eventfd read completed with `res` (no stop requested).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WakeAction {
+    /// 8 bytes read: a spurious wake; wait again.
+    Rearm,
+    /// EAGAIN (the kernel did not wait) or another error: retry at the next
+    /// tick, never in a loop.
+    RearmAtTick,
+    /// Cancelled: the ring is being torn down.
+    Nothing,
+}
+
+fn wake_action(res: i32) -> WakeAction {
+    match res {
+        8 => WakeAction::Rearm,
+        r if r == -libc::ECANCELED => WakeAction::Nothing,
+        _ => WakeAction::RearmAtTick,
+    }
+}
+
 /// Everything a worker shares with the others, by reference.
 pub struct Shared<'a> {
     pub config: &'a Config,
@@ -42,16 +75,14 @@ pub struct Shared<'a> {
 }
 
 pub struct Worker<'a> {
-    // Field order is a safety invariant: `ring` is dropped (closed) first, and
-    // only then the memory its operations point into (`bufs`, `wake_buf`,
-    // `tick`, `listener`).
-    ring: IoUring,
-    bufs: BufRing,
+    /// The ring and all memory its operations point into; torn down (every
+    /// operation cancelled and reaped) before that memory goes.
+    ring: Ring,
+    /// The receive buffers' group in `ring`.
+    bufs: BufGroup,
     /// UDP echo on the same port, with `--udp`.
     udp: Option<UdpEcho>,
-    /// The eventfd Wake reads land here.
-    wake_buf: Box<u64>,
-    tick: Box<types::Timespec>,
+    tick: TimerId,
     listener: Socket,
     shared: Shared<'a>,
     conns: Slab<Conn>,
@@ -60,28 +91,15 @@ pub struct Worker<'a> {
     free_bufs: u32,
     /// Connections whose receive ended with ENOBUFS, oldest first, as (key, generation).
     starved: std::collections::VecDeque<(usize, u32)>,
-    /// SQEs that did not fit the submission queue; pushed before the next submit.
-    backlog: Vec<squeue::Entry>,
-    /// Operations submitted whose final completion has not arrived.
-    in_flight: usize,
-    accept_armed: bool,
-    /// Accepting stopped because the descriptor table or the open-files limit was
-    /// full; resumed by the next close instead of retried in a loop.
-    accept_paused: bool,
-    /// Accepting failed for another reason: retried at the next tick.
-    accept_retry: bool,
+    accept: Accept,
     /// This ring's direct-descriptor table: its size, and whether it is full.
     table_slots: u32,
     table_full: TableFull,
     drain_deadline: Option<Instant>,
     tick_armed: bool,
-    udp_armed: bool,
-    /// The UDP receive ended with ENOBUFS: re-armed after a reply gives a buffer back.
-    udp_starved: bool,
-    /// A UDP buffer was given back since the receive ran dry.
-    udp_freed: bool,
-    cqes: Vec<(u64, i32, u32)>,
-    send_vecs: SendVecPool,
+    /// The eventfd read failed: re-armed at the next tick, not at once.
+    wake_retry: bool,
+    cqes: Vec<Completion>,
     /// Scratch list of buffers a receive filled but nothing will echo.
     discarded: Vec<BufId>,
     /// Receive bundles (6.10+): one completion for several buffers.
@@ -93,8 +111,8 @@ pub struct Worker<'a> {
 
 impl<'a> Worker<'a> {
     pub fn new(
-        ring: IoUring,
-        bufs: BufRing,
+        mut ring: Ring,
+        bufs: BufGroup,
         udp: Option<UdpEcho>,
         listener: Socket,
         recv_bundle: bool,
@@ -103,58 +121,56 @@ impl<'a> Worker<'a> {
         let free_bufs = shared.config.buf_count;
         let table_slots =
             crate::uring::direct_table_slots(shared.config, crate::sys::open_files_limit());
+        let tick = ring.add_timer(TICK);
         Worker {
             ring,
             bufs,
             udp,
-            wake_buf: Box::new(0),
-            tick: Box::new(types::Timespec::from(TICK)),
+            tick,
             listener,
             shared,
             conns: Slab::new(),
             next_generation: 1,
             free_bufs,
             starved: Default::default(),
-            backlog: Vec::new(),
-            in_flight: 0,
-            accept_armed: false,
-            accept_paused: false,
-            accept_retry: false,
+            accept: Accept::Stopped,
             table_slots,
             table_full: TableFull::default(),
             drain_deadline: None,
             tick_armed: false,
-            udp_armed: false,
-            udp_starved: false,
-            udp_freed: false,
+            wake_retry: false,
             cqes: Vec::with_capacity(1024),
-            send_vecs: SendVecPool::default(),
             discarded: Vec::new(),
             recv_bundle,
             recv_limit: true,
         }
     }
 
-    /// Runs until a graceful stop has drained every connection.
+    /// Runs until a graceful stop has drained every connection. On every way
+    /// out, an error included, what is still in flight is cancelled and reaped
+    /// before the memory it points into can go.
     pub fn run(mut self) -> io::Result<()> {
+        let result = self.event_loop();
+        let left = self.ring.teardown();
+        debug_assert_eq!(left, 0, "operations outlived teardown");
+        result
+    }
+
+    fn event_loop(&mut self) -> io::Result<()> {
         self.arm_accept();
         self.arm_wake();
         self.arm_udp();
-        while !(self.drain_deadline.is_some() && self.conns.is_empty() && self.in_flight == 0) {
-            self.flush_backlog();
+        while !(self.drain_deadline.is_some()
+            && self.conns.is_empty()
+            && self.ring.in_flight() == 0)
+        {
             if !self.spin_for_completions()? {
                 self.enter(1)?;
             }
             self.reap();
-            self.bufs.publish();
+            self.ring.buffers_mut(self.bufs).publish();
             if let Some(udp) = &mut self.udp {
-                udp.publish();
-            }
-            // A UDP receive that ran dry is re-armed once a reply has given a
-            // buffer back and it is published (not before: it would only run
-            // dry again).
-            if self.udp_starved && self.udp_freed {
-                self.arm_udp();
+                udp.publish(&mut self.ring);
             }
             self.rearm_starved();
         }
@@ -163,19 +179,7 @@ impl<'a> Worker<'a> {
 
     /// Submits what is queued and waits for `want` completions.
     fn enter(&mut self, want: usize) -> io::Result<()> {
-        match self.ring.submit_and_wait(want) {
-            Ok(_) => Ok(()),
-            // EINTR: a signal; EBUSY/EAGAIN: completions must be reaped first.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        self.ring.submit_and_wait(want, None)
     }
 
     /// `--busy-poll`: submits, then spins until a completion is ready or the
@@ -191,14 +195,14 @@ impl<'a> Worker<'a> {
         self.enter(0)?;
         let deadline = Instant::now() + spin;
         loop {
-            if !self.ring.completion().is_empty() {
+            if self.ring.completion_ready() {
                 return Ok(true);
             }
-            if self.ring.submission().taskrun() {
+            if self.ring.taskrun() {
                 // Task work need not post a completion (a poll that re-arms):
                 // the deadline is checked on every turn all the same.
                 self.enter(0)?;
-                if !self.ring.completion().is_empty() {
+                if self.ring.completion_ready() {
                     return Ok(true);
                 }
             }
@@ -210,42 +214,35 @@ impl<'a> Worker<'a> {
     }
 
     fn reap(&mut self) {
-        if self.ring.submission().cq_overflow() {
+        if self.ring.cq_overflowed() {
             WorkerStats::add(&self.shared.stats.cq_overflowed, 1);
         }
-        self.cqes.clear();
-        self.cqes.extend(
-            self.ring
-                .completion()
-                .map(|c| (c.user_data(), c.result(), c.flags())),
-        );
-        for i in 0..self.cqes.len() {
-            let (ud, res, flags) = self.cqes[i];
-            self.handle_cqe(UserData::from_raw(ud), res, flags);
+        let mut cqes = std::mem::take(&mut self.cqes);
+        self.ring.completions(&mut cqes);
+        for c in &cqes {
+            self.handle_cqe(c);
         }
+        self.cqes = cqes;
     }
 
-    fn handle_cqe(&mut self, ud: UserData, res: i32, flags: u32) {
-        let more = cqueue::more(flags);
-        if !more {
-            self.in_flight -= 1;
-        }
+    fn handle_cqe(&mut self, c: &Completion) {
+        let (ud, res, more) = (c.user_data, c.result, c.more());
         match ud.kind() {
             Some(OpKind::Accept) => self.handle_accept(res, more),
-            Some(OpKind::Wake) => self.handle_wake(),
+            Some(OpKind::Wake) => self.handle_wake(res),
             Some(OpKind::Tick) => self.handle_tick(),
-            Some(OpKind::UdpRecv) => self.handle_udp_recv(res, flags, more),
-            Some(OpKind::UdpSend) => self.handle_udp_sent(ud.key(), res),
+            Some(OpKind::UdpRecv) => self.handle_udp_recv(res, c.buffer(), more),
+            Some(OpKind::UdpSend) => self.handle_udp_sent(ud.key() as usize, res),
             Some(OpKind::CloseRejected) => WorkerStats::sub(&self.shared.stats.direct_fds, 1),
             Some(OpKind::Cancel) => {}
             Some(kind) => {
-                let key = ud.key();
+                let key = ud.key() as usize;
                 match self.conns.get(key) {
-                    Some(c) if c.owns(ud) => {}
+                    Some(conn) if conn.owns(ud) => {}
                     _ => {
                         debug_assert!(false, "completion for a freed connection: {ud:?}");
-                        if let Some(first) = cqueue::buffer_select(flags).map(BufId) {
-                            let bufs = &mut self.bufs;
+                        if let Some(first) = c.buffer() {
+                            let bufs = self.ring.buffers_mut(self.bufs);
                             let mut freed = Vec::new();
                             bufs.consume(first, res.max(0) as u32, |buf, _| freed.push(buf));
                             freed.into_iter().for_each(|buf| bufs.recycle(buf));
@@ -254,7 +251,7 @@ impl<'a> Worker<'a> {
                     }
                 }
                 match kind {
-                    OpKind::Recv => self.handle_recv(key, res, flags, more),
+                    OpKind::Recv => self.handle_recv(key, res, c.buffer(), more),
                     OpKind::Send => self.handle_send(key, res),
                     OpKind::Shutdown => self.handle_shutdown(key),
                     OpKind::Close => self.handle_close(key),
@@ -268,51 +265,10 @@ impl<'a> Worker<'a> {
 
     // ---- submission -------------------------------------------------------
 
-    /// Queues an operation. Never blocks and never drops: what does not fit the
-    /// SQ waits in `backlog` until the next submit.
-    ///
-    /// # Safety
-    /// Every pointer in `entry` must stay valid until its final completion.
-    unsafe fn push(&mut self, entry: squeue::Entry) {
-        self.in_flight += 1;
-        if !self.backlog.is_empty() {
-            self.backlog.push(entry);
-            return;
-        }
-        // SAFETY: the caller guarantees the entry's pointers outlive the operation.
-        if unsafe { self.ring.submission().push(&entry) }.is_err() {
-            self.backlog.push(entry);
-        }
-    }
-
-    fn flush_backlog(&mut self) {
-        while !self.backlog.is_empty() {
-            let mut sq = self.ring.submission();
-            let room = sq.capacity() - sq.len();
-            if room == 0 {
-                drop(sq);
-                if self.ring.submit().is_err() {
-                    return;
-                }
-                continue;
-            }
-            let n = room.min(self.backlog.len());
-            for entry in self.backlog.drain(..n) {
-                // SAFETY: the pointers were vouched for when the entry was queued by `push`.
-                unsafe { sq.push(&entry) }.expect("room was checked");
-            }
-        }
-    }
-
     fn arm_accept(&mut self) {
-        let entry = opcode::AcceptMulti::new(types::Fd(self.listener.as_raw_fd()))
-            .allocate_file_index(true)
-            .build()
-            .user_data(UserData::worker_op(OpKind::Accept).raw());
-        // SAFETY: no pointers; the listener outlives the ring (field order).
-        unsafe { self.push(entry) };
-        self.accept_armed = true;
-        self.accept_paused = false;
+        let ud = UserData::worker_op(OpKind::Accept);
+        self.ring.accept_multi(self.listener.as_raw_fd(), true, ud);
+        self.accept = Accept::Armed;
     }
 
     fn arm_wake(&mut self) {
@@ -321,55 +277,40 @@ impl<'a> Worker<'a> {
             .shutdown
             .waker(self.shared.worker_id)
             .as_raw_fd();
-        let buf: *mut u64 = &mut *self.wake_buf;
-        let entry = opcode::Read::new(types::Fd(fd), buf.cast(), 8)
-            .build()
-            .user_data(UserData::worker_op(OpKind::Wake).raw());
-        // SAFETY: `wake_buf` is boxed (never moves) and outlives the ring (field order).
-        unsafe { self.push(entry) };
+        self.ring
+            .read_eventfd(fd, UserData::worker_op(OpKind::Wake));
     }
 
     fn arm_tick(&mut self) {
         if self.tick_armed {
             return;
         }
-        let entry = opcode::Timeout::new(&*self.tick)
-            .build()
-            .user_data(UserData::worker_op(OpKind::Tick).raw());
-        // SAFETY: `tick` is boxed and outlives the ring (field order).
-        unsafe { self.push(entry) };
+        self.ring
+            .timeout(self.tick, UserData::worker_op(OpKind::Tick));
         self.tick_armed = true;
     }
 
-    fn conn_op(&self, kind: OpKind, key: usize) -> u64 {
-        UserData::new(kind, key as u32, self.conns[key].generation).raw()
+    fn conn_op(&self, kind: OpKind, key: usize) -> UserData {
+        UserData::new(kind, key as u32, self.conns[key].generation)
     }
 
     fn arm_recv(&mut self, key: usize) {
         let conn = &self.conns[key];
-        let fd = types::Fixed(conn.fixed);
-        let buf_size = self.bufs.buf_size();
+        let buf_size = self.ring.buffers(self.bufs).buf_size();
         let budget = self.shared.config.conn_buffers;
         // What is left of the connection's budget, in bytes.
         let room = budget.saturating_sub(conn.queue.held()).max(1) * buf_size;
-        let mut entry = if self.recv_bundle {
+        let limits = RecvLimits {
             // A bundle may take many buffers in one completion: cap it at
             // what is left of the budget, or one client could take the pool.
-            let bundle = opcode::RecvMultiBundle::new(fd, self.bufs.bgid()).build();
-            with_sqe_u32(bundle, SQE_LEN_OFFSET, room)
-        } else {
-            opcode::RecvMulti::new(fd, self.bufs.bgid()).build()
-        };
-        if self.recv_limit {
+            bundle_bytes: self.recv_bundle.then_some(room),
             // The receive ends itself once it has taken what is left of the
             // budget: a client that sends without reading cannot pull more
             // into our buffers while a cancel is on its way.
-            entry = with_sqe_u32(entry, SQE_OPTLEN_OFFSET, room);
-        }
-        let entry = entry.user_data(self.conn_op(OpKind::Recv, key));
-        // SAFETY: no pointers: the kernel picks buffers from the ring, which
-        // outlives the ring's operations (field order).
-        unsafe { self.push(entry) };
+            total_bytes: self.recv_limit.then_some(room),
+        };
+        let (sock, ud) = (Sock::Fixed(conn.fixed), self.conn_op(OpKind::Recv, key));
+        self.ring.recv_multi(sock, self.bufs, limits, ud);
         let flags = &mut self.conns[key].flags;
         flags.set(Flags::RECV_ARMED);
         if self.recv_limit {
@@ -386,11 +327,8 @@ impl<'a> Worker<'a> {
         }
         conn.flags.set(Flags::RECV_CANCELLING);
         let target = self.conn_op(OpKind::Recv, key);
-        let entry = opcode::AsyncCancel::new(target)
-            .build()
-            .user_data(UserData::worker_op(OpKind::Cancel).raw());
-        // SAFETY: no pointers.
-        unsafe { self.push(entry) };
+        self.ring
+            .cancel(target, UserData::worker_op(OpKind::Cancel));
     }
 
     /// Sends what is queued, if no send is in flight: a plain send for one
@@ -400,38 +338,37 @@ impl<'a> Worker<'a> {
         if conn.flags.has(Flags::SEND_IN_FLIGHT) || conn.flags.has(Flags::CLOSING) {
             return;
         }
-        let fd = types::Fixed(conn.fixed);
-        let user_data = UserData::new(OpKind::Send, key as u32, conn.generation).raw();
-        let entry = if conn.queue.held() > 1 {
-            let mut v = self.send_vecs.take();
-            v.fill(&self.bufs, conn.queue.unsent(MAX_SEND_IOVECS));
-            let entry = opcode::SendMsg::new(fd, &v.msg)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build();
-            conn.send_vec = Some(v);
-            entry
+        let sock = Sock::Fixed(conn.fixed);
+        let ud = UserData::new(OpKind::Send, key as u32, conn.generation);
+        let group = self.bufs;
+        // The buffers stay queued, not recycled, until this send completes:
+        // `recycle_queue` keeps `buffers_in_flight`.
+        if conn.queue.held() > 1 {
+            let msg = self.ring.take_msg(MAX_SEND_IOVECS, 0);
+            let parts = conn.queue.unsent(MAX_SEND_IOVECS).map(|u| Part::Buffer {
+                group,
+                buf: u.buf,
+                offset: u.offset,
+                len: u.len,
+            });
+            let buffers = self.ring.fill_msg(msg, None, parts) as u16;
+            conn.send_vec = Some(SendVec { msg, buffers });
+            self.ring.sendmsg(sock, msg, ud);
         } else {
-            let Some(unsent) = conn.queue.next_unsent() else {
+            let Some(u) = conn.queue.next_unsent() else {
                 return;
             };
-            let ptr = self.bufs.ptr(unsent.buf, unsent.offset);
-            opcode::Send::new(fd, ptr, unsent.len)
-                .flags(libc::MSG_NOSIGNAL)
-                .build()
-        };
-        // SAFETY: the entry points into `bufs` (which outlives the ring: field
-        // order) and, for a sendmsg, into the boxed `SendVec` the connection
-        // holds until this send completes. The buffers stay queued, not
-        // recycled, until then: `recycle_queue` keeps `buffers_in_flight`.
-        unsafe { self.push(entry.user_data(user_data)) };
+            self.ring
+                .send_buffer(sock, group, u.buf, u.offset, u.len, ud);
+        }
         self.conns[key].flags.set(Flags::SEND_IN_FLIGHT);
     }
 
     // ---- completions ------------------------------------------------------
 
     fn handle_accept(&mut self, res: i32, more: bool) {
-        if !more {
-            self.accept_armed = false;
+        if !more && self.accept == Accept::Armed {
+            self.accept = Accept::Stopped;
         }
         if res >= 0 {
             WorkerStats::add(&self.shared.stats.direct_fds, 1);
@@ -444,7 +381,7 @@ impl<'a> Worker<'a> {
                 // more), so accepting waits for one of ours to close.
                 libc::ENFILE | libc::EMFILE => {
                     WorkerStats::add(&self.shared.stats.rejected, 1);
-                    self.accept_paused = true;
+                    self.accept = Accept::PausedUntilClose;
                     self.note_table_full();
                 }
                 // The client gave up before we accepted it: harmless.
@@ -461,13 +398,12 @@ impl<'a> Worker<'a> {
                             TICK.as_millis()
                         );
                     }
-                    self.accept_paused = true;
-                    self.accept_retry = true;
+                    self.accept = Accept::RetryAtTick;
                     self.arm_tick();
                 }
             }
         }
-        if !self.accept_armed && !self.accept_paused && self.drain_deadline.is_none() {
+        if self.accept == Accept::Stopped && self.drain_deadline.is_none() {
             self.arm_accept();
         }
     }
@@ -479,11 +415,8 @@ impl<'a> Worker<'a> {
         if over_limit || self.drain_deadline.is_some() {
             self.shared.open_conns.fetch_sub(1, Ordering::Relaxed);
             WorkerStats::add(&self.shared.stats.rejected, 1);
-            let entry = opcode::Close::new(types::Fixed(fixed))
-                .build()
-                .user_data(UserData::worker_op(OpKind::CloseRejected).raw());
-            // SAFETY: no pointers.
-            unsafe { self.push(entry) };
+            let ud = UserData::worker_op(OpKind::CloseRejected);
+            self.ring.close(Sock::Fixed(fixed), ud);
             return;
         }
         WorkerStats::add(&self.shared.stats.accepted, 1);
@@ -495,13 +428,13 @@ impl<'a> Worker<'a> {
         self.arm_recv(key);
     }
 
-    fn handle_recv(&mut self, key: usize, res: i32, flags: u32, more: bool) {
+    fn handle_recv(&mut self, key: usize, res: i32, first: Option<BufId>, more: bool) {
         let conn = &mut self.conns[key];
         if !more {
             conn.flags.clear(Flags::RECV_ARMED);
             conn.flags.clear(Flags::RECV_CANCELLING);
         }
-        if let Some(first) = cqueue::buffer_select(flags).map(BufId) {
+        if let Some(first) = first {
             self.take_received(key, first, res.max(0) as u32);
         }
         match res {
@@ -550,13 +483,16 @@ impl<'a> Worker<'a> {
         let discard =
             len == 0 || conn.flags.has(Flags::WRITE_SHUT) || conn.flags.has(Flags::CLOSING);
         let mut discarded = std::mem::take(&mut self.discarded);
-        let taken = self.bufs.consume(first, len, |buf, n| {
-            if discard {
-                discarded.push(buf);
-            } else {
-                conn.queue.push(Chunk { buf, len: n });
-            }
-        });
+        let taken = self
+            .ring
+            .buffers_mut(self.bufs)
+            .consume(first, len, |buf, n| {
+                if discard {
+                    discarded.push(buf);
+                } else {
+                    conn.queue.push(Chunk { buf, len: n });
+                }
+            });
         self.free_bufs -= taken;
         for buf in discarded.drain(..) {
             self.give_back(buf);
@@ -568,7 +504,7 @@ impl<'a> Worker<'a> {
         let conn = &mut self.conns[key];
         conn.flags.clear(Flags::SEND_IN_FLIGHT);
         if let Some(v) = conn.send_vec.take() {
-            self.send_vecs.give_back(v);
+            self.ring.give_back_msg(v.msg);
         }
         if res < 0 {
             self.recycle_queue(key);
@@ -580,7 +516,7 @@ impl<'a> Worker<'a> {
         }
         WorkerStats::add(&self.shared.stats.bytes_out, res as u64);
         let conn = &mut self.conns[key];
-        let (bufs, free_bufs) = (&mut self.bufs, &mut self.free_bufs);
+        let (bufs, free_bufs) = (self.ring.buffers_mut(self.bufs), &mut self.free_bufs);
         conn.queue.advance_by(res as u32, |buf| {
             bufs.recycle(buf);
             *free_bufs += 1;
@@ -605,21 +541,33 @@ impl<'a> Worker<'a> {
         WorkerStats::sub(&self.shared.stats.direct_fds, 1);
     }
 
-    fn handle_wake(&mut self) {
+    /// The eventfd read completed. Its result is checked: a kernel that
+    /// answers a read of an empty non-blocking eventfd with EAGAIN instead of
+    /// waiting (liburing issue #143) would make re-arming at once a spin, so
+    /// anything but a value read (or the cancel of a stop) re-arms at the next
+    /// tick instead.
+    fn handle_wake(&mut self, res: i32) {
         if self.shared.shutdown.is_requested() {
             self.begin_drain();
-        } else {
-            self.arm_wake();
+            return;
+        }
+        match wake_action(res) {
+            WakeAction::Rearm => self.arm_wake(),
+            WakeAction::RearmAtTick => {
+                self.wake_retry = true;
+                self.arm_tick();
+            }
+            WakeAction::Nothing => {}
         }
     }
 
     fn handle_tick(&mut self) {
         self.tick_armed = false;
-        if self.accept_retry && self.drain_deadline.is_none() {
-            self.accept_retry = false;
-            if !self.accept_armed {
-                self.arm_accept();
-            }
+        if std::mem::take(&mut self.wake_retry) {
+            self.arm_wake();
+        }
+        if self.accept == Accept::RetryAtTick && self.drain_deadline.is_none() {
+            self.arm_accept();
         }
         let expired = self.drain_deadline.is_some_and(|d| Instant::now() >= d);
         if expired {
@@ -636,48 +584,34 @@ impl<'a> Worker<'a> {
     }
 
     fn arm_udp(&mut self) {
-        let Some(udp) = &self.udp else {
+        let Some(udp) = &mut self.udp else {
             return;
         };
-        if self.udp_armed || self.drain_deadline.is_some() {
+        if udp.is_armed() || self.drain_deadline.is_some() {
             return;
         }
-        let entry = udp.recv_entry();
-        // SAFETY: the entry points at the UDP receive template, boxed inside
-        // `udp`, which outlives the ring's operations (field order).
-        unsafe { self.push(entry) };
-        self.udp_armed = true;
-        self.udp_starved = false;
+        udp.arm_recv(&mut self.ring);
     }
 
-    fn handle_udp_recv(&mut self, res: i32, flags: u32, more: bool) {
-        if !more {
-            self.udp_armed = false;
-        }
+    fn handle_udp_recv(&mut self, res: i32, buf: Option<BufId>, more: bool) {
         let udp = self
             .udp
             .as_mut()
             .expect("UDP completions only come with --udp");
         let stats = self.shared.stats;
-        match udp.on_recv(res, flags) {
-            Received::Reply { entry, len } => {
+        let received = udp.on_recv(&mut self.ring, res, buf, more);
+        let idle = udp.is_idle();
+        match received {
+            Received::Reply { len } => {
                 WorkerStats::add(&stats.udp_in, 1);
                 WorkerStats::add(&stats.bytes_in, u64::from(len));
-                // SAFETY: the reply points into `udp`'s buffer ring and reply
-                // table, which outlive the ring's operations (field order); the
-                // buffer is recycled only by `handle_udp_sent`.
-                unsafe { self.push(entry) };
             }
             Received::Truncated => WorkerStats::add(&stats.udp_truncated, 1),
-            Received::Failed(libc::ENOBUFS) => {
-                WorkerStats::add(&stats.buffer_starved, 1);
-                self.udp_starved = true;
-                self.udp_freed = false;
-            }
+            Received::Failed(libc::ENOBUFS) => WorkerStats::add(&stats.buffer_starved, 1),
             Received::Failed(libc::ECANCELED) => {}
             Received::Failed(_) => WorkerStats::add(&stats.udp_dropped, 1),
         }
-        if !self.udp_armed && !self.udp_starved {
+        if idle {
             self.arm_udp();
         }
     }
@@ -693,57 +627,39 @@ impl<'a> Worker<'a> {
         self.udp
             .as_mut()
             .expect("UDP completions only come with --udp")
-            .on_sent(buf);
-        if self.udp_starved {
+            .on_sent(&mut self.ring, buf);
+        // A receive that ran dry is re-armed once a reply gave a buffer back
+        // (submitted at the next enter, after the buffer is published).
+        if self.udp.as_ref().is_some_and(UdpEcho::is_starved) {
             self.arm_udp();
         }
     }
 
     // ---- transitions ------------------------------------------------------
 
-    /// Decides a connection's next step after any completion: resume receiving,
-    /// shut down writes, or close. The one place these rules live.
+    /// Takes a connection's next step after any completion, as decided by
+    /// [`next_step`], where the rules live.
     fn advance(&mut self, key: usize) {
         let resume_at = self.shared.config.conn_buffers_resume();
         let conn = &mut self.conns[key];
-        let f = conn.flags;
-        if f.has(Flags::CLOSING) {
-            return;
-        }
-        let idle = conn.queue.is_empty() && !f.has(Flags::SEND_IN_FLIGHT);
-        if f.has(Flags::PEER_EOF) {
-            if idle && !f.has(Flags::RECV_ARMED) {
-                self.begin_close(key);
-            }
-            return;
-        }
-        if f.has(Flags::DRAINING) {
-            if f.has(Flags::WRITE_SHUT) {
-                // Lingering: read (and discard) until the peer's FIN, so that
-                // closing does not turn unread bytes into a reset.
-                if !f.has(Flags::RECV_ARMED) && !f.has(Flags::STARVED) {
-                    self.arm_recv(key);
-                }
-            } else if idle && !f.has(Flags::RECV_ARMED) && !f.has(Flags::SHUTDOWN_IN_FLIGHT) {
-                self.shutdown_write(key);
-            }
-            return;
-        }
-        if f.has(Flags::PAUSED) && conn.queue.held() <= resume_at {
+        let next = next_step(conn.flags, conn.queue.held(), resume_at);
+        if next.resume {
             conn.flags.clear(Flags::PAUSED);
         }
-        let f = conn.flags;
-        if !f.has(Flags::RECV_ARMED) && !f.has(Flags::PAUSED) && !f.has(Flags::STARVED) {
-            self.arm_recv(key);
+        match next.step {
+            Step::Wait => {}
+            Step::ArmRecv => self.arm_recv(key),
+            Step::ShutdownWrite => self.shutdown_write(key),
+            Step::Close => self.begin_close(key),
         }
     }
 
     fn shutdown_write(&mut self, key: usize) {
-        let entry = opcode::Shutdown::new(types::Fixed(self.conns[key].fixed), libc::SHUT_WR)
-            .build()
-            .user_data(self.conn_op(OpKind::Shutdown, key));
-        // SAFETY: no pointers.
-        unsafe { self.push(entry) };
+        let (sock, ud) = (
+            Sock::Fixed(self.conns[key].fixed),
+            self.conn_op(OpKind::Shutdown, key),
+        );
+        self.ring.shutdown(sock, libc::SHUT_WR, ud);
         self.conns[key].flags.set(Flags::SHUTDOWN_IN_FLIGHT);
     }
 
@@ -759,26 +675,22 @@ impl<'a> Worker<'a> {
             // A send to a client that stopped reading would wait forever and
             // keep the slot (and a drain) from finishing.
             let target = self.conn_op(OpKind::Send, key);
-            let entry = opcode::AsyncCancel::new(target)
-                .build()
-                .user_data(UserData::worker_op(OpKind::Cancel).raw());
-            // SAFETY: no pointers.
-            unsafe { self.push(entry) };
+            self.ring
+                .cancel(target, UserData::worker_op(OpKind::Cancel));
         }
         self.recycle_queue(key);
-        let entry = opcode::Close::new(types::Fixed(self.conns[key].fixed))
-            .build()
-            .user_data(self.conn_op(OpKind::Close, key));
-        // SAFETY: no pointers. Operations still in flight hold their own
-        // reference to the socket, so closing the slot does not pull it from under them.
-        unsafe { self.push(entry) };
+        let (sock, ud) = (
+            Sock::Fixed(self.conns[key].fixed),
+            self.conn_op(OpKind::Close, key),
+        );
+        self.ring.close(sock, ud);
     }
 
     /// Gives back every queued buffer except those a send in flight still uses.
     fn recycle_queue(&mut self, key: usize) {
         let conn = &mut self.conns[key];
         let keep = conn.buffers_in_flight();
-        let (bufs, free_bufs) = (&mut self.bufs, &mut self.free_bufs);
+        let (bufs, free_bufs) = (self.ring.buffers_mut(self.bufs), &mut self.free_bufs);
         for buf in conn.queue.drain(keep) {
             bufs.recycle(buf);
             *free_bufs += 1;
@@ -800,7 +712,9 @@ impl<'a> Worker<'a> {
             let notice = capacity::room_again_notice(&table, self.conns.len(), full_at);
             eprintln!("{notice}");
         }
-        if self.accept_paused && self.drain_deadline.is_none() {
+        // Either pause ends at a close (a retry need not wait for its tick).
+        let paused = matches!(self.accept, Accept::PausedUntilClose | Accept::RetryAtTick);
+        if paused && self.drain_deadline.is_none() {
             self.arm_accept();
         }
     }
@@ -822,7 +736,7 @@ impl<'a> Worker<'a> {
     }
 
     fn give_back(&mut self, buf: BufId) {
-        self.bufs.recycle(buf);
+        self.ring.buffers_mut(self.bufs).recycle(buf);
         self.free_bufs += 1;
     }
 
@@ -850,19 +764,14 @@ impl<'a> Worker<'a> {
     /// sends FIN, and is closed after the peer's FIN or at the drain deadline.
     fn begin_drain(&mut self) {
         self.drain_deadline = Some(Instant::now() + self.shared.config.drain_timeout);
-        if self.udp_armed {
-            let entry = opcode::AsyncCancel::new(UserData::worker_op(OpKind::UdpRecv).raw())
-                .build()
-                .user_data(UserData::worker_op(OpKind::Cancel).raw());
-            // SAFETY: no pointers.
-            unsafe { self.push(entry) };
+        let cancel = UserData::worker_op(OpKind::Cancel);
+        if self.udp.as_ref().is_some_and(UdpEcho::is_armed) {
+            self.ring
+                .cancel(UserData::worker_op(OpKind::UdpRecv), cancel);
         }
-        if self.accept_armed {
-            let entry = opcode::AsyncCancel::new(UserData::worker_op(OpKind::Accept).raw())
-                .build()
-                .user_data(UserData::worker_op(OpKind::Cancel).raw());
-            // SAFETY: no pointers.
-            unsafe { self.push(entry) };
+        if self.accept == Accept::Armed {
+            self.ring
+                .cancel(UserData::worker_op(OpKind::Accept), cancel);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
@@ -873,5 +782,19 @@ impl<'a> Worker<'a> {
         if self.drain_deadline.is_some() && !self.conns.is_empty() {
             self.arm_tick();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_eventfd_read_that_did_not_wait_is_retried_at_the_tick_not_at_once() {
+        assert_eq!(wake_action(8), WakeAction::Rearm);
+        assert_eq!(wake_action(-libc::EAGAIN), WakeAction::RearmAtTick);
+        assert_eq!(wake_action(-libc::EBADF), WakeAction::RearmAtTick);
+        assert_eq!(wake_action(0), WakeAction::RearmAtTick, "a short read");
+        assert_eq!(wake_action(-libc::ECANCELED), WakeAction::Nothing);
     }
 }

@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 
 use super::Engine;
 use crate::loadgen::conn::{Conn, State};
+use crate::loadgen::error::Error;
 use crate::loadgen::pacing::{Nanos, Schedule};
 use crate::loadgen::pattern::Pattern;
 use crate::loadgen::ring::GENERATION_MASK;
@@ -90,7 +91,7 @@ impl Slots {
 }
 
 impl Engine<'_> {
-    pub(super) fn load_churn(&mut self) -> Result<(), String> {
+    pub(super) fn load_churn(&mut self) -> Result<(), Error> {
         let config = self.config();
         let (start, mut stop_at) = self.begin_load();
         let share = f64::from(self.plan.count) / f64::from(config.conns);

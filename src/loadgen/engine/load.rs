@@ -10,11 +10,12 @@ use super::{Engine, TICKET_BATCH, Tally};
 use crate::loadgen::config::Load;
 use crate::loadgen::conn::{RecvError, State};
 use crate::loadgen::connect::errno_kind;
+use crate::loadgen::error::Error;
 use crate::loadgen::pacing::{Nanos, Schedule};
 use crate::loadgen::ring::{Completion, OpKind, Tag};
 
 impl Engine<'_> {
-    pub(super) fn load(&mut self) -> Result<(), String> {
+    pub(super) fn load(&mut self) -> Result<(), Error> {
         let config = self.config();
         let (start, mut stop_at) = self.begin_load();
         let mut live: Vec<u32> = (0..self.plan.count)
@@ -120,7 +121,7 @@ impl Engine<'_> {
         if let Some((offset, len)) = conn.next_send(max) {
             conn.send_in_flight = len;
             let seed = conn.seed;
-            let tag = Tag::new(OpKind::Send, key).with_generation(conn.generation);
+            let tag = Tag::new(OpKind::Send, key, conn.generation);
             self.ring.send(key, seed, offset, len, tag);
         }
     }

@@ -42,6 +42,7 @@ use super::pacing::{Nanos, Schedule};
 use super::pattern::Pattern;
 use super::ring::{Completion, OpKind, RecvBufs, Ring, Tag};
 use super::stats::{Progress, ThreadResult, new_histogram, record_ns};
+use crate::loadgen::error::Error;
 
 /// How often a thread hands its counters to the progress printer; also the
 /// longest the loop sleeps, so a quiet thread still notices its deadlines.
@@ -138,7 +139,7 @@ pub struct Plan {
 
 /// Runs one engine thread to the end. Always reaches both barriers, even
 /// when its own setup fails, so the other threads are never left waiting.
-pub fn run_thread(plan: Plan, shared: &Shared<'_>) -> Result<ThreadResult, String> {
+pub fn run_thread(plan: Plan, shared: &Shared<'_>) -> Result<ThreadResult, Error> {
     let mut engine = match Engine::new(plan, shared) {
         Ok(e) => e,
         Err(e) => {
@@ -260,7 +261,7 @@ struct Engine<'a> {
 }
 
 impl<'a> Engine<'a> {
-    fn new(plan: Plan, shared: &'a Shared<'a>) -> Result<Engine<'a>, String> {
+    fn new(plan: Plan, shared: &'a Shared<'a>) -> Result<Engine<'a>, Error> {
         let udp = shared.config.udp.is_some();
         let bufs = if udp {
             RecvBufs::datagrams(shared.config.size.max)
@@ -268,7 +269,7 @@ impl<'a> Engine<'a> {
             RecvBufs::STREAM
         };
         let ring = Ring::new(plan.count, shared.target, shared.pattern.clone(), bufs, udp)
-            .map_err(|e| format!("thread {}: {e}", plan.id))?;
+            .map_err(|e| e.context(format_args!("thread {}", plan.id)))?;
         let conns = (0..u64::from(plan.count))
             .map(|i| Conn::new(Pattern::seed_for(plan.first + i)))
             .collect();
@@ -306,7 +307,7 @@ impl<'a> Engine<'a> {
 
     /// The tag of a `kind` operation on the connection now in slot `key`.
     fn tag(&self, kind: OpKind, key: u32) -> Tag {
-        Tag::new(kind, key).with_generation(self.conns[key as usize].generation)
+        Tag::new(kind, key, self.conns[key as usize].generation)
     }
 
     /// Where the measured part starts for the messages of connection `key`:
@@ -328,20 +329,20 @@ impl<'a> Engine<'a> {
     // ---- the loop turn ----------------------------------------------------
 
     /// Waits until a completion arrives or `wake` passes, then handles every completion.
-    fn turn(&mut self, wake: Nanos) -> Result<(), String> {
+    fn turn(&mut self, wake: Nanos) -> Result<(), Error> {
         let now = self.shared.now();
         let timeout = Duration::from_nanos(wake.saturating_sub(now).min(FLUSH_EVERY));
         self.ring
             .wait(timeout)
-            .map_err(|e| format!("thread {}: io_uring wait: {e}", self.plan.id))?;
+            .map_err(|e| Error::Run(format!("thread {}: io_uring wait: {e}", self.plan.id)))?;
         self.ring.completions(&mut self.cqes);
         let now = self.shared.now();
         let cqes = std::mem::take(&mut self.cqes);
         let udp = !self.flows.is_empty();
         for c in &cqes {
-            let key = c.tag.conn();
+            let key = c.user_data.key();
             let stale = (key as usize) < self.conns.len()
-                && c.tag.generation() != self.conns[key as usize].generation;
+                && c.user_data.generation() != self.conns[key as usize].generation;
             if stale {
                 // A completion of the slot's previous connection (the receive
                 // its close cancelled): only its buffer matters.
@@ -350,7 +351,7 @@ impl<'a> Engine<'a> {
                 }
                 continue;
             }
-            match c.tag.kind() {
+            match c.user_data.kind() {
                 Some(OpKind::Connect) => self.handle_connect(key, c.result, now),
                 Some(OpKind::Recv) if udp => self.handle_datagram(key, c, now),
                 Some(OpKind::Recv) => self.handle_recv(key, c, now),
@@ -367,8 +368,7 @@ impl<'a> Engine<'a> {
             if conn.generation == generation && conn.state == State::Established && !conn.recv_armed
             {
                 conn.recv_armed = true;
-                self.ring
-                    .recv(key, Tag::new(OpKind::Recv, key).with_generation(generation));
+                self.ring.recv(key, Tag::new(OpKind::Recv, key, generation));
             }
         }
         Ok(())
@@ -432,7 +432,7 @@ impl<'a> Engine<'a> {
 
     /// A load-phase turn: waits until `wake` or, while messages are being
     /// created, the next scheduled one, whichever is first.
-    fn turn_until(&mut self, wake: Nanos, schedule: Option<&Schedule>) -> Result<(), String> {
+    fn turn_until(&mut self, wake: Nanos, schedule: Option<&Schedule>) -> Result<(), Error> {
         let wake = match schedule {
             Some(s) if self.creating => wake.min(s.next_due()),
             _ => wake,

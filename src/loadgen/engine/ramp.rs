@@ -8,12 +8,13 @@
 use super::Engine;
 use crate::loadgen::conn::State;
 use crate::loadgen::connect::{SocketKind, errno_kind, open_socket};
+use crate::loadgen::error::Error;
 use crate::loadgen::pacing::{Nanos, Schedule};
 use crate::loadgen::ring::OpKind;
 use crate::loadgen::stats::record_ns;
 
 impl Engine<'_> {
-    pub(super) fn ramp(&mut self) -> Result<(), String> {
+    pub(super) fn ramp(&mut self) -> Result<(), Error> {
         let config = self.config();
         let mut n = self.plan.count;
         let rate = f64::from(config.connect_rate) * f64::from(n) / f64::from(config.conns);
@@ -23,8 +24,11 @@ impl Engine<'_> {
         while self.settled < n {
             let now = self.shared.now();
             if self.shared.interrupted() {
-                // Open no more; the connects in flight still finish.
+                // Open no more, and cancel the connects in flight: a Ctrl-C
+                // must not wait out --connect-timeout (a server whose accept
+                // queue is full drops SYNs, and a connect then hangs).
                 n = next;
+                self.expire_connects(Nanos::MAX);
             }
             while next < n && schedule.take_due(now).is_some() {
                 self.start_connect(next, now, now + timeout);
@@ -120,10 +124,10 @@ impl Engine<'_> {
             return;
         }
         if res < 0 {
-            let kind = if -res == libc::ECANCELED {
-                "connect_timeout"
-            } else {
-                errno_kind(-res)
+            let kind = match -res {
+                libc::ECANCELED if self.shared.interrupted() => "interrupted",
+                libc::ECANCELED => "connect_timeout",
+                _ => errno_kind(-res),
             };
             self.fail(key, kind, true);
             return;

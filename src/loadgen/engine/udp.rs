@@ -17,6 +17,7 @@ use crate::loadgen::config::{Load, Stop};
 use crate::loadgen::conn::State;
 use crate::loadgen::connect::errno_kind;
 use crate::loadgen::datagram::{self, Header, Mismatch};
+use crate::loadgen::error::Error;
 use crate::loadgen::flow::{Datagram, Echo};
 use crate::loadgen::pacing::{Nanos, Schedule};
 use crate::loadgen::ring::{Completion, OpKind, Tag};
@@ -31,7 +32,7 @@ const EXPIRE_EVERY: Nanos = 10_000_000;
 const DRAIN_SLACK: Nanos = 1_000_000_000;
 
 impl Engine<'_> {
-    pub(super) fn load_udp(&mut self) -> Result<(), String> {
+    pub(super) fn load_udp(&mut self) -> Result<(), Error> {
         let config = self.config();
         let udp = config.udp.expect("a --udp run");
         let timeout = udp.timeout.as_nanos() as Nanos;
@@ -119,7 +120,7 @@ impl Engine<'_> {
             };
             let queued = self
                 .ring
-                .send_datagram(key, &header, Tag::new(OpKind::Datagram, key));
+                .send_datagram(key, &header, Tag::new(OpKind::Datagram, key, 0));
             debug_assert!(queued, "one send per flow: Flow::send_in_flight");
         }
     }

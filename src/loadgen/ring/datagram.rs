@@ -1,12 +1,11 @@
 //! What `--udp` adds to the ring: each slot's `sendmsg` state (a datagram is a
 //! header and a pattern slice, sent from memory that must outlive the send)
-//! and receive buffers sized for whole datagrams. The only unsafe code here is
-//! the submission, under the same invariants as the rest of the ring.
-
-use io_uring::{opcode, types};
+//! and receive buffers sized for whole datagrams.
+#![forbid(unsafe_code)]
 
 use super::{RecvBufs, Ring, Tag};
 use crate::loadgen::datagram::{HEADER_BYTES, Header};
+use crate::uring::ring::{self as layer, MsgId, Part, Sock};
 
 /// With `--udp` every datagram needs a whole buffer; buffers per ring are cut
 /// so their memory stays under this (only touched pages are backed anyway).
@@ -25,26 +24,18 @@ impl RecvBufs {
     }
 }
 
-/// What a datagram send points to: its header, the two pieces and the message.
-/// One per direct-descriptor slot, in a boxed slice never resized, so never moved.
+/// A slot's datagram message in the layer's memory: its header bytes inline,
+/// then the payload, a slice of the pattern.
 pub(super) struct DatagramSend {
-    header: [u8; HEADER_BYTES as usize],
-    iov: [libc::iovec; 2],
-    msg: libc::msghdr,
-    /// A send using this entry is in flight: the entry must not be rewritten.
+    msg: MsgId,
+    /// A send using this message is in flight: it must not be rewritten.
     busy: bool,
 }
 
 impl DatagramSend {
-    pub(super) fn new() -> DatagramSend {
+    pub(super) fn new(ring: &mut layer::Ring) -> DatagramSend {
         DatagramSend {
-            header: [0; HEADER_BYTES as usize],
-            iov: [libc::iovec {
-                iov_base: std::ptr::null_mut(),
-                iov_len: 0,
-            }; 2],
-            // SAFETY: msghdr is a plain C struct for which all-zero is valid.
-            msg: unsafe { std::mem::zeroed() },
+            msg: ring.take_msg(2, HEADER_BYTES as usize),
             busy: false,
         }
     }
@@ -55,39 +46,32 @@ impl Ring {
     /// `payload`, a slice of the pattern. One at a time per slot: returns false,
     /// submitting nothing, while the slot's previous one is in flight.
     pub fn send_datagram(&mut self, slot: u32, header: &Header, tag: Tag) -> bool {
-        let payload = header.payload(&self.pattern);
+        let payload = header.payload_range(&self.pattern);
         let d = &mut self.datagrams[slot as usize];
         if d.busy {
             return false;
         }
         d.busy = true;
-        d.header = header.encode();
-        d.iov = [
-            libc::iovec {
-                iov_base: d.header.as_mut_ptr().cast(),
-                iov_len: d.header.len(),
+        let msg = d.msg;
+        self.ring
+            .msg_inline_mut(msg)
+            .copy_from_slice(&header.encode());
+        let parts = [
+            Part::Inline {
+                len: HEADER_BYTES as usize,
             },
-            libc::iovec {
-                iov_base: payload.as_ptr() as *mut libc::c_void,
-                iov_len: payload.len(),
+            Part::Source {
+                source: self.pattern_bytes,
+                start: payload.start,
+                len: payload.len(),
             },
         ];
-        d.msg.msg_iov = d.iov.as_mut_ptr();
-        d.msg.msg_iovlen = 2;
-        let entry = opcode::SendMsg::new(types::Fixed(slot), &d.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
-            .user_data(tag.0);
-        // SAFETY: `msg`, `iov` and `header` live in `datagrams`, a boxed slice
-        // never resized and dropped after the ring (field order), and are not
-        // rewritten until this send completes (`busy`, cleared by
-        // `completions`); the payload lies in the pattern, immutable and kept
-        // alive by this `Arc` until after the ring is dropped.
-        unsafe { self.push(entry) };
+        self.ring.fill_msg(msg, None, parts);
+        self.ring.sendmsg(Sock::Fixed(slot), msg, tag);
         true
     }
 
-    /// The datagram send from `slot` completed: its entry may be reused.
+    /// The datagram send from `slot` completed: its message may be reused.
     pub(super) fn datagram_sent(&mut self, slot: u32) {
         if let Some(d) = self.datagrams.get_mut(slot as usize) {
             d.busy = false;

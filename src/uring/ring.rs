@@ -1,0 +1,648 @@
+//! The one submission layer over io_uring, used by the server's worker, the
+//! load generator's engine and `examples/minimal_echo.rs`: it owns the ring,
+//! the backlog of entries that did not fit the submission queue, the count of
+//! operations in flight, and (in [`OpMemory`]) all the memory operations point
+//! into. Its methods are typed and safe; the event loops above it say
+//! `#![forbid(unsafe_code)]`.
+//!
+//! # The one safety contract
+//! Memory an operation points into stays allocated, unmoved, until that
+//! operation's final completion (the one without `IORING_CQE_F_MORE`) has been
+//! reaped. This module keeps it so:
+//! - every pointer put in an entry points into [`OpMemory`], which this
+//!   module owns, reaches only through bounds-checked ids, and never shrinks;
+//! - [`Ring::teardown`] (run on every exit path: explicitly by the loops, and by
+//!   `Drop` whatever happened, an error from `io_uring_enter` included) asks the
+//!   kernel to cancel everything and reaps until nothing is in flight; only then
+//!   may the memory go. Should the kernel not finish in time, the memory is
+//!   leaked instead of freed.
+//! - Field order is the backstop: `ring` is declared first, so it is closed
+//!   before the memory is dropped.
+//!
+//! What stays the caller's job, because it is about bytes, not memory: not to
+//! recycle a buffer or refill a message while a send still reads it.
+//!
+//! This module decides nothing about what to submit or when; the loops do.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use socket2::SockAddr;
+
+use super::buf_ring::BufRing;
+use super::op_memory::OpMemory;
+pub use super::op_memory::{AddressId, BufGroup, ByteSource, MsgId, Part, SourceId, TimerId};
+use super::setup::{SQE_LEN_OFFSET, SQE_OPTLEN_OFFSET, with_sqe_u32};
+use super::user_data::UserData;
+use crate::echo_queue::BufId;
+
+/// A socket an operation names: a slot of the ring's direct-descriptor table,
+/// or an ordinary descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sock {
+    Fixed(u32),
+    Fd(RawFd),
+}
+
+/// Builds `$body` with `$t` bound to the io-uring crate's type for `$sock`.
+macro_rules! on_sock {
+    ($sock:expr, |$t:ident| $body:expr) => {
+        match $sock {
+            Sock::Fixed(i) => {
+                let $t = types::Fixed(i);
+                $body
+            }
+            Sock::Fd(fd) => {
+                let $t = types::Fd(fd);
+                $body
+            }
+        }
+    };
+}
+
+/// How much a multishot receive may take.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecvLimits {
+    /// Receive bundles (6.10+): one completion for several buffers, capped at
+    /// this many bytes.
+    pub bundle_bytes: Option<u32>,
+    /// The receive ends itself once it has taken this many bytes in total
+    /// (6.17+; older kernels refuse it with EINVAL). The kernel checks it after
+    /// each receive, so it is exact for a multiple of the buffer size and may
+    /// be passed by less than one buffer otherwise.
+    pub total_bytes: Option<u32>,
+}
+
+/// One completion, copied out of the queue.
+#[derive(Clone, Copy, Debug)]
+pub struct Completion {
+    pub user_data: UserData,
+    pub result: i32,
+    pub flags: u32,
+}
+
+impl Completion {
+    /// The operation posts more completions (a multishot one still armed).
+    pub fn more(&self) -> bool {
+        cqueue::more(self.flags)
+    }
+
+    /// The provided buffer this completion filled (the first, for a bundle).
+    pub fn buffer(&self) -> Option<BufId> {
+        cqueue::buffer_select(self.flags).map(BufId)
+    }
+}
+
+/// How long teardown waits for the kernel to finish what it cancelled before
+/// it gives up and leaks the memory instead.
+const TEARDOWN_WAIT: Duration = Duration::from_secs(5);
+
+pub struct Ring {
+    // Field order is the backstop (see the module doc): `ring` first.
+    ring: IoUring,
+    memory: OpMemory,
+    /// Entries that did not fit the submission queue; pushed before the next enter.
+    backlog: Vec<squeue::Entry>,
+    /// Invariant: operations pushed (backlog included) whose final completion
+    /// has not been reaped.
+    in_flight: usize,
+    /// Test hook: the next enter fails with this errno.
+    #[cfg(test)]
+    fail_next_enter: Option<i32>,
+}
+
+impl Ring {
+    pub fn new(ring: IoUring) -> Ring {
+        Ring {
+            ring,
+            memory: OpMemory::default(),
+            backlog: Vec::new(),
+            in_flight: 0,
+            #[cfg(test)]
+            fail_next_enter: None,
+        }
+    }
+
+    /// The ring itself, for registrations and parameters. Shared access only:
+    /// what needs `&mut` (pushing, reaping) goes through this layer, which
+    /// keeps the in-flight count.
+    pub fn io_uring(&self) -> &IoUring {
+        &self.ring
+    }
+
+    /// Operations whose final completion has not been reaped.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    // ---- memory ---------------------------------------------------------
+
+    /// Registers `count` buffers of `bytes` as buffer group `bgid` (5.19+).
+    pub fn register_buffers(&mut self, bgid: u16, count: u32, bytes: u32) -> io::Result<BufGroup> {
+        let bufs = BufRing::register(&self.ring, bgid, count, bytes)?;
+        self.memory.groups.push(bufs);
+        Ok(BufGroup {
+            index: (self.memory.groups.len() - 1) as u8,
+            bgid,
+        })
+    }
+
+    pub fn buffers(&self, group: BufGroup) -> &BufRing {
+        &self.memory.groups[group.index as usize]
+    }
+
+    pub fn buffers_mut(&mut self, group: BufGroup) -> &mut BufRing {
+        &mut self.memory.groups[group.index as usize]
+    }
+
+    pub fn add_source(&mut self, source: ByteSource) -> SourceId {
+        self.memory.add_source(source)
+    }
+
+    pub fn add_address(&mut self, addr: SockAddr) -> AddressId {
+        self.memory.add_address(addr)
+    }
+
+    pub fn add_timer(&mut self, after: Duration) -> TimerId {
+        self.memory.add_timer(after)
+    }
+
+    /// A message with room for `iovecs` parts and `inline` bytes.
+    pub fn take_msg(&mut self, iovecs: usize, inline: usize) -> MsgId {
+        self.memory.take_msg(iovecs, inline)
+    }
+
+    /// Returns a message whose send has completed to the pool.
+    pub fn give_back_msg(&mut self, id: MsgId) {
+        self.memory.give_back_msg(id)
+    }
+
+    /// Points message `id` at `name` and `parts`; returns the parts it took.
+    pub fn fill_msg(
+        &mut self,
+        id: MsgId,
+        name: Option<Part>,
+        parts: impl IntoIterator<Item = Part>,
+    ) -> usize {
+        self.memory.fill_msg(id, name, parts)
+    }
+
+    pub fn msg_inline_mut(&mut self, id: MsgId) -> &mut [u8] {
+        self.memory.msg_inline_mut(id)
+    }
+
+    pub fn msg_header(&self, id: MsgId) -> &libc::msghdr {
+        self.memory.msg_header(id)
+    }
+
+    /// Sets the room a multishot `recvmsg` leaves for the source address.
+    pub fn set_msg_name_len(&mut self, id: MsgId, len: u32) {
+        self.memory.set_msg_name_len(id, len)
+    }
+
+    /// The 8 bytes the last eventfd read put in the read slot.
+    pub fn read_value(&self) -> u64 {
+        *self.memory.read_slot
+    }
+
+    // ---- operations -----------------------------------------------------
+
+    /// Queues an entry. Never blocks, never drops: what does not fit the
+    /// submission queue waits in `backlog` until the next enter.
+    ///
+    /// # Safety
+    /// Every pointer in `entry` points into `self.memory` (or nowhere), which
+    /// outlives the operation (the module's contract).
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        self.in_flight += 1;
+        if !self.backlog.is_empty() {
+            self.backlog.push(entry);
+            return;
+        }
+        // SAFETY: the caller guarantees the pointers point into `self.memory`.
+        if unsafe { self.ring.submission().push(&entry) }.is_err() {
+            self.backlog.push(entry);
+        }
+    }
+
+    /// Multishot accept on `listener`; with `direct`, into a free slot of the
+    /// direct-descriptor table (5.19+).
+    pub fn accept_multi(&mut self, listener: RawFd, direct: bool, ud: UserData) {
+        let entry = opcode::AcceptMulti::new(types::Fd(listener))
+            .allocate_file_index(direct)
+            .build()
+            .user_data(ud.raw());
+        // SAFETY: no pointers (the peer address is not asked for).
+        unsafe { self.push(entry) };
+    }
+
+    /// Multishot receive into buffers of `group` (6.0+).
+    pub fn recv_multi(&mut self, sock: Sock, group: BufGroup, limits: RecvLimits, ud: UserData) {
+        let mut entry = match limits.bundle_bytes {
+            Some(bytes) => {
+                let e = on_sock!(sock, |t| opcode::RecvMultiBundle::new(t, group.bgid)
+                    .build());
+                with_sqe_u32(e, SQE_LEN_OFFSET, bytes)
+            }
+            None => on_sock!(sock, |t| opcode::RecvMulti::new(t, group.bgid).build()),
+        };
+        if let Some(total) = limits.total_bytes {
+            entry = with_sqe_u32(entry, SQE_OPTLEN_OFFSET, total);
+        }
+        // SAFETY: no pointers: the kernel picks buffers of `group`, which lives
+        // in `self.memory`.
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// Multishot `recvmsg` into buffers of `group`; `msg` gives the room for
+    /// the source address (`set_msg_name_len`).
+    pub fn recvmsg_multi(&mut self, sock: Sock, msg: MsgId, group: BufGroup, ud: UserData) {
+        let hdr: *const libc::msghdr = self.memory.msg_header(msg);
+        let entry = on_sock!(sock, |t| opcode::RecvMsgMulti::new(t, hdr, group.bgid)
+            .build());
+        // SAFETY: `hdr` is a boxed message in `self.memory`.
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// Sends `len` bytes at `offset` of buffer `buf` in `group`.
+    pub fn send_buffer(
+        &mut self,
+        sock: Sock,
+        group: BufGroup,
+        buf: BufId,
+        offset: u32,
+        len: u32,
+        ud: UserData,
+    ) {
+        let ptr = self.memory.buffer_ptr(group, buf, offset, len);
+        let entry = on_sock!(sock, |t| opcode::Send::new(t, ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build());
+        // SAFETY: `ptr..ptr+len` lies in the group's memory (checked by `buffer_ptr`).
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// Sends `len` bytes at `start` of a registered byte source.
+    pub fn send_source(
+        &mut self,
+        sock: Sock,
+        source: SourceId,
+        start: usize,
+        len: u32,
+        ud: UserData,
+    ) {
+        let ptr = self.memory.source_ptr(source, start, len as usize);
+        let entry = on_sock!(sock, |t| opcode::Send::new(t, ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build());
+        // SAFETY: `ptr..ptr+len` lies in the source (checked by `source_ptr`),
+        // which `self.memory` keeps alive and which is never written.
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// `sendmsg` of message `msg`, as last filled.
+    pub fn sendmsg(&mut self, sock: Sock, msg: MsgId, ud: UserData) {
+        let hdr: *const libc::msghdr = self.memory.msg_header(msg);
+        let entry = on_sock!(sock, |t| opcode::SendMsg::new(t, hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build());
+        // SAFETY: `hdr` is a boxed message in `self.memory`; `fill_msg` pointed
+        // its iovecs and name only into `self.memory`.
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// Connects `sock` to a registered address.
+    pub fn connect(&mut self, sock: Sock, addr: AddressId, ud: UserData) {
+        let addr = self.memory.address(addr);
+        let (ptr, len) = (addr.as_ptr().cast::<libc::sockaddr>(), addr.len());
+        let entry = on_sock!(sock, |t| opcode::Connect::new(t, ptr, len).build());
+        // SAFETY: the address is boxed in `self.memory`.
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// Reads 8 bytes from an eventfd into the read slot (`read_value`).
+    pub fn read_eventfd(&mut self, fd: RawFd, ud: UserData) {
+        let slot: *mut u64 = &mut *self.memory.read_slot;
+        let entry = opcode::Read::new(types::Fd(fd), slot.cast(), 8).build();
+        // SAFETY: the read slot is a boxed u64 in `self.memory`, 8 bytes long.
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// A timeout of a registered duration.
+    pub fn timeout(&mut self, timer: TimerId, ud: UserData) {
+        let ts: *const types::Timespec = self.memory.timer(timer);
+        let entry = opcode::Timeout::new(ts).build();
+        // SAFETY: the timespec is boxed in `self.memory`.
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// Cancels the operation tagged `target`; it then completes with ECANCELED.
+    pub fn cancel(&mut self, target: UserData, ud: UserData) {
+        let entry = opcode::AsyncCancel::new(target.raw()).build();
+        // SAFETY: no pointers.
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// Closes `sock`. Operations still in flight on it hold their own
+    /// reference to the socket, so this does not pull it from under them.
+    pub fn close(&mut self, sock: Sock, ud: UserData) {
+        let entry = on_sock!(sock, |t| opcode::Close::new(t).build());
+        // SAFETY: no pointers.
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// `shutdown(2)` of `sock` with `how` (`libc::SHUT_WR`...).
+    pub fn shutdown(&mut self, sock: Sock, how: i32, ud: UserData) {
+        let entry = on_sock!(sock, |t| opcode::Shutdown::new(t, how).build());
+        // SAFETY: no pointers.
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    // ---- entering and reaping -------------------------------------------
+
+    /// Moves backlog entries into the submission queue, submitting when it is full.
+    fn flush_backlog(&mut self) -> io::Result<()> {
+        while !self.backlog.is_empty() {
+            let mut sq = self.ring.submission();
+            let room = sq.capacity() - sq.len();
+            if room == 0 {
+                drop(sq);
+                self.ring.submit()?;
+                continue;
+            }
+            let n = room.min(self.backlog.len());
+            for entry in self.backlog.drain(..n) {
+                // SAFETY: the pointers were vouched for when `push` queued the entry.
+                unsafe { sq.push(&entry) }.expect("room was checked");
+            }
+        }
+        Ok(())
+    }
+
+    /// Submits what is queued and waits for `want` completions, or `timeout`.
+    /// Interruptions (EINTR, a timeout, EBUSY/EAGAIN: reap first) are not errors.
+    pub fn submit_and_wait(&mut self, want: usize, timeout: Option<Duration>) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(errno) = self.fail_next_enter.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
+        let result = self.flush_backlog().and_then(|()| match timeout {
+            None => self.ring.submit_and_wait(want),
+            Some(t) => {
+                let ts = types::Timespec::from(t);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                self.ring.submitter().submit_with_args(want, &args)
+            }
+        });
+        match result {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a completion is waiting (no syscall: the CQ tail is shared memory).
+    pub fn completion_ready(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
+    /// Whether completion work waits for an enter to run it (IORING_SQ_TASKRUN).
+    pub fn taskrun(&mut self) -> bool {
+        self.ring.submission().taskrun()
+    }
+
+    /// Whether the completion queue overflowed (the kernel held completions back).
+    pub fn cq_overflowed(&mut self) -> bool {
+        self.ring.submission().cq_overflow()
+    }
+
+    /// Moves every available completion into `out`, counting final ones.
+    pub fn completions(&mut self, out: &mut Vec<Completion>) {
+        out.clear();
+        out.extend(self.ring.completion().map(|c| Completion {
+            user_data: UserData::from_raw(c.user_data()),
+            result: c.result(),
+            flags: c.flags(),
+        }));
+        let finals = out.iter().filter(|c| !c.more()).count();
+        self.in_flight -= finals;
+    }
+
+    // ---- teardown -------------------------------------------------------
+
+    /// Cancels everything in flight and reaps until nothing is: after it, no
+    /// operation points into the memory. Idempotent; run by `Drop` too.
+    /// Returns the operations still in flight: 0 unless the kernel did not
+    /// finish within `TEARDOWN_WAIT` or entering failed for good.
+    pub fn teardown(&mut self) -> usize {
+        // Entries never handed to the kernel are not in flight.
+        self.in_flight -= self.backlog.len();
+        self.backlog.clear();
+        let deadline = Instant::now() + TEARDOWN_WAIT;
+        // Whether the last cancel-everything has completed (a new one is due).
+        let mut cancel_done = true;
+        let mut out = Vec::new();
+        while self.in_flight > 0 && Instant::now() < deadline {
+            if cancel_done {
+                // ANY (5.19): every request of this ring, timeouts included.
+                let entry = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+                    .build()
+                    .user_data(UserData::TEARDOWN.raw());
+                // SAFETY: no pointers.
+                unsafe { self.push(entry) };
+            }
+            let wait = Some(Duration::from_millis(100));
+            #[cfg(test)]
+            {
+                self.fail_next_enter = None;
+            }
+            if self.submit_and_wait(1, wait).is_err() {
+                break;
+            }
+            self.completions(&mut out);
+            cancel_done = out.iter().any(|c| c.user_data == UserData::TEARDOWN);
+        }
+        if self.in_flight > 0 {
+            eprintln!(
+                "io_uring teardown: {} operations still in flight after cancelling; \
+                 their memory is leaked rather than freed under them",
+                self.in_flight
+            );
+        }
+        self.in_flight
+    }
+
+    /// Test hook: the next enter fails with `errno` before reaching the kernel.
+    #[cfg(test)]
+    pub(crate) fn fail_next_enter(&mut self, errno: i32) {
+        self.fail_next_enter = Some(errno);
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        if self.teardown() > 0 {
+            std::mem::forget(std::mem::take(&mut self.memory));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+    use crate::uring::user_data::OpKind;
+
+    /// A small ring (8 SQ entries), so a burst spills into the backlog.
+    fn small_ring() -> Option<Ring> {
+        match IoUring::new(8) {
+            Ok(ring) => Some(Ring::new(ring)),
+            Err(e) => {
+                eprintln!("skipped: io_uring unavailable here: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn teardown_after_an_enter_error_cancels_and_reaps_everything_in_flight() {
+        let Some(mut ring) = small_ring() else {
+            return;
+        };
+        let group = ring.register_buffers(0, 8, 64).expect("register buffers");
+        // Operations that never complete by themselves: a multishot accept
+        // nobody connects to, a multishot receive nobody sends to, timeouts
+        // an hour long.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (quiet, _peer) = UnixStream::pair().expect("socket pair");
+        let hour = ring.add_timer(Duration::from_secs(3600));
+        let ud = |key| UserData::new(OpKind::Tick, key, 0);
+        ring.accept_multi(
+            listener.as_raw_fd(),
+            false,
+            UserData::worker_op(OpKind::Accept),
+        );
+        let sock = Sock::Fd(quiet.as_raw_fd());
+        ring.recv_multi(
+            sock,
+            group,
+            RecvLimits::default(),
+            UserData::worker_op(OpKind::Recv),
+        );
+        for key in 0..6 {
+            ring.timeout(hour, ud(key));
+        }
+        ring.submit_and_wait(0, None).expect("submit");
+        // More than the submission queue holds, never submitted: some sit in
+        // the queue, the rest in the backlog, when entering fails.
+        for key in 6..20 {
+            ring.timeout(hour, ud(key));
+        }
+        assert_eq!(ring.in_flight(), 22);
+        assert!(
+            !ring.backlog.is_empty(),
+            "the burst spilled into the backlog"
+        );
+        ring.fail_next_enter(libc::EIO);
+        let err = ring
+            .submit_and_wait(1, None)
+            .expect_err("the injected error");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO));
+
+        assert_eq!(ring.teardown(), 0, "nothing left in flight");
+        assert_eq!(ring.in_flight(), 0);
+        assert!(ring.backlog.is_empty());
+        // Every final completion was reaped: nothing is left to arrive.
+        let mut late = Vec::new();
+        ring.submit_and_wait(0, None).expect("enter after teardown");
+        ring.completions(&mut late);
+        assert!(late.is_empty(), "completions after teardown: {late:?}");
+    }
+
+    #[test]
+    fn a_multishot_receive_posts_its_data_then_ends_at_teardown() {
+        let Some(mut ring) = small_ring() else {
+            return;
+        };
+        let group = ring.register_buffers(0, 8, 64).expect("register buffers");
+        let (mine, peer) = UnixStream::pair().expect("socket pair");
+        let recv = UserData::worker_op(OpKind::Recv);
+        ring.recv_multi(
+            Sock::Fd(mine.as_raw_fd()),
+            group,
+            RecvLimits::default(),
+            recv,
+        );
+        std::io::Write::write_all(&mut &peer, b"hello").expect("write");
+        let mut out = Vec::new();
+        while out.is_empty() {
+            ring.submit_and_wait(1, Some(Duration::from_secs(5)))
+                .expect("wait");
+            ring.completions(&mut out);
+        }
+        let c = out[0];
+        assert_eq!((c.user_data, c.result, c.more()), (recv, 5, true));
+        let buf = c.buffer().expect("a provided buffer");
+        assert_eq!(ring.buffers(group).bytes(buf, 5), b"hello");
+        assert_eq!(ring.in_flight(), 1, "the receive is still armed");
+        assert_eq!(ring.teardown(), 0);
+    }
+
+    #[test]
+    fn the_kernel_ends_a_multishot_receive_at_its_total_byte_limit() {
+        let Some(mut ring) = small_ring() else {
+            return;
+        };
+        let group = ring.register_buffers(0, 8, 64).expect("register buffers");
+        let (mine, peer) = UnixStream::pair().expect("socket pair");
+        let sent: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
+        std::io::Write::write_all(&mut &peer, &sent).expect("write");
+        // Two of the 64-byte buffers: the kernel counts what each receive
+        // took, and a receive takes at most a buffer, so a multiple of the
+        // buffer size (as the worker's budgets are) ends exactly there.
+        let limits = RecvLimits {
+            bundle_bytes: None,
+            total_bytes: Some(128),
+        };
+        let recv = UserData::worker_op(OpKind::Recv);
+        ring.recv_multi(Sock::Fd(mine.as_raw_fd()), group, limits, recv);
+        let mut received = Vec::new();
+        let mut out = Vec::new();
+        'wait: loop {
+            ring.submit_and_wait(1, Some(Duration::from_secs(5)))
+                .expect("wait");
+            ring.completions(&mut out);
+            assert!(!out.is_empty(), "no completion within 5 s");
+            for c in &out {
+                if c.result == -libc::EINVAL {
+                    eprintln!("skipped: this kernel has no multishot receive limit (6.17+)");
+                    return;
+                }
+                assert!(c.result >= 0, "receive failed: {}", c.result);
+                let buf = c.buffer().expect("a provided buffer");
+                received.extend_from_slice(ring.buffers(group).bytes(buf, c.result as u32));
+                if !c.more() {
+                    break 'wait;
+                }
+            }
+        }
+        assert_eq!(received, sent[..128], "exactly the limit, in order");
+        assert_eq!(ring.in_flight(), 0, "the receive ended itself");
+        // The rest is still in the socket, untouched.
+        mine.set_nonblocking(true).expect("nonblocking");
+        let mut rest = vec![0; 400];
+        let n = std::io::Read::read(&mut &mine, &mut rest).expect("read the rest");
+        assert_eq!(rest[..n], sent[128..]);
+    }
+}

@@ -57,7 +57,7 @@ from benchkit.plan import estimate_s, plan_matrix  # noqa: E402
 from benchkit.setup import (  # noqa: E402
     REPO, build, check_start_at, choose_topology, interrupt_on, shown, target_dir)
 from benchkit.model import (  # noqa: E402
-    BACKENDS, MODES, Cell, Run, rotated, saturated, server_workers, skip_reason, summarise)
+    BACKENDS, CHURN, MODES, Cell, Run, rotated, saturated, server_workers, skip_reason, summarise)
 
 # ---------------------------------------------------------------- phases
 
@@ -98,7 +98,8 @@ class Bench:
                 "targets": args.targets,
                 "quick": args.quick,
                 "backends": args.backends, "conns": args.conns, "sizes": args.sizes,
-                "modes": args.modes, "reps": args.reps, "duration": args.duration,
+                "modes": args.modes, "churn": args.churn, "churn_cells": args.churn_cells,
+                "reps": args.reps, "duration": args.duration,
                 "warmup": args.warmup, "workers": args.workers,
                 "server_cpus": args.server_cpus, "client_cpus": args.client_cpus,
                 "loadgen_threads": args.loadgen_threads, "targets_scale": args.targets_scale,
@@ -174,6 +175,13 @@ class Bench:
             r.status = "saturated"
             self.log(f"      saturated: {m.get('unfinished'):,} messages still queued at the end "
                      f"(asked {r.cell.rate:,.0f} msgs/s)")
+        elif r.status == "ok" and r.cell.per_conn is not None:
+            self.log(f"      {m.get('conns_per_s', 0):,.0f} conns/s, server "
+                     f"{m.get('server_cpu_ns_per_conn', 0):,.0f} + "
+                     f"{m.get('server_irq_ns_per_conn', 0):,.0f} (irq) ns/conn, transaction p99 "
+                     f"{m.get('txn_p99_us', 0):,} us"
+                     + (f"  {'SUSPECT' if r.suspect else 'flags'}: {'; '.join(r.flags)}"
+                        if r.flags else ""))
         elif r.status == "ok":
             self.log(f"      {m.get('msgs_per_s', 0):,.0f} msgs/s, server "
                      f"{m.get('server_cpu_ns_per_msg', 0):,.0f} + "
@@ -280,17 +288,25 @@ class Bench:
 
     def write_charts(self, sweeps: list) -> dict:
         """chart.png for 64 B closed loop (or the first shape measured), one
-        per other (size, mode), sweep-<conns>-<size>.png per swept cell;
-        returns shape or ("sweep", conns, size) -> file name, main first."""
+        per other (size, mode), churn-<conns>-<size>.png per churn cell,
+        sweep-<conns>-<size>.png per swept cell; returns shape, ("churn",
+        conns, size) or ("sweep", conns, size) -> file name, main first."""
         a, names = self.args, {}
         if self.meta["options"]["matrix"] and any(r.phase == "matrix" for r in self.runs):
-            shapes = [(s, mode) for s in a.sizes for mode in a.modes]
-            first = (64, "closed") if (64, "closed") in shapes else shapes[0]
-            for size, mode in [first] + [x for x in shapes if x != first]:
+            shapes = [(s, mode) for s in a.sizes for mode in a.modes if mode != CHURN]
+            first = (64, "closed") if (64, "closed") in shapes else next(iter(shapes), None)
+            ordered = [first] + [x for x in shapes if x != first] if shapes else []
+            for size, mode in ordered:
                 name = "chart.png" if (size, mode) == first else f"chart-{size}-{mode}.png"
                 if chart.matrix(self.out / name, self.summaries, size, MODES[mode], a.backends,
                                 sorted(a.conns), self.caption()):
                     names[(size, mode)] = name
+            if CHURN in a.modes:
+                for conns, size in a.churn_cells:
+                    name = f"churn-{conns}-{size}.png"
+                    if chart.churn(self.out / name, self.summaries, conns, size, a.churn,
+                                   a.backends, self.caption()):
+                        names[("churn", conns, size)] = name
         for sw in sweeps:
             name = f"sweep-{sw['conns']}-{sw['size']}.png"
             if chart.sweep(self.out / name, sw["points"], sw["knees"], sw["conns"], sw["size"],
@@ -301,10 +317,11 @@ class Bench:
     def update_doc(self, charts: dict, sweeps: list) -> None:
         """Rewrites this run's results section of docs/benchmarks.md
         (<!-- bench:begin KEY --> ... <!-- bench:end KEY -->, KEY the topology,
-        or TOPOLOGY-sweep for --only-sweep) and copies its charts to
+        TOPOLOGY-sweep for --only-sweep, TOPOLOGY-churn for --modes churn
+        alone) and copies its charts to
         docs/benchmarks-KEY-*.png."""
         doc = REPO / "docs" / "benchmarks.md"
-        topo, copied = self.env.topology + ("-sweep" if self.args.only_sweep else ""), {}
+        topo, copied = self.env.topology + doc_key_suffix(self.args), {}
         for key, name in charts.items():
             dest = f"benchmarks-{self.env.topology}-{name}"
             shutil.copyfile(self.out / name, REPO / "docs" / dest)
@@ -314,6 +331,17 @@ class Bench:
         report.update_doc(doc, section, topo)
         self.log(f"updated {doc.relative_to(REPO)} ({topo} section)"
                  + (f" and {len(copied)} chart(s) in docs/" if copied else ""))
+
+
+def doc_key_suffix(args: argparse.Namespace) -> str:
+    """Which results section of docs/benchmarks.md a run rewrites, after its
+    topology: a sweep alone or churn alone has its own, so that it does not
+    replace the full run's."""
+    if args.only_sweep:
+        return "-sweep"
+    if args.modes == [CHURN] and not args.sweep and not args.targets:
+        return "-churn"
+    return ""
 
 
 def from_results(args: argparse.Namespace) -> int:

@@ -3,9 +3,12 @@
 topology, `perf record -a -g -C <server CPUs>` in the middle of the load, and
 the inclusive share of the kernel and user functions that tell the backends
 apart (the socket layer, receive processing, the cross-CPU interrupts RPS
-raises, epoll_wait, io_uring_enter).
+raises, epoll_wait, io_uring_enter); with --messages-per-conn (churn) also
+the connection's own path (the handshake, accept, descriptor set-up, close)
+and the server's CPU per connection.
 
   scripts/profile.py --backend uring --topology netns
+  scripts/profile.py --backend epoll --topology netns --conns 100 --messages-per-conn 1
   scripts/profile.py --backend epoll --topology loopback --conns 1000 --size 64
 
 Writes OUT/perf-<topology>-<backend>.data, the full `perf report` beside it
@@ -50,6 +53,19 @@ SYMBOLS = (
     ("__do_sys_io_uring_enter", "`io_uring_enter`"),
     ("entry_SYSCALL_64_after_hwframe", "any syscall (`entry_SYSCALL_64`)"),
 )
+# With churn: each connection's way in and out of the server.
+CHURN_SYMBOLS = (
+    ("tcp_conn_request", "`tcp_conn_request`: the SYN, in softirq"),
+    ("tcp_v4_syn_recv_sock", "`tcp_v4_syn_recv_sock`: the child socket, at the handshake's ACK"),
+    ("inet_csk_accept", "`inet_csk_accept`: taking it off the accept queue"),
+    ("io_accept", "… by io_uring's accept (`io_accept`)"),
+    ("__sys_accept4", "… by the `accept4` syscall (`__sys_accept4`)"),
+    ("do_epoll_ctl", "`epoll_ctl`: registering the connection"),
+    ("tcp_close", "`tcp_close`: the close, FIN and socket release"),
+    ("io_close", "… through the ring (`io_close`)"),
+    ("__fput", "`__fput`: the descriptor's last reference dropped"),
+    ("tcp_rcv_state_process", "`tcp_rcv_state_process`: handshake and teardown segments"),
+)
 # A sample on the server's CPUs counts as the server's when it ran in one of
 # the server's threads (by thread id: on a shared machine other processes'
 # threads have the same names), interrupts landing there included, or in a
@@ -71,13 +87,17 @@ def parse_args(argv: list) -> argparse.Namespace:
     a("--conns", type=int, default=1000, help="loadgen connections [default: 1000]")
     a("--size", type=int, default=64, help="message size in bytes [default: 64]")
     a("--pipeline", type=int, default=1, help="messages in flight per connection [default: 1]")
+    a("--messages-per-conn", type=int, metavar="N",
+      help="connection churn: each connection carries N messages, then loadgen closes it and "
+           "opens another (loadgen --messages-per-conn) [default: long-lived connections]")
     a("--seconds", type=float, default=3.0, help="seconds perf records [default: 3]")
     a("--server-cpus", type=cpu_list, default="0", help="[default: 0]")
     a("--client-cpus", type=cpu_list, default="1", help="[default: 1]")
     a("--out", type=Path, default=REPO / "bench-results" / "profiles",
       help="[default: bench-results/profiles]")
     args = p.parse_args(argv)
-    for flag, v in (("--conns", args.conns), ("--size", args.size), ("--pipeline", args.pipeline)):
+    for flag, v in (("--conns", args.conns), ("--size", args.size), ("--pipeline", args.pipeline),
+                    ("--messages-per-conn", args.messages_per_conn or 1)):
         if v < 1:
             p.error(f"{flag} must be >= 1, not {v}")
     if args.seconds <= 0:
@@ -118,10 +138,10 @@ def server_part(tid: int, funcs: list, server_tids: set) -> list:
     return [] if entry is None else funcs[:entry + 1]
 
 
-def shares(samples_: list, server_tids: set) -> tuple:
+def shares(samples_: list, server_tids: set, symbols: tuple = SYMBOLS) -> tuple:
     """(symbol -> % of the server's samples, the server's samples, all samples)."""
     ours = [set(f) for f in (server_part(t, fs, server_tids) for t, _c, fs in samples_) if f]
-    got = {sym: 100.0 * sum(sym in f for f in ours) / len(ours) for sym, _ in SYMBOLS} if ours else {}
+    got = {sym: 100.0 * sum(sym in f for f in ours) / len(ours) for sym, _ in symbols} if ours else {}
     return got, len(ours), len(samples_)
 
 
@@ -132,7 +152,8 @@ def main(argv: list) -> int:
         return 2
     release = release_dir()
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"perf-{args.topology}-{args.backend}"
+    churn = args.messages_per_conn is not None
+    stem = f"perf-{args.topology}-{args.backend}" + (f"-n{args.messages_per_conn}" if churn else "")
     net = None
     if args.topology == "netns":
         why = topology.unavailable_reason()
@@ -161,7 +182,7 @@ def main(argv: list) -> int:
             from benchkit import clients
             from benchkit.model import Cell
 
-            cell = Cell(args.conns, args.size, args.pipeline)
+            cell = Cell(args.conns, args.size, args.pipeline, per_conn=args.messages_per_conn)
             (lg,) = clients.plan(e, "loadgen", server.port, cell, e.duration, stem).argvs
             load = subprocess.Popen([str(x) for x in lg], cwd=REPO, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, preexec_fn=host.die_with_parent)
@@ -184,17 +205,26 @@ def main(argv: list) -> int:
     (args.out / f"{stem}.txt").write_text(report)
     script = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,tid,ip,sym"],
                             capture_output=True, text=True).stdout
-    got, ours, total = shares(samples(script), set(tids))
-    rate = result.get("throughput", {}).get("msgs_per_s")
+    symbols = SYMBOLS + (CHURN_SYMBOLS if churn else ())
+    got, ours, total = shares(samples(script), set(tids), symbols)
+    rate = result.get("throughput", {}).get("conns_per_s" if churn else "msgs_per_s")
+    unit = "conns/s" if churn else "msgs/s"
     print(f"{args.backend} on {args.topology}: {args.conns:,} conns x {args.size} B x pipeline "
-          f"{args.pipeline}; {rate:,.0f} msgs/s while perf recorded CPUs {args.server_cpus}"
+          f"{args.pipeline}{f' x {args.messages_per_conn} message(s) per connection' if churn else ''}"
+          f"; {rate:,.0f} {unit} while perf recorded CPUs {args.server_cpus}"
           if rate else f"{args.backend} on {args.topology}: loadgen gave no result")
+    if churn and rate and total:
+        # cpu-clock samples CPU time at a fixed rate, idle included: the
+        # server's share of the samples is its share of the CPUs' time.
+        per_conn_us = ours / total * 1e6 * len(cpus(args.server_cpus)) / rate
+        print(f"the server's CPU per connection: {per_conn_us:,.1f} µs (its share of the "
+              f"samples x CPU time / connections; the rows below split it)")
     print(f"the server's samples (threads {', '.join(sorted(set(tids.values())))}, and "
           f"interrupts on the idle CPU): "
           f"{ours:,} of {total:,} on CPUs {args.server_cpus}; the rest were other processes")
     print(f"| inclusive share of the server's samples | {args.backend}, {args.topology} |")
     print("|---|---:|")
-    for sym, label in SYMBOLS:
+    for sym, label in symbols:
         print(f"| {label} | {got.get(sym, 0.0):.1f} % |")
     print(f"(all symbols: {args.out / (stem + '.txt')})")
     return 0

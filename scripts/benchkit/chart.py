@@ -1,7 +1,9 @@
 """The charts, drawn with matplotlib (scripts/requirements.txt): the matrix
 (throughput and server CPU per message against connections, one chart per
-message size and mode) and the sweep (latency percentiles against achieved
-rate, one chart per cell). Every median carries a min–max whisker over its
+message size and mode), churn (connections per second, server CPU per
+connection and transaction p99 against messages per connection, one chart
+per churn cell) and the sweep (latency percentiles against achieved rate,
+one chart per cell). Every median carries a min–max whisker over its
 repetitions; every chart has a legend and a caption naming the topology, the
 machine, the commit and the CPUs.
 
@@ -96,6 +98,14 @@ def _caption(fig, caption: str) -> None:
              wrap=True)
 
 
+def _save(plt, fig, path: Path, caption: str) -> None:
+    """Captions `fig`, writes it to `path` and frees it."""
+    _caption(fig, caption)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def matrix(path: Path, summaries: list, size: int, pipeline: int, backends: list,
            conns: list, caption: str) -> bool:
     """Throughput and server CPU per message against connections for one
@@ -139,10 +149,7 @@ def matrix(path: Path, summaries: list, size: int, pipeline: int, backends: list
         ax.grid(True, alpha=0.3)
     thr.legend(title="backend (median, whiskers min–max)", fontsize=8, title_fontsize=8)
     fig.suptitle(f"uring-echo: {size_label(size)} messages, {mode}", fontsize=13)
-    _caption(fig, caption)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, caption)
     return True
 
 
@@ -195,8 +202,59 @@ def sweep(path: Path, points: list, knees: dict, conns: int, size: int, bound_us
     ax.yaxis.set_major_formatter(_duration_formatter())
     ax.set_title(f"uring-echo: latency against load, {conns:,} connections × "
                  f"{size_label(size)}, open loop", fontsize=12)
-    _caption(fig, caption)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(plt, fig, path, caption)
+    return True
+
+
+# Churn chart panels: metric, title, y label.
+CHURN_PANELS = (
+    ("conns_per_s", "Connections per second (higher is better)", "connections / s"),
+    ("server_total_ns_per_conn", "Server CPU per connection (lower is better)",
+     "ns / connection (process + irq on its CPUs)"),
+    ("txn_p99_us", "Transaction p99, connect to last echo (lower is better)", "latency"),
+)
+
+
+def churn(path: Path, summaries: list, conns: int, size: int, per_conn: list, backends: list,
+          caption: str) -> bool:
+    """Grouped bars, one group per messages-per-connection value, one bar per
+    backend (median, whiskers min–max), in three panels: connections per
+    second, server CPU per connection, transaction p99. False when no
+    backend had a result to draw."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(CHURN_PANELS), figsize=(15, 4.8))
+    width = 0.8 / max(1, len(backends))
+    drawn = False
+    for bi, b in enumerate(backends):
+        color, _ = STYLE.get(b, FALLBACK)
+        for ax, (metric, _title, _ylabel) in zip(axes, CHURN_PANELS):
+            xs, stats = [], []
+            for i, n in enumerate(per_conn):
+                s = find(summaries, "matrix", Cell(conns, size, 1, per_conn=n), b)
+                st = s.stats.get(metric) if s else None
+                if metric == "server_total_ns_per_conn" and s and not st:
+                    st = s.stats.get("server_cpu_ns_per_conn")
+                if st:
+                    xs.append(i + (bi - (len(backends) - 1) / 2) * width)
+                    stats.append(st)
+            if xs:
+                med, err = _whiskers(stats)
+                ax.bar(xs, med, width * 0.95, yerr=err, color=color, capsize=3, label=b,
+                       error_kw={"elinewidth": 1})
+                drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    for ax, (metric, title, ylabel) in zip(axes, CHURN_PANELS):
+        ax.set_xticks(range(len(per_conn)), [f"{n:,}" for n in per_conn])
+        ax.set_xlabel("messages per connection")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.yaxis.set_major_formatter(_duration_formatter() if metric.endswith("_us")
+                                     else _si_formatter())
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(title="backend (median, whiskers min–max)", fontsize=8, title_fontsize=8)
+    fig.suptitle(f"uring-echo: connection churn, {conns:,} connections open at once × "
+                 f"{size_label(size)}, closed loop", fontsize=13)
+    _save(plt, fig, path, caption)
     return True

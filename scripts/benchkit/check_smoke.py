@@ -1,7 +1,8 @@
 """Checks what a `scripts/bench.py --quick` run wrote, for CI: the topology
 asked for was the one used, every backend of every cell has a throughput,
-no run failed, the tables and charts exist, and a sweep (when run) has its
-points and knees. Exit 0 when all hold; 1 naming each that does not.
+no run failed, the tables and charts exist, every churn cell (when asked
+for) has its connections per second and its chart, and a sweep (when run)
+has its points and knees. Exit 0 when all hold; 1 naming each that does not.
 
 Usage: python3 scripts/benchkit/check_smoke.py OUT_DIR TOPOLOGY [LOAD_HOSTS]
 Reads only: the measuring is bench.py's.
@@ -29,7 +30,7 @@ def problems(out: Path, topology: str, load_hosts: int) -> list:
     o = res["options"]
     if o["matrix"]:
         have = {(m["cell"]["conns"], m["cell"]["size"], m["backend"]): m for m in res["medians"]
-                if m["phase"] == "matrix"}
+                if m["phase"] == "matrix" and m["cell"]["mode"] != "churn"}
         for conns in o["conns"]:
             for size in o["sizes"]:
                 for b in o["backends"]:
@@ -37,6 +38,7 @@ def problems(out: Path, topology: str, load_hosts: int) -> list:
                     rate = (m or {}).get("stats", {}).get("msgs_per_s", {}).get("median")
                     if not rate or rate <= 0:
                         bad.append(f"no throughput for {b} at {conns} conns x {size} B")
+        bad += churn_problems(out, res)
     failed = [r for r in res["runs"] if r["status"] == "failed"]
     bad += [f"run {r['phase']} {r['cell']['name']} {r['backend']} failed: {r['reason']}"
             for r in failed]
@@ -61,6 +63,29 @@ def problems(out: Path, topology: str, load_hosts: int) -> list:
             bad.append(f"sweep {name}: no chart")
     if o.get("sweep") and not res.get("sweeps"):
         bad.append("--sweep was asked for and no sweep was recorded")
+    return bad
+
+
+def churn_problems(out: Path, res: dict) -> list:
+    """Every churn cell x messages per connection x backend has a
+    connections-per-second median and completed connections; each churn
+    cell has its chart where matplotlib is installed."""
+    o, bad = res["options"], []
+    if "churn" not in o["modes"]:
+        return bad
+    have = {(m["cell"]["conns"], m["cell"]["size"], m["cell"].get("per_conn"), m["backend"]): m
+            for m in res["medians"] if m["phase"] == "matrix" and m["cell"]["mode"] == "churn"}
+    for conns, size in o["churn_cells"]:
+        for per_conn in o["churn"]:
+            for b in o["backends"]:
+                m = have.get((conns, size, per_conn, b))
+                rate = (m or {}).get("stats", {}).get("conns_per_s", {}).get("median")
+                if not rate or rate <= 0:
+                    bad.append(f"no connections per second for {b} at churn {conns} conns x "
+                               f"{size} B x {per_conn} message(s) per connection")
+        if (importlib.util.find_spec("matplotlib") is not None
+                and not (out / f"churn-{conns}-{size}.png").exists()):
+            bad.append(f"churn {conns} conns x {size} B: no chart")
     return bad
 
 

@@ -48,13 +48,27 @@ def loadgen_argv(env: Env, port: str, cell: Cell, duration: float, host_i: int =
             "--duration", duration, "--warmup", env.warmup, "--json", json_out, "--quiet"]
     if cell.rate is not None:
         argv += ["--rate", f"{share(float(cell.rate), n, host_i):.0f}"]
+    if cell.per_conn is not None:
+        argv += ["--messages-per-conn", cell.per_conn]
     if env.loadgen_threads:
         argv += ["--threads", env.loadgen_threads]
-    if host is not None and host.source_addrs(conns):
+    if host is not None and churn_source_addrs(host, cell):
+        argv += ["--source-addrs", ",".join(churn_source_addrs(host, cell))]
+    elif host is not None and host.source_addrs(conns):
         argv += ["--source-addrs", ",".join(host.source_addrs(conns))]
     if start_at is not None:
         argv += ["--start-at", start_at]
     return env.client_pinned(host_i, argv)
+
+
+def churn_source_addrs(host, cell: Cell) -> list:
+    """A churn cell's source addresses on a load host: all of the host's.
+    Churn leaves one TIME_WAIT per connection on loadgen's side for 60 s,
+    each holding a port of its source address; the load host's namespace
+    reuses them after 1 s (topology sets tcp_tw_reuse = 1 there), so one
+    address sustains ~28,000 connections a second, and the spread keeps the
+    port search short. Empty for other cells (see LoadHost.source_addrs)."""
+    return list(host.client_addrs) if cell.per_conn is not None else []
 
 
 def pingpong_argv(env: Env, port: str, cell: Cell, duration: float) -> list:

@@ -13,6 +13,10 @@ from typing import Optional
 FD_HEADROOM = 64
 
 MODES = {"closed": 1, "pipelined": 16}
+# Connection churn (loadgen --messages-per-conn N): short-lived connections,
+# closed loop, one message in flight. Its cells come from --churn-cells and
+# --churn, not from the --conns x --sizes grid of the other modes.
+CHURN = "churn"
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,21 @@ BACKENDS = {
 
 @dataclass(frozen=True)
 class Cell:
-    """One load shape: connections x message size x messages in flight, and
-    for the open loop a rate (msgs/s, all connections together)."""
+    """One load shape: connections x message size x messages in flight, for
+    the open loop a rate (msgs/s, all connections together), and for churn
+    the messages each connection carries before it is closed and replaced
+    (`conns` of them open at once)."""
 
     conns: int
     size: int
     pipeline: int
     rate: Optional[float] = None
+    per_conn: Optional[int] = None
 
     @property
     def mode(self) -> str:
+        if self.per_conn is not None:
+            return CHURN
         if self.rate is not None:
             return "open"
         return "pipelined" if self.pipeline > 1 else "closed"
@@ -58,7 +67,9 @@ class Cell:
     @property
     def name(self) -> str:
         base = f"c{self.conns}-s{self.size}-p{self.pipeline}"
-        return base if self.rate is None else f"{base}-r{self.rate:.0f}"
+        if self.rate is not None:
+            base += f"-r{self.rate:.0f}"
+        return base if self.per_conn is None else f"{base}-n{self.per_conn}"
 
 
 def server_workers(backend: Backend, conns: int, workers: int, nofile: int) -> int:
@@ -161,6 +172,19 @@ SUMMARY_METRICS = (
     "p99_us",
     "p999_us",
     "mem_per_conn_b",
+    # Churn cells only: connections completed per second, the server's CPU
+    # per connection (per message x messages per connection), the transaction
+    # (connect start to last echo) and connect latency, loadgen's CPU per
+    # connection.
+    "conns_per_s",
+    "server_cpu_ns_per_conn",
+    "server_irq_ns_per_conn",
+    "server_total_ns_per_conn",
+    "txn_p50_us",
+    "txn_p99_us",
+    "txn_p999_us",
+    "connect_p99_us",
+    "loadgen_cpu_ns_per_conn",
 )
 
 
@@ -233,3 +257,28 @@ def find(summaries: list, phase: str, cell: Cell, backend: str) -> Optional[Summ
         if s.phase == phase and s.cell == cell and s.backend == backend:
             return s
     return None
+
+
+def per_conn_metrics(metrics: dict, per_conn: int) -> dict:
+    """A churn run's per-connection costs from its per-message ones: each
+    connection carries `per_conn` messages, so the CPU the server spent over
+    the load phase divided by the connections it served is the per-message
+    figure times `per_conn` (loadgen's cpu.msgs counts the echoes of the
+    whole load phase, the connections cut by its edges aside)."""
+    out = {}
+    for msg_key in ("server_cpu_ns_per_msg", "server_irq_ns_per_msg", "server_total_ns_per_msg",
+                    "loadgen_cpu_ns_per_msg"):
+        if metrics.get(msg_key) is not None:
+            out[msg_key.replace("_per_msg", "_per_conn")] = metrics[msg_key] * per_conn
+    return out
+
+
+def churn_ratio(summaries: list, phase: str, cell: Cell, backend: str,
+                other: str) -> Optional[float]:
+    """`backend`'s median connections per second over `other`'s on a churn
+    cell (uring over epoll: the issue's target), None where either is missing."""
+    a, b = find(summaries, phase, cell, backend), find(summaries, phase, cell, other)
+    if a is None or b is None:
+        return None
+    x, y = a.median("conns_per_s"), b.median("conns_per_s")
+    return None if x is None or not y else x / y

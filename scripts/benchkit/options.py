@@ -10,13 +10,15 @@ import sys
 from pathlib import Path
 
 from .env import cpus
-from .model import BACKENDS, MODES
+from .model import BACKENDS, CHURN, MODES
 
 DEFAULTS = {
     "backends": list(BACKENDS),
     "conns": [100, 1000, 10_000],
     "sizes": [64, 1024],
-    "modes": ["closed", "pipelined"],
+    "modes": ["closed", "pipelined", CHURN],
+    "churn": [1, 10],
+    "churn_cells": [(100, 64)],
     "reps": 3,
     "duration": 5.0,
     "warmup": 1.0,
@@ -29,7 +31,9 @@ QUICK = {
     "backends": ["uring", "epoll"],
     "conns": [100, 1000],
     "sizes": [64],
-    "modes": ["closed"],
+    "modes": ["closed", CHURN],
+    "churn": [1],
+    "churn_cells": [(100, 64)],
     "reps": 1,
     "duration": 2.0,
     "warmup": 0.5,
@@ -99,6 +103,7 @@ def parse_args(argv: list, doc: str) -> argparse.Namespace:
   scripts/bench.py --load-hosts 3               three load hosts, one merged figure per cell
   scripts/bench.py --targets --update-doc       matrix + targets, then rewrite docs/benchmarks.md
   scripts/bench.py --workers 8 --server-cpus 0-7 --client-cpus 8-15   a bigger host
+  scripts/bench.py --modes churn --reps 5      connection churn alone: N = 1 and 10, 100 conns x 64 B
   scripts/bench.py --dry-run                    print the plan and its length, run nothing
 
 exit status: 0 when every run passed; 1 when a run failed (results are still
@@ -113,8 +118,16 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
       help="add the cells that need a big host to the matrix: 50,000 connections and 16 KiB "
            "messages (a cell beyond the open-files limit or half of tcp_mem is skipped, "
            "with the reason)")
-    a("--modes", type=choice_list(list(MODES)),
-      help="closed (pipeline 1) and/or pipelined (pipeline 16) [default: closed,pipelined]")
+    a("--modes", type=choice_list([*MODES, CHURN]),
+      help="closed (pipeline 1), pipelined (pipeline 16) and/or churn (short-lived "
+           "connections: --churn-cells x --churn) [default: closed,pipelined,churn]")
+    a("--churn", type=int_list, metavar="N,...",
+      help="churn cells: messages each connection carries before loadgen closes it and "
+           "opens another (loadgen --messages-per-conn; 1 is neper's tcp_crr) "
+           "[default: 1,10]")
+    a("--churn-cells", type=cell_list, metavar="CONNSxSIZE,...",
+      help="churn cells: connections open at once x message size, e.g. 100x64 "
+           "[default: 100x64]")
     a("--reps", type=int, help="repetitions of every cell, interleaved [default: 3]")
     a("--duration", type=positive_float, help="measured seconds per run [default: 5]")
     a("--warmup", type=float, help="loadgen warm-up seconds per run, not measured [default: 1]")
@@ -158,7 +171,8 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
       help="loadgen --threads [default: loadgen decides: CPUs it may run on, raised to what "
            "the connections need]")
     a("--quick", action="store_true",
-      help="smoke test: uring,epoll x 100,1000 conns x 64 B x closed loop, 1 rep, 2 s "
+      help="smoke test: uring,epoll x 100,1000 conns x 64 B x closed loop, and churn at "
+           "100 conns x 64 B x 1 message per connection, 1 rep, 2 s "
            "(flags given explicitly still apply)")
     a("--targets", action="store_true", help="after the matrix, measure the targets (docs/benchmarks.md)")
     a("--only-targets", action="store_true", help="measure the targets only, no matrix")
@@ -167,7 +181,7 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
     a("--update-doc", action="store_true",
       help="rewrite this topology's results section of docs/benchmarks.md (between "
            "<!-- bench:begin TOPOLOGY --> and <!-- bench:end TOPOLOGY -->; TOPOLOGY-sweep "
-           "with --only-sweep) and copy the charts to docs/benchmarks-TOPOLOGY-*.png")
+           "with --only-sweep, TOPOLOGY-churn with --modes churn alone) and copy the charts to docs/benchmarks-TOPOLOGY-*.png")
     a("--no-build", action="store_true",
       help="use the release binaries as they are, in cargo's target directory (asked of "
            "cargo metadata: CARGO_TARGET_DIR is honoured) [default: cargo build --release "
@@ -175,6 +189,10 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
     a("--dry-run", action="store_true", help="print the plan and its estimated length; run nothing")
     args = p.parse_args(argv)
 
+    churn_given = args.churn is not None or args.churn_cells is not None
+    if churn_given and args.modes is not None and CHURN not in args.modes:
+        p.error(f"--churn and --churn-cells describe churn cells, but --modes {','.join(args.modes)} "
+                "has no churn: add it (--modes ...,churn)")
     base = QUICK if args.quick else DEFAULTS
     for key, val in base.items():
         if getattr(args, key) is None:

@@ -7,7 +7,7 @@ import argparse
 from typing import Optional
 
 from . import env, targets
-from .model import BACKENDS, MODES, Cell, Run, rotated, server_workers, skip_reason
+from .model import BACKENDS, CHURN, MODES, Cell, Run, rotated, server_workers, skip_reason
 
 # Seconds a run takes beyond ramp, warm-up and measured time (server start and
 # stop, loadgen start, drain), measured on the 2-core development VM.
@@ -16,7 +16,13 @@ RUN_OVERHEAD_S = 0.4
 
 
 def matrix_cells(args: argparse.Namespace) -> list:
-    return [Cell(c, s, MODES[m]) for s in args.sizes for m in args.modes for c in args.conns]
+    """The grid's cells (--sizes x modes x --conns), then the churn cells
+    (--churn-cells x --churn: closed loop, one message in flight)."""
+    cells = [Cell(c, s, MODES[m]) for s in args.sizes for m in args.modes if m != CHURN
+             for c in args.conns]
+    if CHURN in args.modes:
+        cells += [Cell(c, s, 1, per_conn=n) for c, s in args.churn_cells for n in args.churn]
+    return cells
 
 
 def plan_matrix(args: argparse.Namespace, nofile: int, tcp_mem: Optional[int]) -> list:

@@ -18,7 +18,7 @@ from typing import Optional
 
 from . import clients, host
 from .env import Env, client_timeout_s, cpus
-from .model import BACKENDS, Cell, Run
+from .model import BACKENDS, Cell, Run, per_conn_metrics
 
 SERVER_START_TIMEOUT_S = 15.0
 # uring-echo drains for up to --drain-timeout (5 s) after SIGTERM.
@@ -261,6 +261,8 @@ def record(run: Run, client: str, seen: dict, server_log: Path, keep_rss_series:
         m["server_irq_ns_per_msg"] = (seen["irq_after"] - seen["irq_before"]) * 1e9 / msgs
         if "server_cpu_ns_per_msg" in m:
             m["server_total_ns_per_msg"] = m["server_cpu_ns_per_msg"] + m["server_irq_ns_per_msg"]
+    if run.cell.per_conn is not None:
+        m.update(per_conn_metrics(m, run.cell.per_conn))
     if rc != 0:
         run.status, run.reason = "failed", f"client exit {rc}: {seen['client_err']}"
 
@@ -297,6 +299,12 @@ def _client_metrics(run: Run, client: str, stdout: str) -> int:
     )
     if j.get("rate"):
         m["rate_achieved"] = j["rate"]["achieved"]
+    if run.cell.per_conn is not None:
+        txn, connect = j["transaction_us"], j["connect_us"]
+        m.update(conns_per_s=j["throughput"]["conns_per_s"],
+                 completed=j["connections"]["completed"],
+                 txn_p50_us=txn["p50"], txn_p99_us=txn["p99"], txn_p999_us=txn["p999"],
+                 connect_p50_us=connect["p50"], connect_p99_us=connect["p99"])
     start = j.get("start") or {}
     if start.get("requested") is not None:
         # Several load hosts: how far apart their measured windows began, and

@@ -15,7 +15,7 @@ from .targets import Target
 
 # Options that describe what was measured: taken from the file, not the
 # command line.
-MEASURED = ("backends", "conns", "sizes", "modes", "reps", "duration", "warmup", "workers",
+MEASURED = ("backends", "conns", "sizes", "modes", "churn", "churn_cells", "reps", "duration", "warmup", "workers",
             "server_cpus", "client_cpus", "loadgen_threads", "quick", "targets",
             "targets_scale", "sweep", "sweep_steps", "large", "nofile")
 
@@ -34,7 +34,8 @@ def run_from_json(d: dict) -> Run:
     c = d["cell"]
     fields = {k: d[k] for k in ("status", "reason", "commands", "metrics", "net", "flags",
                                 "suspect", "wall_s", "client") if k in d}
-    return Run(d["phase"], Cell(c["conns"], c["size"], c["pipeline"], c.get("rate")),
+    return Run(d["phase"], Cell(c["conns"], c["size"], c["pipeline"], c.get("rate"),
+                                c.get("per_conn")),
                d["backend"], d["rep"], d["workers"], **fields)
 
 

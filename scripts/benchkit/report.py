@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from .chart import size_label
-from .model import MODES, Cell, find
+from .model import CHURN, MODES, Cell, churn_ratio, find
 
 
 
@@ -102,7 +102,7 @@ def matrix_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
     lines = []
     skipped = {}
     for size in o["sizes"]:
-        for mode in o["modes"]:
+        for mode in (m for m in o["modes"] if m != CHURN):
             pipeline = MODES[mode]
             title = ("closed loop (pipeline 1)" if mode == "closed"
                      else f"pipelined (pipeline {pipeline})")
@@ -141,6 +141,60 @@ def matrix_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
         lines.append(f"[^{i}]: {reason}")
     if skipped:
         lines.append("")
+    return lines
+
+
+def churn_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
+    """Per churn cell (connections open at once x size): one row per
+    (messages per connection, backend), with uring's connections per second
+    over each backend's (the issue's target: >= 1.5 over epoll at N = 1,
+    above 1 over tokio and monoio), then the cell's chart."""
+    o = meta["options"]
+    if CHURN not in o["modes"] or not o.get("churn_cells"):
+        return []
+    lines = []
+    for conns, size in o["churn_cells"]:
+        lines += [f"{h}## Connection churn: {conns:,} connections open at once × "
+                  f"{size_label(size)}, closed loop", "",
+                  "Each connection sends N messages, one in flight, checks the echoes and is "
+                  "closed by loadgen, which opens the next at once (`loadgen "
+                  "--messages-per-conn N`; N = 1 is neper's `tcp_crr`). Medians; conns/s "
+                  "[min–max]; *uring ÷*: uring's conns/s over this backend's; server CPU per "
+                  "connection: its process plus the irq and softirq time of its CPUs; "
+                  "transaction: from connect start to last echo (loadgen's "
+                  "`transaction_us`); † a run saw drops, RTOs or accept-queue overflows; "
+                  "✗ a run failed.", "",
+                  "| N | backend | conns/s | uring ÷ | server ns/conn process + irq | "
+                  "transaction p50 / p99 / p99.9 µs | connect p99 µs | loadgen ns/conn | runs |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for per_conn in o["churn"]:
+            cell = Cell(conns, size, 1, per_conn=per_conn)
+            for b in o["backends"]:
+                s = find(summaries, "matrix", cell, b)
+                if s is None:
+                    continue
+                if s.skipped or not s.runs:
+                    lines.append(f"| {per_conn:,} | {b} | {'skipped: ' + s.skipped if s.skipped else '✗ failed'} "
+                                 "| | | | | | 0 |")
+                    continue
+                st = s.stats.get("conns_per_s")
+                rng = f"{k(st['median'])} [{k(st['min'])}–{k(st['max'])}]" if st else "-"
+                ratio = churn_ratio(summaries, "matrix", cell, "uring", b)
+                lat = " / ".join(n(s.median(key)) for key in ("txn_p50_us", "txn_p99_us",
+                                                               "txn_p999_us"))
+                lines.append(
+                    f"| {per_conn:,} | {b} | {rng} | {'-' if ratio is None else f'{ratio:.2f}×'} | "
+                    f"{n(s.median('server_cpu_ns_per_conn'))} + "
+                    f"{n(s.median('server_irq_ns_per_conn'))} | {lat} | "
+                    f"{n(s.median('connect_p99_us'))} | {n(s.median('loadgen_cpu_ns_per_conn'))} | "
+                    f"{s.runs}{' †' * bool(s.suspect)}{' ✗' * bool(s.failed)} |")
+        lines.append("")
+        name = charts.get(("churn", conns, size))
+        if name:
+            lines += [f"![connection churn, {conns:,} connections × {size_label(size)}: "
+                      f"connections per second, server CPU per connection and transaction p99 "
+                      f"against messages per connection, {o.get('topology', 'loopback')}]"
+                      f"({name})", ""]
     return lines
 
 
@@ -271,6 +325,7 @@ def markdown(meta: dict, runs: list, summaries: list, targets: list, charts: dic
     lines = [f"{h}# uring-echo benchmark results", ""] + header(meta) + [""]
     if meta["options"].get("matrix"):
         lines += matrix_tables(meta, summaries, charts, h)
+        lines += churn_tables(meta, summaries, charts, h)
     lines += sweep_tables(sweeps, charts, meta, h)
     lines += targets_table(targets, h)
     lines += detail_table(summaries, "matrix", h, "All medians")

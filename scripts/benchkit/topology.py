@@ -150,6 +150,7 @@ class Plan:
             # enters (it remounts /sys there).
             cmds.append(rps_command(self.server_ns, h.server_dev, self.server_rps_mask))
             cmds.append(rps_command(h.ns, h.client_dev, h.rps_mask))
+            cmds.append(tw_reuse_command(h.ns))
         return cmds
 
     def describe(self) -> str:
@@ -175,6 +176,15 @@ class Plan:
 def rps_command(ns: str, dev: str, mask: str) -> list:
     return ["ip", "netns", "exec", ns, "sh", "-c",
             f"echo {mask} > /sys/class/net/{dev}/queues/rx-0/rps_cpus"]
+
+
+def tw_reuse_command(ns: str) -> list:
+    """net.ipv4.tcp_tw_reuse = 1 inside load host `ns` (a sysctl of our own
+    namespace, not the machine's): its connects may take a port whose
+    TIME_WAIT is 1 s old. The default, 2, does so on loopback only; on the
+    veth a churn run would run out of ports at ~470 connections a second per
+    source address (docs/kernel-tuning.md, Connection churn)."""
+    return ["ip", "netns", "exec", ns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/tcp_tw_reuse"]
 
 
 def plan(pid: int, load_hosts: int, server_cpus: list, client_cpus: list) -> Plan:

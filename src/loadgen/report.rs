@@ -130,14 +130,6 @@ add_assign_fields!(Messages {
     abandoned,
 });
 add_assign_fields!(Bytes { sent, received });
-add_assign_fields!(Datagrams {
-    sent,
-    received,
-    lost,
-    duplicated,
-    reordered,
-    late,
-});
 
 impl Connections {
     /// Connections held to the end, and answered (without churn).
@@ -213,15 +205,9 @@ pub struct Udp {
     pub loss_ratio: f64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Datagrams {
-    pub sent: u64,
-    pub received: u64,
-    pub lost: u64,
-    pub duplicated: u64,
-    pub reordered: u64,
-    pub late: u64,
-}
+/// A `--udp` run's datagrams by what became of them: the engine's counts as
+/// they are.
+pub type Datagrams = super::stats::UdpCounts;
 
 impl Udp {
     pub fn new(datagrams: Datagrams) -> Udp {
@@ -346,16 +332,7 @@ impl Report {
                 received: c.bytes_received,
             },
             throughput,
-            udp: t.udp.map(|u| {
-                Udp::new(Datagrams {
-                    sent: u.sent,
-                    received: u.received,
-                    lost: u.lost,
-                    duplicated: u.duplicated,
-                    reordered: u.reordered,
-                    late: u.late,
-                })
-            }),
+            udp: t.udp.map(Udp::new),
             latency_us: Percentiles::of(&t.latency),
             connect_us: Percentiles::of(&t.connect),
             transaction_us: Percentiles::of(&t.transaction),

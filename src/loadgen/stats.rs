@@ -71,7 +71,7 @@ pub struct Counters {
 
 /// `--udp` datagrams of the measured part, by what became of them. At the
 /// end, `sent == received + lost`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UdpCounts {
     /// Sends completed, failed ones included (those are lost too).
     pub sent: u64,

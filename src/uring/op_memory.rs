@@ -120,14 +120,7 @@ impl OpMemory {
         offset: u32,
         len: u32,
     ) -> *const u8 {
-        let ring = &self.groups[group.index as usize];
-        assert!(
-            u32::from(buf.0) < ring.count()
-                && u64::from(offset) + u64::from(len) <= u64::from(ring.buf_size()),
-            "buffer {buf:?} bytes {offset}+{len} outside group {}",
-            group.bgid
-        );
-        ring.ptr(buf, offset)
+        buffer_ptr(&self.groups, group, buf, offset, len)
     }
 
     /// A pointer to `len` bytes at `start` of `source`, checked to lie in it.
@@ -203,19 +196,6 @@ impl OpMemory {
         self.msgs[id.index()].hdr.msg_namelen = len as libc::socklen_t;
     }
 
-    fn part_ptr(&self, id: MsgId, part: Part) -> (*const u8, usize) {
-        match part {
-            Part::Buffer {
-                group,
-                buf,
-                offset,
-                len,
-            } => (self.buffer_ptr(group, buf, offset, len), len as usize),
-            Part::Source { source, start, len } => (self.source_ptr(source, start, len), len),
-            Part::Inline { len } => (self.msgs[id.index()].inline[..len].as_ptr(), len),
-        }
-    }
-
     /// Points message `id` at `name` (the destination address, for an
     /// unconnected socket) and `parts`; returns how many parts it took (at
     /// most its iovec count). Every pointer is checked to lie in memory owned here.
@@ -225,20 +205,39 @@ impl OpMemory {
         name: Option<Part>,
         parts: impl IntoIterator<Item = Part>,
     ) -> usize {
-        let name = name.map(|p| self.part_ptr(id, p));
-        let capacity = self.msgs[id.index()].iov.len();
-        let mut iov = [(std::ptr::null::<u8>(), 0usize); 64];
+        // Disjoint borrows: what parts point into, and the message written.
+        let Self {
+            groups,
+            sources,
+            msgs,
+            ..
+        } = self;
+        let m = &mut *msgs[id.index()];
+        let inline = &m.inline;
+        let resolve = |part: Part| -> (*const u8, usize) {
+            match part {
+                Part::Buffer {
+                    group,
+                    buf,
+                    offset,
+                    len,
+                } => (buffer_ptr(groups, group, buf, offset, len), len as usize),
+                Part::Source { source, start, len } => {
+                    let bytes = (*sources[source.0 as usize]).as_ref();
+                    (bytes[start..start + len].as_ptr(), len)
+                }
+                Part::Inline { len } => (inline[..len].as_ptr(), len),
+            }
+        };
+        let name = name.map(resolve);
         let mut n = 0;
-        for part in parts.into_iter().take(capacity.min(iov.len())) {
-            iov[n] = self.part_ptr(id, part);
-            n += 1;
-        }
-        let m = &mut *self.msgs[id.index()];
-        for (slot, &(ptr, len)) in m.iov.iter_mut().zip(&iov[..n]) {
+        for (slot, part) in m.iov.iter_mut().zip(parts) {
+            let (ptr, len) = resolve(part);
             *slot = libc::iovec {
                 iov_base: ptr as *mut libc::c_void,
                 iov_len: len,
             };
+            n += 1;
         }
         (m.hdr.msg_name, m.hdr.msg_namelen) = match name {
             Some((ptr, len)) => (ptr as *mut libc::c_void, len as libc::socklen_t),
@@ -248,6 +247,18 @@ impl OpMemory {
         m.hdr.msg_iovlen = n as _;
         n
     }
+}
+
+/// A pointer to `len` bytes at `offset` of buffer `buf`, checked to lie in the group.
+fn buffer_ptr(groups: &[BufRing], group: BufGroup, buf: BufId, offset: u32, len: u32) -> *const u8 {
+    let ring = &groups[group.index as usize];
+    assert!(
+        u32::from(buf.0) < ring.count()
+            && u64::from(offset) + u64::from(len) <= u64::from(ring.buf_size()),
+        "buffer {buf:?} bytes {offset}+{len} outside group {}",
+        group.bgid
+    );
+    ring.ptr(buf, offset)
 }
 
 #[cfg(test)]

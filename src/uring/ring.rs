@@ -1,7 +1,7 @@
 //! The one submission layer over io_uring, used by the server's worker, the
 //! load generator's engine and `examples/minimal_echo.rs`: it owns the ring,
 //! the backlog of entries that did not fit the submission queue, the count of
-//! operations in flight, and (in [`OpMemory`]) all the memory operations point
+//! operations in flight, and (in [`op_memory`](super::op_memory)) all the memory operations point
 //! into. Its methods are typed and safe; the event loops above it say
 //! `#![forbid(unsafe_code)]`.
 //!
@@ -9,7 +9,7 @@
 //! Memory an operation points into stays allocated, unmoved, until that
 //! operation's final completion (the one without `IORING_CQE_F_MORE`) has been
 //! reaped. This module keeps it so:
-//! - every pointer put in an entry points into [`OpMemory`], which this
+//! - every pointer put in an entry points into `OpMemory` (`op_memory`), which this
 //!   module owns, reaches only through bounds-checked ids, and never shrinks;
 //! - [`Ring::teardown`] (run on every exit path: explicitly by the loops, and by
 //!   `Drop` whatever happened, an error from `io_uring_enter` included) asks the

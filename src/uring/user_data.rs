@@ -36,55 +36,64 @@ pub const TEARDOWN_CODE: u8 = 0xff;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserData(u64);
 
-/// What an operation was; the completion handler dispatches on it.
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpKind {
-    /// Multishot accept on the worker's listener.
-    Accept = 1,
-    /// Multishot receive on a connection, from the buffer ring.
-    Recv = 2,
-    /// A send of (part of) one received buffer.
-    Send = 3,
-    /// Shutdown(SHUT_WR) during a graceful stop.
-    Shutdown = 4,
-    /// Close of a connection's direct descriptor.
-    Close = 5,
-    /// Close of a descriptor refused at accept (over --max-conns): no slab slot.
-    CloseRejected = 6,
-    /// A cancel request (its own completion; the cancelled op completes separately).
-    Cancel = 7,
-    /// Read of the worker's eventfd: a graceful stop was requested.
-    Wake = 8,
-    /// A timer tick while draining, to check the drain deadline.
-    Tick = 9,
-    /// Multishot recvmsg on the worker's UDP socket.
-    UdpRecv = 10,
-    /// A datagram's reply; the key is its buffer id.
-    UdpSend = 11,
+/// Declares a table of operation kinds: a `#[repr(u8)]` enum whose variants
+/// name their codes, and its [`KindCode`], so that a code and its variant are
+/// written once.
+macro_rules! kind_table {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $code:literal,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant = $code,)*
+        }
+
+        impl $crate::uring::user_data::KindCode for $name {
+            fn code(self) -> u8 {
+                self as u8
+            }
+
+            fn from_code(code: u8) -> Option<$name> {
+                match code {
+                    $($code => Some($name::$variant),)*
+                    _ => None,
+                }
+            }
+        }
+    };
 }
+pub(crate) use kind_table;
 
-impl KindCode for OpKind {
-    fn code(self) -> u8 {
-        self as u8
-    }
-
-    fn from_code(v: u8) -> Option<OpKind> {
-        use OpKind::*;
-        Some(match v {
-            1 => Accept,
-            2 => Recv,
-            3 => Send,
-            4 => Shutdown,
-            5 => Close,
-            6 => CloseRejected,
-            7 => Cancel,
-            8 => Wake,
-            9 => Tick,
-            10 => UdpRecv,
-            11 => UdpSend,
-            _ => return None,
-        })
+kind_table! {
+    /// What an operation was; the completion handler dispatches on it.
+    pub enum OpKind {
+        /// Multishot accept on the worker's listener.
+        Accept = 1,
+        /// Multishot receive on a connection, from the buffer ring.
+        Recv = 2,
+        /// A send of (part of) one received buffer.
+        Send = 3,
+        /// Shutdown(SHUT_WR) during a graceful stop.
+        Shutdown = 4,
+        /// Close of a connection's direct descriptor.
+        Close = 5,
+        /// Close of a descriptor refused at accept (over --max-conns): no slab slot.
+        CloseRejected = 6,
+        /// A cancel request (its own completion; the cancelled op completes separately).
+        Cancel = 7,
+        /// Read of the worker's eventfd: a graceful stop was requested.
+        Wake = 8,
+        /// A timer tick while draining, to check the drain deadline.
+        Tick = 9,
+        /// Multishot recvmsg on the worker's UDP socket.
+        UdpRecv = 10,
+        /// A datagram's reply; the key is its buffer id.
+        UdpSend = 11,
     }
 }
 

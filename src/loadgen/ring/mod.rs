@@ -30,7 +30,7 @@ pub use crate::uring::ring::Completion;
 use crate::uring::ring::{self as layer, AddressId, BufGroup, RecvLimits, Sock, SourceId};
 use crate::uring::setup::build_ring;
 pub use crate::uring::user_data::GENERATION_MASK;
-use crate::uring::user_data::{KindCode, UserData};
+use crate::uring::user_data::{UserData, kind_table};
 
 mod datagram;
 use datagram::DatagramSend;
@@ -64,38 +64,20 @@ impl RecvBufs {
     };
 }
 
-/// What an operation was: the kind byte of the shared `user_data` codec
-/// ([`UserData`], layout drawn in `uring::user_data`), whose key is the
-/// connection slot and whose generation tells a reused slot's connections
-/// apart (with `--messages-per-conn`; without churn it stays 0).
-#[repr(u8)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OpKind {
-    Connect = 1,
-    /// Multishot receive from the buffer ring.
-    Recv = 2,
-    Send = 3,
-    Close = 4,
-    Cancel = 5,
-    /// A `--udp` datagram's send (header and payload).
-    Datagram = 6,
-}
-
-impl KindCode for OpKind {
-    fn code(self) -> u8 {
-        self as u8
-    }
-
-    fn from_code(code: u8) -> Option<OpKind> {
-        Some(match code {
-            1 => OpKind::Connect,
-            2 => OpKind::Recv,
-            3 => OpKind::Send,
-            4 => OpKind::Close,
-            5 => OpKind::Cancel,
-            6 => OpKind::Datagram,
-            _ => return None,
-        })
+kind_table! {
+    /// What an operation was: the kind byte of the shared `user_data` codec
+    /// ([`UserData`], layout drawn in `uring::user_data`), whose key is the
+    /// connection slot and whose generation tells a reused slot's connections
+    /// apart (with `--messages-per-conn`; without churn it stays 0).
+    pub enum OpKind {
+        Connect = 1,
+        /// Multishot receive from the buffer ring.
+        Recv = 2,
+        Send = 3,
+        Close = 4,
+        Cancel = 5,
+        /// A `--udp` datagram's send (header and payload).
+        Datagram = 6,
     }
 }
 

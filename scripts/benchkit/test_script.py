@@ -2,6 +2,7 @@
 processes replaced by a stand-in (the CI smoke run runs them for real):
 python3 -m unittest discover -s scripts/benchkit"""
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -41,12 +42,19 @@ def fake_execute(env, run, **_kw):
     return run
 
 
+@contextlib.contextmanager
+def stubbed_bench():
+    """bench.py with the build and the processes stubbed, and a scratch --out."""
+    bench = load_bench()
+    with tempfile.TemporaryDirectory() as d, \
+            mock.patch.object(procs, "execute", fake_execute), \
+            mock.patch.object(bench, "build", lambda *_: None):
+        yield bench, d
+
+
 class Script(unittest.TestCase):
     def test_a_quick_run_goes_from_arguments_to_results_json(self):
-        bench = load_bench()
-        with tempfile.TemporaryDirectory() as d, \
-                mock.patch.object(procs, "execute", fake_execute), \
-                mock.patch.object(bench, "build", lambda *_: None):
+        with stubbed_bench() as (bench, d):
             rc = bench.main(["--quick", "--no-build", "--topology", "loopback", "--out", d])
             self.assertEqual(rc, 0)
             res = json.loads((Path(d) / "results.json").read_text())
@@ -55,10 +63,7 @@ class Script(unittest.TestCase):
             self.assertIn("| 1,000 | 120.0k", (Path(d) / "results.md").read_text())
 
     def test_from_results_writes_the_same_tables_again_and_knees_for_a_new_bound(self):
-        bench = load_bench()
-        with tempfile.TemporaryDirectory() as d, \
-                mock.patch.object(procs, "execute", fake_execute), \
-                mock.patch.object(bench, "build", lambda *_: None):
+        with stubbed_bench() as (bench, d):
             argv = ["--quick", "--no-build", "--topology", "loopback", "--sweep", "--sweep-steps",
                     "3", "--sweep-cells", "1000x64", "--out", d]
             self.assertEqual(bench.main(argv), 0)
@@ -72,10 +77,7 @@ class Script(unittest.TestCase):
             self.assertEqual({k["bound_us"] for k in again["sweeps"][0]["knees"].values()}, {300.0})
 
     def test_a_failed_run_exits_1_with_the_results_written(self):
-        bench = load_bench()
-        with tempfile.TemporaryDirectory() as d, \
-                mock.patch.object(procs, "execute", fake_execute), \
-                mock.patch.object(bench, "build", lambda *_: None):
+        with stubbed_bench() as (bench, d):
             argv = ["--quick", "--no-build", "--topology", "loopback", "--conns", "100,10000",
                     "--out", d]
             self.assertEqual(bench.main(argv), 1)

@@ -1,5 +1,5 @@
 //! A minimal io_uring TCP echo server, to read before the real one
-//! (`src/uring/worker.rs`). It covers the core of it on the same ring layer
+//! (`src/server/uring/worker.rs`). It covers the core of it on the same ring layer
 //! (`uring_echo::uring::ring`, whose module doc states the one safety
 //! contract): multishot accept, multishot receive from a provided-buffer ring,
 //! send, and recycling the buffer. No `unsafe` here: the layer owns every
@@ -35,9 +35,9 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::AsRawFd;
 
 use uring_echo::echo_queue::BufId;
-use uring_echo::uring::ring::{BufGroup, Completion, RecvLimits, Ring, Sock};
-use uring_echo::uring::setup::{SERVER_OPS, build_ring, check_features};
-use uring_echo::uring::user_data::{KindCode, UserData};
+use uring_echo::ring::setup::{SERVER_OPS, build_ring, check_features};
+use uring_echo::ring::user_data::{KindCode, UserData};
+use uring_echo::ring::{BufGroup, Completion, RecvLimits, Ring, Sock};
 
 const BUF_COUNT: u32 = 1024;
 const BUF_BYTES: u32 = 4096;

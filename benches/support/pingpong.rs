@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{IoUring, cqueue, opcode, types};
 use uring_echo::echo_queue::BufId;
-use uring_echo::uring::buf_ring::BufRing;
+use uring_echo::ring::buf_ring::BufRing;
 
 const RECV: u64 = 1;
 const SEND: u64 = 2;

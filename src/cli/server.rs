@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
-use crate::config::{
+use crate::server::config::{
     Backend, Config, MAX_BUF_COUNT, MAX_BUF_SIZE_BYTES, MAX_CQ_ENTRIES, MAX_UDP_DATAGRAM,
 };
 

@@ -3,7 +3,7 @@
 //! then payload bytes derived from (flow, sequence) through the shared
 //! [`Pattern`], so an echo can be verified byte-exact without keeping a copy,
 //! and matched to the datagram it answers (for loss, duplication and
-//! reordering, which [`super::flow`] counts).
+//! reordering, which `super::flow` counts).
 //!
 //! Header layout, little-endian: `flow: u32 | len: u32 | seq: u64`. `len` is
 //! the whole datagram's length, so an echo cut short or padded is caught even

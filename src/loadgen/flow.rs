@@ -202,6 +202,7 @@ impl Flow {
     }
 
     /// Datagrams created and not yet settled (echoed or lost).
+    #[cfg(test)]
     pub fn outstanding(&self) -> usize {
         self.window
             .iter()

@@ -5,12 +5,12 @@
 //!
 //! - [`config`]: the validated configuration (built by `cli::loadgen`).
 //! - [`connect`]: target resolution, source-address spreading, socket setup, limit hints.
-//! - [`engine`]: one thread's ring loop: the connection ramp, then the load.
-//! - [`ring`]: the io_uring plumbing, and the module's only unsafe code.
-//! - [`conn`]: one connection's state and message bookkeeping.
-//! - [`datagram`], [`flow`]: with `--udp`, what a datagram carries and how its
+//! - `engine`: one thread's ring loop: the connection ramp, then the load.
+//! - `ring`: the engine's operations on the shared ring layer ([`crate::ring`]).
+//! - `conn`: one connection's state and message bookkeeping.
+//! - [`datagram`], `flow`: with `--udp`, what a datagram carries and how its
 //!   echo is checked; one flow's sequence numbers, loss, duplicates, reordering.
-//! - [`pacing`]: fixed-rate schedules (open-loop messages, connection ramp).
+//! - `pacing`: fixed-rate schedules (open-loop messages, connection ramp).
 //! - [`pattern`]: the shared byte pattern that sends come from and echoes are checked against.
 //! - [`stats`]: per-thread counters and histograms, and what progress reads.
 //! - [`report`]: the JSON result, the human summary, the exit checks.
@@ -23,19 +23,19 @@
 //! forbid it in `ring` too).
 
 pub mod config;
-pub mod conn;
+pub(crate) mod conn;
 pub mod connect;
 pub mod datagram;
 pub mod diagnosis;
-pub mod engine;
+pub(crate) mod engine;
 pub mod error;
-pub mod flow;
+pub(crate) mod flow;
 pub mod histogram;
 pub mod merge;
-pub mod pacing;
+pub(crate) mod pacing;
 pub mod pattern;
 pub mod report;
-pub mod ring;
+pub(crate) mod ring;
 pub mod stats;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};

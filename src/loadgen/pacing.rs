@@ -49,6 +49,7 @@ impl Schedule {
     }
 
     /// Events taken so far.
+    #[cfg(test)]
     pub fn taken(&self) -> u64 {
         self.next
     }

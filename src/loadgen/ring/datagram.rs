@@ -5,7 +5,7 @@
 
 use super::{RecvBufs, Ring, Tag};
 use crate::loadgen::datagram::{HEADER_BYTES, Header};
-use crate::uring::ring::{self as layer, MsgId, Part, Sock};
+use crate::ring::{self as layer, MsgId, Part, Sock};
 
 /// With `--udp` every datagram needs a whole buffer; buffers per ring are cut
 /// so their memory stays under this (only touched pages are backed anyway).

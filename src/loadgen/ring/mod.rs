@@ -11,7 +11,7 @@
 //! The engine decides what to submit and when; the submission itself, and the
 //! memory operations point into (the target address, the pattern, the receive
 //! buffers, the datagram messages), belong to the shared layer
-//! [`crate::uring::ring`], whose safety contract covers them.
+//! [`crate::ring`], whose safety contract covers them.
 #![forbid(unsafe_code)]
 
 use std::io;
@@ -26,11 +26,11 @@ use socket2::{SockAddr, Socket};
 use super::error::Error;
 use super::pattern::Pattern;
 use crate::echo_queue::BufId;
-pub use crate::uring::ring::Completion;
-use crate::uring::ring::{self as layer, AddressId, BufGroup, RecvLimits, Sock, SourceId};
-use crate::uring::setup::build_ring;
-pub use crate::uring::user_data::GENERATION_MASK;
-use crate::uring::user_data::{UserData, kind_table};
+pub use crate::ring::Completion;
+use crate::ring::setup::build_ring;
+pub use crate::ring::user_data::GENERATION_MASK;
+use crate::ring::user_data::{UserData, kind_table};
+use crate::ring::{self as layer, AddressId, BufGroup, RecvLimits, Sock, SourceId};
 
 mod datagram;
 use datagram::DatagramSend;
@@ -209,7 +209,7 @@ impl Ring {
 
 /// Checks the operations and features the engine uses, naming what is missing.
 fn check_features(ring: &IoUring) -> Result<(), Error> {
-    use crate::uring::setup::{self, SetupError};
+    use crate::ring::setup::{self, SetupError};
     setup::check_features(ring, &setup::LOADGEN_OPS, true).map_err(|e| match e {
         SetupError::UnsupportedKernel {
             feature,

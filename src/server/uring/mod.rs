@@ -2,38 +2,29 @@
 //! into the ring's table of direct descriptors, multishot receive from a
 //! registered provided-buffer ring, and the received buffer sent back as is.
 //!
-//! - [`setup`]: builds the ring with the best flags the kernel takes, probes features.
-//! - [`ring`]: the one submission layer (shared with `loadgen` and the
-//!   example): typed, safe operations, the memory they point into
-//!   ([`op_memory`]), and teardown.
-//! - [`buf_ring`]: the provided buffer ring and its memory.
-//! - [`user_data`]: the 64-bit tag on every operation.
-//! - [`conn`]: one connection's state.
-//! - [`udp`]: UDP echo on the same ring.
 //! - [`worker`]: the event loop.
-//!
-//! `unsafe` lives in `ring`, `op_memory`'s callers there, `buf_ring` and
-//! `setup`; the rest says `#![forbid(unsafe_code)]`.
+//! - [`conn`]: one connection's state, and `next_step`, its transitions.
+//! - [`udp`]: UDP echo on the same ring.
+//! - [`op_kind`]: the kinds of operation the worker submits.
+//! - this file: setting up one worker's ring on [`crate::ring`], the shared
+//!   layer that submits every operation, owns the memory they point into and
+//!   holds the only `unsafe` code; everything here says
+//!   `#![forbid(unsafe_code)]`.
 //!
 //! Terms used in this module: SQE/CQE are submission/completion queue entries;
 //! a *direct descriptor* is a slot in the ring's own file table (not the
 //! process's fd table); *bgid* is the id of a provided-buffer group.
+#![forbid(unsafe_code)]
 
-pub mod buf_ring;
 pub mod conn;
-pub mod op_memory;
-pub mod ring;
-pub mod setup;
+pub mod op_kind;
 pub mod udp;
-pub mod user_data;
 pub mod worker;
 
-use std::io;
+use crate::ring::setup::{self, RingFlags, SetupError};
+use crate::ring::{self, Ring};
 
-pub use ring::Ring;
-pub use setup::{RingFlags, SetupError};
-
-use crate::config::Config;
+use crate::server::config::Config;
 
 /// The buffer group every receive names.
 pub const BGID: u16 = 0;
@@ -101,9 +92,4 @@ pub const MAX_TABLE_SLOTS: u32 = 1 << 20;
 pub fn direct_table_slots(config: &Config, open_files_limit: u64) -> u32 {
     let limit = open_files_limit.min(u64::from(MAX_TABLE_SLOTS));
     limit.min(config.max_conns as u64).max(1) as u32
-}
-
-/// Turns a setup failure into the io::Error the server reports.
-pub fn setup_error(err: SetupError) -> io::Error {
-    io::Error::other(err)
 }

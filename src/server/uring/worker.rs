@@ -10,21 +10,21 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 use socket2::Socket;
 
 use super::conn::{Conn, Flags, MAX_SEND_IOVECS, SendVec, Step, next_step};
-use super::ring::{BufGroup, Completion, Part, RecvLimits, Ring, Sock, TimerId};
+use super::op_kind::OpKind;
 use super::udp::{Received, UdpEcho};
-use super::user_data::{GENERATION_MASK, OpKind, UserData};
-use crate::capacity::{self, TableFull};
-use crate::config::Config;
 use crate::echo_queue::{BufId, Chunk};
-use crate::shutdown::Shutdown;
-use crate::stats::WorkerStats;
+use crate::ring::user_data::{GENERATION_MASK, UserData};
+use crate::ring::{BufGroup, Completion, Part, RecvLimits, Ring, Sock, TimerId};
+use crate::server::Shared;
+use crate::server::capacity::{self, TableFull};
+use crate::server::stats::WorkerStats;
 
 /// How often a draining worker checks its drain deadline, and how long a
 /// failed accept waits before it is retried.
@@ -62,16 +62,6 @@ fn wake_action(res: i32) -> WakeAction {
         r if r == -libc::ECANCELED => WakeAction::Nothing,
         _ => WakeAction::RearmAtTick,
     }
-}
-
-/// Everything a worker shares with the others, by reference.
-pub struct Shared<'a> {
-    pub config: &'a Config,
-    pub stats: &'a WorkerStats,
-    pub shutdown: &'a Shutdown,
-    /// Connections open in all workers, for `--max-conns`.
-    pub open_conns: &'a AtomicUsize,
-    pub worker_id: usize,
 }
 
 pub struct Worker<'a> {
@@ -120,7 +110,7 @@ impl<'a> Worker<'a> {
     ) -> Worker<'a> {
         let free_bufs = shared.config.buf_count;
         let table_slots =
-            crate::uring::direct_table_slots(shared.config, crate::sys::open_files_limit());
+            crate::server::uring::direct_table_slots(shared.config, crate::sys::open_files_limit());
         let tick = ring.add_timer(TICK);
         Worker {
             ring,

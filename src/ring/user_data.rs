@@ -2,7 +2,7 @@
 //! returns: which operation it was, on which connection, of which generation.
 //!
 //! One codec for every ring user. The layout is fixed here; what the kind byte
-//! means is each user's own table ([`OpKind`] for the server, the load
+//! means is each user's own table (`server::uring::op_kind::OpKind`, the load
 //! generator's `loadgen::ring::OpKind`), both implementing [`KindCode`]. Code 0
 //! is never written, and [`TEARDOWN_CODE`] belongs to the ring layer.
 #![forbid(unsafe_code)]
@@ -53,7 +53,7 @@ macro_rules! kind_table {
             $($(#[$vmeta])* $variant = $code,)*
         }
 
-        impl $crate::uring::user_data::KindCode for $name {
+        impl $crate::ring::user_data::KindCode for $name {
             fn code(self) -> u8 {
                 self as u8
             }
@@ -68,34 +68,6 @@ macro_rules! kind_table {
     };
 }
 pub(crate) use kind_table;
-
-kind_table! {
-    /// What an operation was; the completion handler dispatches on it.
-    pub enum OpKind {
-        /// Multishot accept on the worker's listener.
-        Accept = 1,
-        /// Multishot receive on a connection, from the buffer ring.
-        Recv = 2,
-        /// A send of (part of) one received buffer.
-        Send = 3,
-        /// Shutdown(SHUT_WR) during a graceful stop.
-        Shutdown = 4,
-        /// Close of a connection's direct descriptor.
-        Close = 5,
-        /// Close of a descriptor refused at accept (over --max-conns): no slab slot.
-        CloseRejected = 6,
-        /// A cancel request (its own completion; the cancelled op completes separately).
-        Cancel = 7,
-        /// Read of the worker's eventfd: a graceful stop was requested.
-        Wake = 8,
-        /// A timer tick while draining, to check the drain deadline.
-        Tick = 9,
-        /// Multishot recvmsg on the worker's UDP socket.
-        UdpRecv = 10,
-        /// A datagram's reply; the key is its buffer id.
-        UdpSend = 11,
-    }
-}
 
 /// Generations wrap at 24 bits.
 pub const GENERATION_MASK: u32 = (1 << 24) - 1;
@@ -151,6 +123,16 @@ impl UserData {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    kind_table! {
+        enum OpKind {
+            Accept = 1,
+            Recv = 2,
+            Send = 3,
+            Tick = 9,
+            UdpSend = 11,
+        }
+    }
 
     #[test]
     fn every_field_survives_a_round_trip() {

@@ -21,9 +21,10 @@ use std::os::fd::AsRawFd;
 use io_uring::types::RecvMsgOut;
 use socket2::Socket;
 
-use super::ring::{BufGroup, MsgId, Part, Ring, Sock};
-use super::user_data::{OpKind, UserData};
+use super::op_kind::OpKind;
 use crate::echo_queue::BufId;
+use crate::ring::user_data::UserData;
+use crate::ring::{BufGroup, MsgId, Part, Ring, Sock};
 
 /// The UDP buffer group (TCP receives use group 0).
 pub const UDP_BGID: u16 = 1;

@@ -240,7 +240,7 @@ pub const SQE_OPTLEN_OFFSET: usize = 44;
 /// Sets a 32-bit field of an SQE that the io-uring crate's builders do not
 /// expose (0.7.16 has `len` on `RecvMulti` but not on `RecvMultiBundle`, and
 /// nothing for `optlen`, nor a setter for `ioprio` that would let the bundle
-/// flag ride on `RecvMulti`). The one wrapper that does; only `ring.rs` calls
+/// flag ride on `RecvMulti`). The one wrapper that does; only `ring/mod.rs` calls
 /// it, and `ring::tests::the_kernel_ends_a_multishot_receive_at_its_total_byte_limit`
 /// checks that the kernel honours what it writes:
 /// - `len` of a receive bundle caps the bytes, so the buffers, one completion

@@ -18,23 +18,12 @@ use socket2::Socket;
 use tokio::sync::watch;
 use tokio_uring::net::{TcpListener, TcpStream};
 
-use crate::capacity::{self, TableFull};
-use crate::config::Config;
-use crate::shutdown::Shutdown;
-use crate::stats::{Stats, WorkerStats};
+use crate::server::Shared;
+use crate::server::capacity::{self, TableFull};
+use crate::server::stats::{Stats, WorkerStats};
 
-/// tokio-uring's tasks must be `'static`, so what they share comes in `Arc`s.
+/// How often the accept loop checks for a graceful stop.
 const STOP_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
-
-pub struct Shared<'a> {
-    pub config: &'a Config,
-    pub stats: Arc<Stats>,
-    pub shutdown: &'a Shutdown,
-    pub open_conns: Arc<AtomicUsize>,
-    /// The process's file-descriptor table, which all workers fill together.
-    pub fd_table: Arc<TableFull>,
-    pub worker_id: usize,
-}
 
 /// Runs one worker's runtime until a graceful stop has drained its connections.
 pub fn run(listener: Socket, shared: Shared<'_>) -> io::Result<()> {
@@ -44,11 +33,11 @@ pub fn run(listener: Socket, shared: Shared<'_>) -> io::Result<()> {
         let acceptor = Acceptor {
             listener: TcpListener::from_std(std_listener),
             stats: StatsHandle {
-                stats: shared.stats.clone(),
+                stats: Arc::clone(shared.all_stats),
                 worker: shared.worker_id,
             },
-            open_conns: shared.open_conns.clone(),
-            fd_table: shared.fd_table.clone(),
+            open_conns: Arc::clone(shared.open_conns),
+            fd_table: Arc::clone(shared.fd_table),
             max_conns: shared.config.max_conns,
             buf_size: shared.config.buf_size_bytes as usize,
             drain_timeout: shared.config.drain_timeout,

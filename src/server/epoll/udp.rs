@@ -7,7 +7,7 @@
 use std::io;
 use std::net::UdpSocket;
 
-use crate::stats::WorkerStats;
+use crate::server::stats::WorkerStats;
 
 /// Datagrams handled per wakeup; the socket is level-triggered, so the rest
 /// are reported again by the next wait.

@@ -13,7 +13,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::config::{Backend, Config};
+use crate::server::config::{Backend, Config};
 
 /// Connections the server can hold at once, and why that many.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +31,9 @@ impl Capacity {
         let limit = usize::try_from(open_files_limit).unwrap_or(usize::MAX);
         let (conns, source) = match config.backend {
             Backend::Uring => {
-                let per_ring = crate::uring::direct_table_slots(config, open_files_limit) as usize;
-                let why = if open_files_limit > u64::from(crate::uring::MAX_TABLE_SLOTS) {
+                let per_ring =
+                    crate::server::uring::direct_table_slots(config, open_files_limit) as usize;
+                let why = if open_files_limit > u64::from(crate::server::uring::MAX_TABLE_SLOTS) {
                     "the most a ring is given"
                 } else {
                     "RLIMIT_NOFILE"

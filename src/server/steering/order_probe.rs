@@ -147,10 +147,10 @@ mod tests {
         let port = before
             .first()
             .map_or(0, |s| s.local_addr().unwrap().as_socket().unwrap().port());
-        let first = crate::net::bind_listener(loopback(port), 16).unwrap();
+        let first = crate::server::net::bind_listener(loopback(port), 16).unwrap();
         let port = first.local_addr().unwrap().as_socket().unwrap().port();
         let mut all = vec![first];
-        all.extend((1..n).map(|_| crate::net::bind_listener(loopback(port), 16).unwrap()));
+        all.extend((1..n).map(|_| crate::server::net::bind_listener(loopback(port), 16).unwrap()));
         all
     }
 
@@ -158,11 +158,11 @@ mod tests {
     fn a_group_joined_in_worker_order_is_found_in_that_order() {
         assert_eq!(check(&group(&[], 3), Kind::Tcp), Order::Workers);
         let port = {
-            let probe = crate::net::bind_udp(loopback(0)).unwrap();
+            let probe = crate::server::net::bind_udp(loopback(0)).unwrap();
             probe.local_addr().unwrap().as_socket().unwrap().port()
         };
         let udp: Vec<Socket> = (0..3)
-            .map(|_| crate::net::bind_udp(loopback(port)).unwrap())
+            .map(|_| crate::server::net::bind_udp(loopback(port)).unwrap())
             .collect();
         assert_eq!(check(&udp, Kind::Udp), Order::Workers);
     }

@@ -2,7 +2,18 @@
 //! up its own backend in its own thread and reports back), prints the effective
 //! configuration, optional periodic stats, and the summary at the end.
 //! It knows nothing of how a backend echoes.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+pub(crate) mod capacity;
+pub mod config;
+#[allow(unsafe_code)] // its poller: epoll_create1 and friends, fenced there
+pub(crate) mod epoll;
+pub(crate) mod net;
+pub(crate) mod shutdown;
+pub mod stats;
+pub(crate) mod steering;
+pub(crate) mod tokio_uring_rt;
+pub(crate) mod uring;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -15,13 +26,31 @@ use std::time::Instant;
 use anyhow::{Context, anyhow};
 use socket2::Socket;
 
-use crate::capacity::{self, Capacity, TableFull};
-use crate::config::{Backend, Config};
+use self::capacity::{Capacity, TableFull};
+use self::config::{Backend, Config};
+use self::shutdown::{Shutdown, SignalThread};
+use self::stats::{Snapshot, Stats, WorkerStats};
+use self::steering::Steering;
 use crate::cpus::CpuList;
-use crate::shutdown::{Shutdown, SignalThread};
-use crate::stats::{Snapshot, Stats};
-use crate::steering::{self, Steering};
-use crate::{epoll, net, tokio_uring_rt, uring};
+
+/// What every worker shares with the others, whichever its backend: one
+/// context instead of one per backend. The counters, the open-connection count
+/// and the descriptor-table notice sit in `Arc`s because tokio-uring's tasks
+/// must be `'static`.
+#[derive(Clone, Copy)]
+pub struct Shared<'a> {
+    pub config: &'a Config,
+    /// This worker's counters.
+    pub stats: &'a WorkerStats,
+    /// Every worker's counters.
+    pub all_stats: &'a Arc<Stats>,
+    pub shutdown: &'a Shutdown,
+    /// Connections open in all workers, for `--max-conns`.
+    pub open_conns: &'a Arc<AtomicUsize>,
+    /// The process's file-descriptor table, which all workers fill together.
+    pub fd_table: &'a Arc<TableFull>,
+    pub worker_id: usize,
+}
 
 /// What a finished run served, for the summary line.
 #[derive(Debug)]
@@ -87,17 +116,19 @@ pub fn run(config: Config) -> anyhow::Result<Summary> {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
+                    let shared = Shared {
+                        config,
+                        stats: stats.worker(id),
+                        all_stats: stats,
+                        shutdown,
+                        open_conns,
+                        fd_table,
+                        worker_id: id,
+                    };
                     let result = match config.backend {
-                        Backend::Uring => run_uring(
-                            id, listener, udp, config, stats, shutdown, open_conns, &ready_tx,
-                        ),
-                        Backend::Epoll => run_epoll(
-                            id, listener, udp, config, stats, shutdown, open_conns, fd_table,
-                            &ready_tx,
-                        ),
-                        Backend::TokioUring => run_tokio_uring(
-                            id, listener, config, stats, shutdown, open_conns, fd_table, &ready_tx,
-                        ),
+                        Backend::Uring => run_uring(listener, udp, shared, &ready_tx),
+                        Backend::Epoll => run_epoll(listener, udp, shared, &ready_tx),
+                        Backend::TokioUring => run_tokio_uring(listener, shared, &ready_tx),
                     };
                     if let Err(e) = result {
                         failures.lock().unwrap().push(format!("worker {id}: {e}"));
@@ -267,17 +298,13 @@ fn banner(
     )
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_uring(
-    id: usize,
     listener: Socket,
     udp: Option<Socket>,
-    config: &Config,
-    stats: &Stats,
-    shutdown: &Shutdown,
-    open_conns: &AtomicUsize,
+    shared: Shared<'_>,
     ready: &mpsc::Sender<Ready>,
 ) -> anyhow::Result<()> {
+    let config = shared.config;
     let mut parts = match uring::setup_worker(config) {
         Ok(parts) => parts,
         Err(e) => {
@@ -311,13 +338,6 @@ fn run_uring(
         }
     );
     let _ = ready.send(Ok(features));
-    let shared = uring::worker::Shared {
-        config,
-        stats: stats.worker(id),
-        shutdown,
-        open_conns,
-        worker_id: id,
-    };
     uring::worker::Worker::new(
         parts.ring,
         parts.bufs,
@@ -330,26 +350,13 @@ fn run_uring(
     .context("io_uring event loop")
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_epoll(
-    id: usize,
     listener: Socket,
     udp: Option<Socket>,
-    config: &Config,
-    stats: &Stats,
-    shutdown: &Shutdown,
-    open_conns: &AtomicUsize,
-    fd_table: &TableFull,
+    shared: Shared<'_>,
     ready: &mpsc::Sender<Ready>,
 ) -> anyhow::Result<()> {
-    let shared = epoll::worker::Shared {
-        config,
-        stats: stats.worker(id),
-        shutdown,
-        open_conns,
-        fd_table,
-        worker_id: id,
-    };
+    let config = shared.config;
     let udp = udp.map(|socket| epoll::udp::UdpEcho::new(socket, config.udp_max_datagram));
     let worker = match epoll::worker::Worker::new(listener, udp, shared) {
         Ok(w) => w,
@@ -367,26 +374,12 @@ fn run_epoll(
     worker.run().context("epoll event loop")
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_tokio_uring(
-    id: usize,
     listener: Socket,
-    config: &Config,
-    stats: &Arc<Stats>,
-    shutdown: &Shutdown,
-    open_conns: &Arc<AtomicUsize>,
-    fd_table: &Arc<TableFull>,
+    shared: Shared<'_>,
     ready: &mpsc::Sender<Ready>,
 ) -> anyhow::Result<()> {
     let _ = ready.send(Ok("tokio_uring_runtime,task_per_connection".to_string()));
-    let shared = tokio_uring_rt::Shared {
-        config,
-        stats: stats.clone(),
-        shutdown,
-        open_conns: open_conns.clone(),
-        fd_table: fd_table.clone(),
-        worker_id: id,
-    };
     tokio_uring_rt::run(listener, shared).context("tokio-uring runtime")
 }
 

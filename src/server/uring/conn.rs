@@ -4,9 +4,9 @@
 //! a slab slot, nothing else (no receive buffer).
 #![forbid(unsafe_code)]
 
-use super::ring::MsgId;
-use super::user_data::UserData;
 use crate::echo_queue::EchoQueue;
+use crate::ring::MsgId;
+use crate::ring::user_data::UserData;
 
 /// State bits. Each `*_IN_FLIGHT`/`ARMED` bit is set when the operation is
 /// submitted and cleared by its final completion; the slot is freed only when
@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn a_reused_slot_ignores_the_completions_of_its_previous_connection() {
-        use super::super::user_data::OpKind;
+        use super::super::op_kind::OpKind;
         let mut conns = slab::Slab::new();
         let old_key = conns.insert(Conn::new(7, 41));
         let old_recv = UserData::new(OpKind::Recv, old_key as u32, 41);

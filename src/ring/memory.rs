@@ -3,7 +3,7 @@
 //! generator's pattern), socket addresses, timeouts and the eventfd read slot.
 //!
 //! Everything here is reached through an id or a handle, never a raw pointer,
-//! and is freed only when the [`Ring`](super::ring::Ring) that owns it has
+//! and is freed only when the [`Ring`](super::Ring) that owns it has
 //! reaped every operation's final completion (its teardown), so a pointer the
 //! kernel holds can never dangle. Nothing here is ever moved once allocated:
 //! each item is boxed, and the vectors hold only the boxes.

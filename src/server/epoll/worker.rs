@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
@@ -17,11 +17,10 @@ use socket2::Socket;
 use super::buf_pool::BufPool;
 use super::poller::{CONN_INTEREST, LEVEL_READ, Poller};
 use super::udp::UdpEcho;
-use crate::capacity::{self, TableFull};
-use crate::config::Config;
 use crate::echo_queue::{Chunk, EchoQueue};
-use crate::shutdown::Shutdown;
-use crate::stats::WorkerStats;
+use crate::server::Shared;
+use crate::server::capacity;
+use crate::server::stats::WorkerStats;
 
 const LISTENER: u64 = u64::MAX;
 const WAKER: u64 = u64::MAX - 1;
@@ -35,16 +34,6 @@ const TICK: Duration = Duration::from_millis(50);
 /// Buffers' worth one read may take and one sendmsg may carry: the epoll
 /// counterpart of io_uring's receive bundles and multi-buffer sends.
 const MAX_READ_BUFFERS: usize = 16;
-
-pub struct Shared<'a> {
-    pub config: &'a Config,
-    pub stats: &'a WorkerStats,
-    pub shutdown: &'a Shutdown,
-    pub open_conns: &'a AtomicUsize,
-    /// The process's file-descriptor table, which all workers fill together.
-    pub fd_table: &'a TableFull,
-    pub worker_id: usize,
-}
 
 #[derive(Default)]
 struct State {

@@ -1,7 +1,7 @@
 //! The one submission layer over io_uring, used by the server's worker, the
 //! load generator's engine and `examples/minimal_echo.rs`: it owns the ring,
 //! the backlog of entries that did not fit the submission queue, the count of
-//! operations in flight, and (in [`op_memory`](super::op_memory)) all the memory operations point
+//! operations in flight, and (in [`memory`]) all the memory operations point
 //! into. Its methods are typed and safe; the event loops above it say
 //! `#![forbid(unsafe_code)]`.
 //!
@@ -9,7 +9,7 @@
 //! Memory an operation points into stays allocated, unmoved, until that
 //! operation's final completion (the one without `IORING_CQE_F_MORE`) has been
 //! reaped. This module keeps it so:
-//! - every pointer put in an entry points into `OpMemory` (`op_memory`), which this
+//! - every pointer put in an entry points into `OpMemory` (`memory`), which this
 //!   module owns, reaches only through bounds-checked ids, and never shrinks;
 //! - [`Ring::teardown`] (run on every exit path: explicitly by the loops, and by
 //!   `Drop` whatever happened, an error from `io_uring_enter` included) asks the
@@ -31,12 +31,17 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use socket2::SockAddr;
 
-use super::buf_ring::BufRing;
-use super::op_memory::OpMemory;
-pub use super::op_memory::{AddressId, BufGroup, ByteSource, MsgId, Part, SourceId, TimerId};
-use super::setup::{SQE_LEN_OFFSET, SQE_OPTLEN_OFFSET, with_sqe_u32};
-use super::user_data::UserData;
+pub mod buf_ring;
+pub mod memory;
+pub mod setup;
+pub mod user_data;
+
 use crate::echo_queue::BufId;
+use buf_ring::BufRing;
+use memory::OpMemory;
+pub use memory::{AddressId, BufGroup, ByteSource, MsgId, Part, SourceId, TimerId};
+use setup::{SQE_LEN_OFFSET, SQE_OPTLEN_OFFSET, with_sqe_u32};
+use user_data::UserData;
 
 /// A socket an operation names: a slot of the ring's direct-descriptor table,
 /// or an ordinary descriptor.
@@ -502,7 +507,15 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
-    use crate::uring::user_data::OpKind;
+    use crate::ring::user_data::kind_table;
+
+    kind_table! {
+        enum OpKind {
+            Accept = 1,
+            Recv = 2,
+            Tick = 9,
+        }
+    }
 
     /// A small ring (8 SQ entries), so a burst spills into the backlog.
     fn small_ring() -> Option<Ring> {

@@ -507,15 +507,7 @@ mod tests {
     use std::os::unix::net::UnixStream;
 
     use super::*;
-    use crate::ring::user_data::kind_table;
-
-    kind_table! {
-        enum OpKind {
-            Accept = 1,
-            Recv = 2,
-            Tick = 9,
-        }
-    }
+    use crate::ring::user_data::TestKind as OpKind;
 
     /// A small ring (8 SQ entries), so a burst spills into the backlog.
     fn small_ring() -> Option<Ring> {

@@ -121,18 +121,21 @@ impl UserData {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    kind_table! {
-        enum OpKind {
-            Accept = 1,
-            Recv = 2,
-            Send = 3,
-            Tick = 9,
-            UdpSend = 11,
-        }
+kind_table! {
+    /// Kinds for the ring layer's own tests (each ring user has its own table).
+    pub(crate) enum TestKind {
+        Accept = 1,
+        Recv = 2,
+        Send = 3,
+        Tick = 9,
+        UdpSend = 11,
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestKind as OpKind;
+    use super::*;
 
     #[test]
     fn every_field_survives_a_round_trip() {

@@ -229,6 +229,14 @@ impl<'a> Worker<'a> {
             .map(|_| key)
     }
 
+    /// The connection at `key` if it is still the one queued with
+    /// `generation`: a slot closed and reused since is someone else's.
+    fn live_conn(&mut self, key: usize, generation: u32) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(key)
+            .filter(|c| c.generation == generation)
+    }
+
     fn accept_some(&mut self) {
         for _ in 0..ACCEPTS_PER_TURN {
             match crate::sys::accept_nonblocking(self.listener.as_raw_fd()) {
@@ -547,11 +555,7 @@ impl<'a> Worker<'a> {
             let Some((key, generation)) = self.ready.pop_front() else {
                 return;
             };
-            let Some(conn) = self
-                .conns
-                .get_mut(key)
-                .filter(|c| c.generation == generation)
-            else {
+            let Some(conn) = self.live_conn(key, generation) else {
                 continue;
             };
             conn.state.queued = false;
@@ -564,11 +568,7 @@ impl<'a> Worker<'a> {
             let Some((key, generation)) = self.starved.pop_front() else {
                 return;
             };
-            let Some(conn) = self
-                .conns
-                .get_mut(key)
-                .filter(|c| c.generation == generation)
-            else {
+            let Some(conn) = self.live_conn(key, generation) else {
                 continue;
             };
             conn.state.starved = false;

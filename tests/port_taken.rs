@@ -7,8 +7,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use common::*;
 
@@ -16,12 +17,19 @@ const BACKENDS: [&str; 3] = ["uring", "epoll", "tokio-uring"];
 
 #[test]
 fn a_second_server_on_a_taken_port_refuses_and_the_first_keeps_serving() {
+    let _serial = one_at_a_time();
     for backend in BACKENDS {
         let first = Server::start(backend, &[]);
         let port = first.addr.port().to_string();
         for second in BACKENDS {
-            let (status, stderr) =
-                run_bounded(&["--addr", "127.0.0.1", "--port", &port, "--backend", second]);
+            let (status, stderr) = run_server_expecting_exit(&[
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--backend",
+                second,
+            ]);
             assert_refused(status, &stderr, &format!("127.0.0.1:{port} (TCP)"), "TCP");
         }
         let mut client = first.connect();
@@ -39,16 +47,12 @@ fn a_second_server_on_a_taken_port_refuses_and_the_first_keeps_serving() {
 
 #[test]
 fn a_udp_port_held_with_so_reuseport_is_refused_with_udp() {
+    let _serial = one_at_a_time();
     // A UDP socket with SO_REUSEADDR and SO_REUSEPORT, as another server's
     // would have, on a port whose TCP side is free.
-    let holder = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None).unwrap();
-    holder.set_reuse_address(true).unwrap();
-    holder.set_reuse_port(true).unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    holder.bind(&any.into()).unwrap();
-    let port = holder.local_addr().unwrap().as_socket().unwrap().port();
+    let (_holder, port) = udp_port_with_free_tcp_side();
     for backend in ["uring", "epoll"] {
-        let (status, stderr) = run_bounded(&[
+        let (status, stderr) = run_server_expecting_exit(&[
             "--addr",
             "127.0.0.1",
             "--port",
@@ -63,10 +67,11 @@ fn a_udp_port_held_with_so_reuseport_is_refused_with_udp() {
 
 #[test]
 fn the_first_server_keeps_its_udp_port_and_echoes_datagrams() {
+    let _serial = one_at_a_time();
     let first = Server::start("uring", &["--udp"]);
     let port = first.addr.port().to_string();
     for backend in ["uring", "epoll"] {
-        let (status, stderr) = run_bounded(&[
+        let (status, stderr) = run_server_expecting_exit(&[
             "--addr",
             "127.0.0.1",
             "--port",
@@ -89,6 +94,38 @@ fn the_first_server_keeps_its_udp_port_and_echoes_datagrams() {
     assert_eq!(stopped.summary["udp_in"], 1, "{stopped:?}");
 }
 
+/// A bound UDP socket with SO_REUSEADDR and SO_REUSEPORT, and its port, on a
+/// port whose TCP side the server can bind. UDP and TCP ports are handed out
+/// independently, and earlier tests' client connections in TIME_WAIT (bound
+/// without SO_REUSEADDR) keep their TCP port numbers from any listener: a
+/// port like that would make the server refuse on TCP, not UDP.
+fn udp_port_with_free_tcp_side() -> (socket2::Socket, u16) {
+    use socket2::{Domain, Socket, Type};
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    for _ in 0..100 {
+        let holder = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        holder.set_reuse_address(true).unwrap();
+        holder.set_reuse_port(true).unwrap();
+        holder.bind(&any.into()).unwrap();
+        let at = holder.local_addr().unwrap();
+        let tcp = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        tcp.set_reuse_address(true).unwrap();
+        if tcp.bind(&at).is_ok() {
+            let port = at.as_socket().unwrap().port();
+            return (holder, port);
+        }
+    }
+    panic!("no UDP port with a free TCP side in 100 tries");
+}
+
+/// The tests of this file run one at a time: their TCP clients take ephemeral
+/// ports, and one of them can be the very port number the UDP test's holder
+/// was given, which makes the server refuse on TCP instead of UDP.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn assert_refused(status: ExitStatus, stderr: &str, names: &str, protocol: &str) {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
@@ -99,33 +136,4 @@ fn assert_refused(status: ExitStatus, stderr: &str, names: &str, protocol: &str)
         )),
         "{stderr}"
     );
-}
-
-/// Runs the server expecting it to exit by itself within 20 s; one that starts
-/// serving instead (the bug) is killed and reported.
-fn run_bounded(args: &[&str]) -> (ExitStatus, String) {
-    let mut child = Command::new(SERVER_BIN)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn uring-echo");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "uring-echo {args:?} kept running on a taken port: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }

@@ -223,13 +223,30 @@ pub fn parse_counters(line: &str) -> HashMap<String, u64> {
         .collect()
 }
 
-/// Runs the server binary to completion with `args` (for flag errors).
+/// Runs the server binary with `args`, expecting it to exit by itself (a flag
+/// error, a taken port) within 20 s; one that starts serving instead (the
+/// bug) is killed and reported rather than left to hang the test.
 pub fn run_server_expecting_exit(args: &[&str]) -> (ExitStatus, String) {
-    let out = Command::new(SERVER_BIN)
+    let mut child = Command::new(SERVER_BIN)
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .expect("run uring-echo");
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn uring-echo");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "uring-echo {args:?} kept running instead of exiting: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output().unwrap();
     (
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -113,17 +113,57 @@ def release_dir() -> Path:
 
 def samples(script: str) -> list:
     """(thread id, comm, functions on the stack, innermost first) per sample
-    of `perf script -F comm,tid,ip,sym`."""
+    of `perf script -F comm,tid,ip,sym`. A user-space frame is named with a
+    USER_MARK in front, so that the split below can tell it from the kernel's."""
     out = []
     for block in script.split("\n\n"):
         lines = [line for line in block.splitlines() if line.strip()]
         if not lines:
             continue
         comm, _, tid = lines[0].strip().rpartition(" ")
-        funcs = [parts[1].split("+")[0] for parts in (line.split(None, 1) for line in lines[1:])
-                 if len(parts) == 2]
+        funcs = []
+        for ip, _, sym in (line.strip().partition(" ") for line in lines[1:]):
+            if not sym:
+                continue
+            user = int(ip, 16) < KERNEL_START if all(c in HEX for c in ip) else False
+            funcs.append((USER_MARK if user else "") + sym.split("+")[0])
         out.append((int(tid) if tid.isdigit() else -1, comm.strip(), funcs))
     return out
+
+
+HEX = set("0123456789abcdef")
+KERNEL_START = 0x8000_0000_0000_0000
+USER_MARK = "user:"
+# The event interface's own code, by the function a sample ran in (self, not
+# inclusive): what another event interface could remove or add. Everything
+# else (TCP/IP, the device, interrupts, copies, the allocator) is the floor
+# that every server pays for the same echo.
+EVENT_INTERFACE = (
+    ("the process's own code (event loop, runtime)", lambda f: f.startswith(USER_MARK)),
+    ("io_uring (`io_*` functions)", lambda f: f.startswith(("io_", "__io_"))),
+    ("epoll (`ep_*`, `*epoll*`)", lambda f: f.startswith(("ep_", "__ep_")) or "epoll" in f),
+    ("entering and leaving the kernel (syscall entry, exit, descriptor lookups)",
+     lambda f: f.startswith(("entry_SYSCALL", "do_syscall_64", "syscall_exit", "__x64_sys_",
+                             "__do_sys_", "fdget", "__fget", "fput", "sockfd_lookup"))),
+    ("sleeping and waking (the scheduler)",
+     lambda f: f.startswith(("__schedule", "schedule", "finish_task_switch", "try_to_wake_up",
+                             "pick_next", "__switch_to", "dequeue_", "enqueue_"))),
+)
+
+
+def floor(samples_: list, server_tids: set) -> tuple:
+    """(rows of (what, % of the server's samples) for the event interface's
+    own code, the floor's %): by the innermost function of each sample."""
+    inner = [f[0] for f in (server_part(t, fs, server_tids) for t, _c, fs in samples_) if f]
+    if not inner:
+        return [], None
+    rows = []
+    left = list(inner)
+    for what, is_it in EVENT_INTERFACE:
+        hit = [f for f in left if is_it(f)]
+        left = [f for f in left if not is_it(f)]
+        rows.append((what, 100.0 * len(hit) / len(inner)))
+    return rows, 100.0 * len(left) / len(inner)
 
 
 def server_part(tid: int, funcs: list, server_tids: set) -> list:
@@ -206,7 +246,8 @@ def main(argv: list) -> int:
     script = subprocess.run(["perf", "script", "-i", str(data), "-F", "comm,tid,ip,sym"],
                             capture_output=True, text=True).stdout
     symbols = SYMBOLS + (CHURN_SYMBOLS if churn else ())
-    got, ours, total = shares(samples(script), set(tids), symbols)
+    parsed = samples(script)
+    got, ours, total = shares(parsed, set(tids), symbols)
     rate = result.get("throughput", {}).get("conns_per_s" if churn else "msgs_per_s")
     unit = "conns/s" if churn else "msgs/s"
     print(f"{args.backend} on {args.topology}: {args.conns:,} conns x {args.size} B x pipeline "
@@ -226,6 +267,16 @@ def main(argv: list) -> int:
     print("|---|---:|")
     for sym, label in symbols:
         print(f"| {label} | {got.get(sym, 0.0):.1f} % |")
+    rows, rest = floor(parsed, set(tids))
+    if rest is not None:
+        print()
+        print(f"| where the server's samples ran (self, not inclusive) | {args.backend}, {args.topology} |")
+        print("|---|---:|")
+        for what, pct in rows:
+            print(f"| {what} | {pct:.1f} % |")
+        print(f"| **the event interface's part, together** | **{100.0 - rest:.1f} %** |")
+        print(f"| the rest: TCP/IP, the device, interrupts, copies: the floor no event interface "
+              f"removes | {rest:.1f} % |")
     print(f"(all symbols: {args.out / (stem + '.txt')})")
     return 0
 

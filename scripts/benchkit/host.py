@@ -240,6 +240,22 @@ def irq_seconds(cpus: list) -> Optional[float]:
 
 
 
+def ipis(cpus: list) -> Optional[int]:
+    """Cross-CPU interrupts `cpus` have taken: the function-call (CAL) row of
+    /proc/interrupts, where RPS's wake-ups of a remote CPU's receive
+    processing land. In a VM each costs its sender a VM exit; batching the
+    packets that cross CPUs is what saves them."""
+    for line in _read("/proc/interrupts").splitlines():
+        cols = line.split()
+        if cols and cols[0] == "CAL:":
+            counts = cols[1:]
+            try:
+                return sum(int(counts[c]) for c in cpus)
+            except (IndexError, ValueError):
+                return None
+    return None
+
+
 # Loaded once here, so that the forked child in die_with_parent only calls it.
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1

@@ -4,6 +4,8 @@ over repetitions. Pure logic, no I/O."""
 from __future__ import annotations
 
 import math
+import re
+import shlex
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -29,6 +31,15 @@ class Backend:
     # One file descriptor per connection (everything but the io_uring backend,
     # which accepts into direct descriptors).
     fd_per_conn: bool
+    # A variant (--variant NAME=BACKEND ARGS): the backend it runs, and the
+    # server flags it adds. Empty for the backends themselves.
+    base: str = ""
+    args: tuple = ()
+
+    @property
+    def program(self) -> str:
+        """The backend this one runs: its own name, or a variant's base."""
+        return self.base or self.name
 
 
 BACKENDS = {
@@ -41,6 +52,33 @@ BACKENDS = {
         Backend("monoio", ours=False, fd_per_conn=True),
     )
 }
+
+
+VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")
+
+
+def add_variant(spec: str) -> Backend:
+    """Registers `NAME=BACKEND ARGS...` (e.g. `uring-b32=uring --wait-batch 32
+    --min-wait 50`) as a backend of its own: uring-echo's BACKEND with ARGS
+    added, so that a server flag's before and after are measured side by side,
+    interleaved, in one invocation. Raises ValueError saying what is wrong."""
+    name, sep, rest = spec.partition("=")
+    words = shlex.split(rest) if sep else []
+    if not sep or not words:
+        raise ValueError(f"'{spec}' is not NAME=BACKEND ARGS (e.g. 'uring-b32=uring --wait-batch 32')")
+    if not VARIANT_NAME.fullmatch(name):
+        raise ValueError(f"variant name '{name}': lower-case letters, digits and _.+- only")
+    if name in BACKENDS:
+        raise ValueError(f"variant name '{name}' is taken by a backend or an earlier --variant")
+    base = BACKENDS.get(words[0])
+    if base is None or not base.ours or base.base:
+        ours = ", ".join(b.name for b in BACKENDS.values() if b.ours and not b.base)
+        raise ValueError(f"variant '{name}': its backend must be one of uring-echo's ({ours}), "
+                         f"not '{words[0]}'")
+    b = Backend(name, ours=True, fd_per_conn=base.fd_per_conn, base=base.name,
+                args=tuple(words[1:]))
+    BACKENDS[name] = b
+    return b
 
 
 @dataclass(frozen=True)
@@ -131,7 +169,7 @@ def saturated(run: "Run") -> bool:
 class Run:
     """One server start, one client run against it, one stop."""
 
-    phase: str  # "matrix", or the target phase's name ("t1", "t5-pingpong", ...)
+    phase: str  # "matrix", or the target phase's name ("t1", "s3-pingpong", ...)
     cell: Cell
     backend: str
     rep: int
@@ -172,6 +210,10 @@ SUMMARY_METRICS = (
     "p99_us",
     "p999_us",
     "mem_per_conn_b",
+    # Cross-CPU interrupts per message taken by the server's CPUs and by
+    # loadgen's (host.ipis).
+    "server_ipis_per_msg",
+    "client_ipis_per_msg",
     # Churn cells only: connections completed per second, the server's CPU
     # per connection (per message x messages per connection), the transaction
     # (connect start to last echo) and connect latency, loadgen's CPU per

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .env import cpus
-from .model import BACKENDS, CHURN, MODES
+from .model import BACKENDS, CHURN, MODES, add_variant
 
 DEFAULTS = {
     "backends": list(BACKENDS),
@@ -61,6 +61,13 @@ def choice_list(choices: list):
     return parse
 
 
+def name_list(s: str) -> list:
+    vals = [x for x in s.split(",") if x]
+    if not vals:
+        raise argparse.ArgumentTypeError(f"'{s}' names no server")
+    return vals
+
+
 def cpu_list(s: str) -> str:
     if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", s):
         raise argparse.ArgumentTypeError(f"'{s}' is not a CPU list for taskset -c (e.g. 0 or 0-7,16)")
@@ -109,8 +116,14 @@ def parse_args(argv: list, doc: str) -> argparse.Namespace:
 exit status: 0 when every run passed; 1 when a run failed (results are still
 written); 2 on bad arguments, a failed build or missing binaries.""")
     a = p.add_argument
-    a("--backends", type=choice_list(list(BACKENDS)),
-      help="comma-separated servers to compare [default: " + ",".join(DEFAULTS["backends"]) + "]")
+    a("--backends", type=name_list,
+      help="comma-separated servers to compare: " + ", ".join(BACKENDS) + ", and the names of "
+           "--variant [default: " + ",".join(DEFAULTS["backends"]) + ", then every --variant]")
+    a("--variant", action="append", default=[], metavar="NAME=BACKEND ARGS",
+      help="a backend of uring-echo's run with extra server flags, measured as a server of "
+           "its own beside the others, interleaved: the before and after of a flag in one "
+           "invocation, e.g. --variant 'uring-b32=uring --wait-batch 32 --min-wait 50' "
+           "(repeatable)")
     a("--conns", type=int_list,
       help="comma-separated connection counts [default: 100,1000,10000]")
     a("--sizes", type=int_list, help="comma-separated message sizes in bytes [default: 64,1024]")
@@ -193,6 +206,17 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
     if churn_given and args.modes is not None and CHURN not in args.modes:
         p.error(f"--churn and --churn-cells describe churn cells, but --modes {','.join(args.modes)} "
                 "has no churn: add it (--modes ...,churn)")
+    for spec in args.variant:
+        try:
+            add_variant(spec)
+        except ValueError as e:
+            p.error(f"--variant: {e}")
+    variants = [v.partition("=")[0] for v in args.variant]
+    if args.backends is None and variants:
+        args.backends = list((QUICK if args.quick else DEFAULTS)["backends"]) + variants
+    unknown = [b for b in args.backends or [] if b not in BACKENDS]
+    if unknown:
+        p.error(f"--backends: '{','.join(unknown)}' not among {', '.join(BACKENDS)}")
     base = QUICK if args.quick else DEFAULTS
     for key, val in base.items():
         if getattr(args, key) is None:

@@ -50,12 +50,13 @@ def run_seconds(cell: Cell, duration: float, warmup: float) -> float:
 def estimate_s(args: argparse.Namespace, plan: list) -> float:
     total = sum(run_seconds(r.cell, args.duration, args.warmup) for r in plan if r.status != "skipped")
     if args.targets:
-        t_runs = args.reps * (4 + 2 + 2 + 2)  # targets 1-3, 5, 6
-        t1 = run_seconds(targets.T1, args.duration, args.warmup)
-        conns = round(targets.T4_CONNS * args.targets_scale)
-        t4 = (run_seconds(Cell(conns, 64, 1), max(args.duration, targets.T4_MIN_DURATION_S),
-                          args.warmup) + targets.T4_WARM_S + args.warmup + 3)
-        total += t_runs * t1 + t4
+        per_rep = sum(len(b) * run_seconds(c, args.duration, args.warmup)
+                      for _, c, b in targets.CLOSED_PHASES)
+        per_rep += 6 * run_seconds(targets.T1, args.duration, args.warmup)  # T6, T7, S3
+        conns = round(targets.S1_CONNS * args.targets_scale)
+        s1 = (run_seconds(Cell(conns, 64, 1), max(args.duration, targets.S1_MIN_DURATION_S),
+                          args.warmup) + targets.S1_WARM_S + args.warmup + 3)
+        total += args.reps * per_rep + s1
     if args.sweep:
         for c, _size in args.sweep_cells:
             per_run = run_seconds(Cell(c, 64, 1), args.duration, args.warmup)

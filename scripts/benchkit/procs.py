@@ -38,7 +38,7 @@ def server_argv(env: Env, backend: str, workers: int, extra: tuple = ()) -> list
     b = BACKENDS[backend]
     if b.ours:
         argv = [env.bin_dir / "uring-echo", "--port", "0", "--addr", env.listen_addr,
-                "--workers", workers, "--backend", backend, *extra]
+                "--workers", workers, "--backend", b.program, *b.args, *extra]
     else:
         argv = [env.bin_dir / "examples" / f"{backend}_echo", 0, workers, env.listen_addr]
     return env.server_pinned(argv)
@@ -207,6 +207,7 @@ def observe(env: Env, run: Run, server: Server, client: str, duration: float,
     server_cpus = cpus(env.server_cpus)
     seen = {"rss_before": host.memory_kib(server.pid), "cpu_before": host.cpu_seconds(server.pid),
             "irq_before": host.irq_seconds(server_cpus),
+            "ipi_before": (host.ipis(server_cpus), host.ipis(cpus(env.client_cpus))),
             "net_before": host.net_counters(env.namespaces)}
     sampler = RssSampler(server.pid, keep_rss_series)
     sampler.start()
@@ -216,6 +217,7 @@ def observe(env: Env, run: Run, server: Server, client: str, duration: float,
         seen["peak"] = sampler.finish()
     seen.update(cpu_after=host.cpu_seconds(server.pid), rss_after=host.memory_kib(server.pid),
                 irq_after=host.irq_seconds(server_cpus),
+                ipi_after=(host.ipis(server_cpus), host.ipis(cpus(env.client_cpus))),
                 net_after=host.net_counters(env.namespaces), series=sampler.series)
     return seen
 
@@ -261,6 +263,10 @@ def record(run: Run, client: str, seen: dict, server_log: Path, keep_rss_series:
         m["server_irq_ns_per_msg"] = (seen["irq_after"] - seen["irq_before"]) * 1e9 / msgs
         if "server_cpu_ns_per_msg" in m:
             m["server_total_ns_per_msg"] = m["server_cpu_ns_per_msg"] + m["server_irq_ns_per_msg"]
+    for side, key in enumerate(("server_ipis_per_msg", "client_ipis_per_msg")):
+        before, after = seen["ipi_before"][side], seen["ipi_after"][side]
+        if before is not None and after is not None and msgs:
+            m[key] = (after - before) / msgs
     if run.cell.per_conn is not None:
         m.update(per_conn_metrics(m, run.cell.per_conn))
     if rc != 0:

@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from .model import Cell, Run
+from .model import BACKENDS, Cell, Run, add_variant
 from .targets import Target
 
 # Options that describe what was measured: taken from the file, not the
@@ -46,6 +46,9 @@ def target_from_json(d: dict) -> Target:
 def options(args: argparse.Namespace, res: dict) -> argparse.Namespace:
     """The command line's options with what was measured taken from `res`."""
     o = res["options"]
+    for spec in o.get("variants") or []:
+        if spec.partition("=")[0] not in BACKENDS:
+            add_variant(spec)
     ns = argparse.Namespace(**vars(args))
     for k in MEASURED:
         if k in o:

@@ -72,6 +72,10 @@ def header(meta: dict) -> list:
         f"- Each run: fresh server, {o['warmup']:g} s warm-up + {o['duration']:g} s measured; "
         f"{o['reps']} interleaved repetition(s), medians shown",
     ]
+    for spec in o.get("variants") or []:
+        name, _, rest = spec.partition("=")
+        lines.append(f"- Variant `{name}`: `uring-echo --backend {rest}`, measured as a server "
+                     "of its own, interleaved with the others")
     la = meta.get("load_average")
     if la and la.get("end"):
         lines.append(f"- Load average (1/5/15 min) at the start {' / '.join(map(str, la['start']))}, "
@@ -205,8 +209,8 @@ def detail_table(summaries: list, phase: str, h: str, title: str) -> list:
     lines = [f"{h}## {title}", "",
              "| phase | cell | backend | workers | runs | msgs/s median [min–max] | server ns/msg "
              "process + irq | latency p50 / p99 / p99.9 µs | server B/conn | client ns/msg "
-             "| flagged / suspect | failed |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| IPIs/msg server · client | flagged / suspect | failed |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in rows:
         st = s.stats.get("msgs_per_s")
         rng = f"{k(st['median'])} [{k(st['min'])}–{k(st['max'])}]" if st else "-"
@@ -216,8 +220,13 @@ def detail_table(summaries: list, phase: str, h: str, title: str) -> list:
             f"{n(s.median('p50_us'))} / "
             f"{n(s.median('p99_us'))} / {n(s.median('p999_us'))} | "
             f"{n(s.median('mem_per_conn_b'))} | {n(s.median('loadgen_cpu_ns_per_msg'))} | "
+            f"{_ipis(s.median('server_ipis_per_msg'))} · {_ipis(s.median('client_ipis_per_msg'))} | "
             f"{s.flagged} / {s.suspect} | {s.failed} |")
     return lines + [""]
+
+
+def _ipis(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
 
 
 def targets_table(targets: list, h: str) -> list:

@@ -1,0 +1,116 @@
+"""Unit tests of what measures the levers (issue 13): server variants
+(--variant), the cross-CPU interrupt counts, the targets table, and
+profile.py's split of the server's samples into the event interface's part
+and the floor: python3 -m unittest discover -s scripts/benchkit"""
+
+import importlib.util
+import sys
+import unittest
+from pathlib import Path
+from unittest import mock
+
+sys.dont_write_bytecode = True
+SCRIPTS = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(SCRIPTS))
+
+from benchkit import host, model, options, procs, targets  # noqa: E402
+from benchkit.model import BACKENDS, Cell, Run, summarise  # noqa: E402
+
+
+def load_profile():
+    spec = importlib.util.spec_from_file_location("profile_script", SCRIPTS / "profile.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+class Variants(unittest.TestCase):
+    def tearDown(self):
+        for name in [n for n, b in BACKENDS.items() if b.base]:
+            del BACKENDS[name]
+
+    def test_a_variant_runs_its_base_backend_with_its_flags(self):
+        args = options.parse_args(["--variant", "u-b32=uring --wait-batch 32 --min-wait 50",
+                                   "--conns", "100", "--sizes", "64", "--modes", "closed"], "doc")
+        self.assertEqual(args.backends[-1], "u-b32", "appended to the default backends")
+        env = mock.Mock(bin_dir=Path("/bin"), listen_addr="0.0.0.0",
+                        server_pinned=lambda argv: argv)
+        argv = [str(a) for a in procs.server_argv(env, "u-b32", 1)]
+        self.assertEqual(argv[argv.index("--backend") + 1:],
+                         ["uring", "--wait-batch", "32", "--min-wait", "50"])
+        self.assertFalse(BACKENDS["u-b32"].fd_per_conn, "a uring variant holds direct descriptors")
+
+    def test_bad_variants_say_what_is_wrong(self):
+        for spec, says in (("nameonly", "NAME=BACKEND"), ("x=monoio --flag", "uring-echo's"),
+                           ("uring=uring --wait-batch 2", "taken"), ("Bad!=uring", "letters")):
+            with self.assertRaises(ValueError) as e:
+                model.add_variant(spec)
+            self.assertIn(says, str(e.exception), spec)
+
+    def test_an_unknown_backend_names_the_choices(self):
+        with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
+            options.parse_args(["--backends", "uring,kqueue"], "doc")
+
+
+class Interrupts(unittest.TestCase):
+    def test_the_function_call_row_is_summed_over_the_cpus_asked(self):
+        text = ("           CPU0       CPU1       CPU2\n"
+                " RES:       10         20         30   Rescheduling interrupts\n"
+                " CAL:      100        200        400   Function call interrupts\n")
+        with mock.patch.object(host, "_read", return_value=text):
+            self.assertEqual(host.ipis([0]), 100)
+            self.assertEqual(host.ipis([1, 2]), 600)
+            self.assertIsNone(host.ipis([7]))
+
+
+class Targets(unittest.TestCase):
+    def run_of(self, phase, cell, backend, rep, **metrics):
+        r = Run(phase, cell, backend, rep, 1)
+        r.status = "ok"
+        r.metrics = metrics
+        return r
+
+    def test_the_push_targets_are_judged_from_the_medians(self):
+        runs = []
+        for rep in range(5):
+            for phase, cell, rates in (
+                    ("t1", targets.T1, {"uring": 160, "epoll": 100, "tokio": 90, "monoio": 120}),
+                    ("t2", targets.T2, {"uring": 150, "epoll": 100, "monoio": 100}),
+                    ("t3", targets.T3, {"uring": 120, "epoll": 100, "monoio": 110}),
+                    ("t5", targets.T5, {"uring": 110, "epoll": 100})):
+                for b, v in rates.items():
+                    runs.append(self.run_of(phase, cell, b, rep, msgs_per_s=v * 1000.0,
+                                            server_total_ns_per_msg=6000.0 if b == "uring" else 10_000.0))
+        out = {t.id: t for t in targets.evaluate(runs, summarise(runs), None, 5, loopback=False)}
+        self.assertTrue(out["T1a"].met)  # 1.6
+        self.assertFalse(out["T1b"].met)  # 160 / 120 = 1.33
+        self.assertTrue(out["T2a"].met and out["T2b"].met)
+        self.assertFalse(out["T3a"].met)  # 1.2 < 1.3
+        self.assertTrue(out["T4a"].met)  # 0.6
+        self.assertTrue(out["T5"].met)
+        self.assertIsNone(out["T6"].met, "no rate cell: not measured")
+        self.assertIsNone(out["T7"].met, "a loopback target, on netns")
+        self.assertEqual(out["T1a"].note, "")
+
+
+class Floor(unittest.TestCase):
+    def test_samples_are_split_by_the_function_they_ran_in(self):
+        profile = load_profile()
+        script = "\n\n".join([
+            "worker-0  42\n\tffffffff81b60e22 io_send+0x12\n\tffffffff81b45bb2 io_submit_sqes",
+            "worker-0  42\n\t000055d0c0ffee00 uring_echo::worker::reap\n\t00007f00 main",
+            "worker-0  42\n\tffffffff8200df9d tcp_sendmsg_locked+0x4\n\tffffffff81b60e22 io_send",
+            "worker-0  42\n\tffffffff8200df9d tcp_sendmsg_locked\n\tffffffff81b60e22 io_send",
+            "other  7\n\tffffffff81b60e22 io_send",
+        ])
+        parsed = profile.samples(script)
+        self.assertEqual(parsed[1][2][0], profile.USER_MARK + "uring_echo::worker::reap")
+        rows, rest = profile.floor(parsed, {42})
+        shares = dict(rows)
+        self.assertAlmostEqual(shares["io_uring (`io_*` functions)"], 25.0)
+        self.assertAlmostEqual(shares["the process's own code (event loop, runtime)"], 25.0)
+        self.assertAlmostEqual(rest, 50.0, msg="the two tcp_sendmsg samples; pid 7 is not ours")
+
+
+if __name__ == "__main__":
+    unittest.main()

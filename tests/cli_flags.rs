@@ -90,6 +90,18 @@ const BAD: &[(&[&str], &str)] = &[
         &["--busy-poll", "50", "--backend", "tokio-uring"],
         "--busy-poll",
     ),
+    (&["--wait-batch", "0"], "--wait-batch"),
+    (&["--wait-batch", "4097"], "--wait-batch"),
+    (&["--wait-batch", "many"], "--wait-batch"),
+    (&["--min-wait", "0"], "--min-wait"),
+    (&["--min-wait", "1000001"], "--min-wait"),
+    (&["--min-wait", "50us"], "--min-wait"),
+    // Conflicting: a bound on a batch that is not asked for; io_uring waits on epoll.
+    (&["--wait-batch", "1", "--min-wait", "50"], "--min-wait"),
+    (
+        &["--backend", "epoll", "--wait-batch", "32"],
+        "--wait-batch",
+    ),
     (&["--stats", "0"], "--stats"),
     (&["--stats", "0.001"], "--stats"),
     (&["--stats", "86401"], "--stats"),

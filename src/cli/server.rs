@@ -6,6 +6,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::server::config::{
     Backend, Config, MAX_BUF_COUNT, MAX_BUF_SIZE_BYTES, MAX_CQ_ENTRIES, MAX_UDP_DATAGRAM,
+    WaitConfig,
 };
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -111,6 +112,19 @@ pub struct ServerArgs {
     #[arg(long, value_name = "MICROS", default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub busy_poll: u32,
 
+    /// io_uring, under load (the last turn of the loop brought 8 or more
+    /// receives): completions a worker waits for before it handles them, so
+    /// that a burst's echoes leave together; --min-wait bounds the wait. 1
+    /// handles whatever a wake-up brings at once. Needs Linux 6.12 (min-wait);
+    /// on older kernels the default turns itself off and says so [default: 128]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub wait_batch: Option<u32>,
+
+    /// io_uring: microseconds a loaded worker waits for --wait-batch
+    /// completions once the first has arrived [default: 200]
+    #[arg(long, value_name = "MICROS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub min_wait: Option<u32>,
+
     /// Print a stats line (connections, bytes) every SECONDS
     #[arg(long, value_name = "SECONDS", value_parser = crate::cli::seconds(0.01, 86400.0))]
     pub stats: Option<Duration>,
@@ -146,6 +160,7 @@ impl ServerArgs {
                     .into(),
             );
         }
+        let wait = self.wait_config()?;
         if self.conn_buffers > self.buf_count {
             return Err(format!(
                 "--conn-buffers ({}) must not exceed --buf-count ({}): one connection could hold the whole pool",
@@ -175,6 +190,7 @@ impl ServerArgs {
             udp: self.udp,
             udp_max_datagram: self.udp_max_datagram,
             busy_poll: Duration::from_micros(u64::from(self.busy_poll)),
+            wait,
             stats_interval: self.stats,
             stats_per_worker: self.stats_per_worker,
             quiet: self.quiet,
@@ -183,6 +199,34 @@ impl ServerArgs {
 }
 
 impl ServerArgs {
+    /// --wait-batch and --min-wait: io_uring waits, so an error with another
+    /// backend; a --min-wait with --wait-batch 1 would do nothing, so an error.
+    fn wait_config(&self) -> Result<WaitConfig, String> {
+        let explicit = self.wait_batch.is_some() || self.min_wait.is_some();
+        if explicit && !matches!(self.backend, BackendArg::Uring) {
+            return Err(
+                "--wait-batch and --min-wait shape io_uring waits: --backend uring only".into(),
+            );
+        }
+        let default = WaitConfig::default();
+        let batch = self.wait_batch.unwrap_or(default.batch);
+        if batch == 1 && self.min_wait.is_some() {
+            return Err(
+                "--min-wait bounds the wait for a batch, and --wait-batch 1 asks for none: \
+                        give --wait-batch 2..=4096, or leave --min-wait out"
+                    .into(),
+            );
+        }
+        let min_wait = self
+            .min_wait
+            .map_or(default.min_wait, |us| Duration::from_micros(u64::from(us)));
+        Ok(WaitConfig {
+            batch,
+            min_wait,
+            explicit,
+        })
+    }
+
     /// --workers, defaulting to the --cpus list's length. With both, the
     /// workers must fill the listed CPUs evenly: fewer would leave a listed
     /// CPU without a worker, and an uneven count would load some CPUs more.
@@ -255,6 +299,27 @@ mod tests {
             let e = parse(&["--cpus", bad]).unwrap_err();
             assert!(e.contains("--cpus"), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_wait_batch_defaults_on_and_says_when_it_was_asked_for() {
+        let c = parse(&[]).unwrap().into_config().unwrap();
+        assert_eq!(c.wait, WaitConfig::default());
+        assert!(c.wait.batch > 1 && !c.wait.min_wait.is_zero() && !c.wait.explicit);
+        let c = parse(&["--wait-batch", "1"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!((c.wait.batch, c.wait.explicit), (1, true));
+        let c = parse(&["--min-wait", "50"]).unwrap().into_config().unwrap();
+        assert_eq!(c.wait.batch, WaitConfig::default().batch);
+        assert_eq!(c.wait.min_wait, Duration::from_micros(50));
+        // epoll has no such wait: its default is simply not used.
+        let c = parse(&["--backend", "epoll"])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        assert_eq!(c.backend, Backend::Epoll);
     }
 
     #[test]

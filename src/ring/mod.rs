@@ -401,18 +401,21 @@ impl Ring {
                 self.ring.submitter().submit_with_args(want, &args)
             }
         });
-        match result {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        interrupted_is_ok(result)
+    }
+
+    /// Submits what is queued and waits for `want` completions, but no longer
+    /// than `min_wait` once at least one has arrived (IORING_ENTER_EXT_ARG
+    /// with `min_wait_usec`, 6.12+; check
+    /// `params().is_feature_min_timeout()` first). With nothing completed
+    /// by then it waits on for the first completion, however long.
+    pub fn submit_and_wait_batch(&mut self, want: usize, min_wait: Duration) -> io::Result<()> {
+        let usec = u32::try_from(min_wait.as_micros()).unwrap_or(u32::MAX);
+        let args = types::SubmitArgs::new().min_wait_usec(usec);
+        let result = self
+            .flush_backlog()
+            .and_then(|()| self.ring.submitter().submit_with_args(want, &args));
+        interrupted_is_ok(result)
     }
 
     /// Whether a completion is waiting (no syscall: the CQ tail is shared memory).
@@ -490,6 +493,23 @@ impl Ring {
     #[cfg(test)]
     pub(crate) fn fail_next_enter(&mut self, errno: i32) {
         self.fail_next_enter = Some(errno);
+    }
+}
+
+/// An enter that was cut short (EINTR, a timeout, EBUSY/EAGAIN: reap first)
+/// is not an error: the loop reaps and enters again.
+fn interrupted_is_ok(result: io::Result<usize>) -> io::Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

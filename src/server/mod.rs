@@ -322,8 +322,14 @@ fn run_uring(
             return Ok(());
         }
     };
+    // The wait said out loud, with the reason where the default turned itself off.
+    let wait = if parts.wait == uring::WaitBatch::OFF && config.wait.batch > 1 {
+        "off(min-wait needs Linux 6.12)".to_string()
+    } else {
+        parts.wait.to_string()
+    };
     let features = format!(
-        "{},multishot_accept,multishot_recv{},buf_ring,direct_descriptors({}/worker),sendmsg_iovecs{}",
+        "{},multishot_accept,multishot_recv{},buf_ring,direct_descriptors({}/worker),sendmsg_iovecs{},wait_batch={wait}",
         parts.flags,
         if parts.recv_bundle {
             ",recv_bundle"
@@ -344,6 +350,7 @@ fn run_uring(
         udp,
         listener,
         parts.recv_bundle,
+        parts.wait,
         shared,
     )
     .run()

@@ -40,12 +40,61 @@ pub struct RingParts {
     pub table_slots: u32,
     /// Receive with bundles: asked for, and the kernel has them (6.10+).
     pub recv_bundle: bool,
+    /// How the worker waits under load: as configured, or off where the
+    /// kernel lacks min-wait (6.12).
+    pub wait: WaitBatch,
+}
+
+/// Under load, wait for `batch` completions, or `min_wait` after the first
+/// (IORING_ENTER_EXT_ARG's `min_wait_usec`, 6.12+). A batch of 1 is off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WaitBatch {
+    pub batch: u32,
+    pub min_wait: std::time::Duration,
+}
+
+impl WaitBatch {
+    pub const OFF: WaitBatch = WaitBatch {
+        batch: 1,
+        min_wait: std::time::Duration::ZERO,
+    };
+}
+
+impl std::fmt::Display for WaitBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.batch > 1 {
+            write!(f, "{}/{}us", self.batch, self.min_wait.as_micros())
+        } else {
+            write!(f, "off")
+        }
+    }
 }
 
 /// Builds and registers everything one worker needs.
 pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
     let (ring, flags) = setup::build_ring(config.sq_entries, config.cq_entries)?;
     setup::check_features(&ring, &setup::SERVER_OPS, false)?;
+    let wait = match (
+        config.wait.batch > 1,
+        ring.params().is_feature_min_timeout(),
+    ) {
+        (true, false) if config.wait.explicit => {
+            return Err(SetupError::UnsupportedKernel {
+                feature: "min-wait, which --wait-batch and --min-wait use,",
+                needs: "6.12",
+                running: setup::kernel_version()
+                    .map(|(a, b)| format!("{a}.{b}"))
+                    .unwrap_or_default(),
+            });
+        }
+        // The default falls back to waiting for the first completion; the
+        // start line says so.
+        (true, false) => WaitBatch::OFF,
+        _ => WaitBatch {
+            batch: config.wait.batch,
+            min_wait: config.wait.min_wait,
+        },
+    };
     let table_slots = direct_table_slots(config, crate::sys::open_files_limit());
     ring.submitter()
         .register_files_sparse(table_slots)
@@ -79,6 +128,7 @@ pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
         flags,
         table_slots,
         recv_bundle,
+        wait,
     })
 }
 

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use socket2::Socket;
 
+use super::WaitBatch;
 use super::conn::{Conn, Flags, MAX_SEND_IOVECS, SendVec, Step, next_step};
 use super::op_kind::OpKind;
 use super::udp::{Received, UdpEcho};
@@ -29,6 +30,11 @@ use crate::server::stats::WorkerStats;
 /// How often a draining worker checks its drain deadline, and how long a
 /// failed accept waits before it is retried.
 const TICK: Duration = Duration::from_millis(50);
+
+/// A turn of the loop that handled at least this many receives means load:
+/// the next wait asks for a batch (`--wait-batch`). Below it, a wait returns at
+/// the first completion, so that a lightly loaded server adds no latency.
+const LOADED_TURN: u32 = 8;
 
 /// Where the multishot accept stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,6 +103,10 @@ pub struct Worker<'a> {
     /// Multishot receives carry a total byte limit (6.17+); switched off at the
     /// first EINVAL from an older kernel.
     recv_limit: bool,
+    /// How the worker waits under load (`--wait-batch`, `--min-wait`).
+    wait: WaitBatch,
+    /// Receives with data the last turn of the loop handled: the measure of load.
+    last_turn_receives: u32,
 }
 
 impl<'a> Worker<'a> {
@@ -106,6 +116,7 @@ impl<'a> Worker<'a> {
         udp: Option<UdpEcho>,
         listener: Socket,
         recv_bundle: bool,
+        wait: WaitBatch,
         shared: Shared<'a>,
     ) -> Worker<'a> {
         let free_bufs = shared.config.buf_count;
@@ -133,6 +144,8 @@ impl<'a> Worker<'a> {
             discarded: Vec::new(),
             recv_bundle,
             recv_limit: true,
+            wait,
+            last_turn_receives: 0,
         }
     }
 
@@ -155,7 +168,7 @@ impl<'a> Worker<'a> {
             && self.ring.in_flight() == 0)
         {
             if !self.spin_for_completions()? {
-                self.enter(1)?;
+                self.wait_for_completions()?;
             }
             self.reap();
             self.ring.buffers_mut(self.bufs).publish();
@@ -170,6 +183,24 @@ impl<'a> Worker<'a> {
     /// Submits what is queued and waits for `want` completions.
     fn enter(&mut self, want: usize) -> io::Result<()> {
         self.ring.submit_and_wait(want, None)
+    }
+
+    /// Submits what is queued and sleeps until completions arrive. At low
+    /// load, until the first: each is handled at once. Under load (the last
+    /// turn brought at least `LOADED_TURN` receives), until `--wait-batch`
+    /// have arrived or `--min-wait` has passed since the first (6.12+): with
+    /// DEFER_TASKRUN the kernel does not even wake us before that. The echoes
+    /// of a whole burst then leave in one turn, back to back, and the
+    /// receiving host's CPU takes one wake-up (a cross-CPU interrupt, in a VM
+    /// an exit) for many of them instead of one each.
+    fn wait_for_completions(&mut self) -> io::Result<()> {
+        let wait = self.wait;
+        if wait.batch > 1 && self.last_turn_receives >= LOADED_TURN {
+            self.ring
+                .submit_and_wait_batch(wait.batch as usize, wait.min_wait)
+        } else {
+            self.enter(1)
+        }
     }
 
     /// `--busy-poll`: submits, then spins until a completion is ready or the
@@ -209,9 +240,12 @@ impl<'a> Worker<'a> {
         }
         let mut cqes = std::mem::take(&mut self.cqes);
         self.ring.completions(&mut cqes);
+        let mut receives = 0;
         for c in &cqes {
+            receives += u32::from(c.user_data.kind() == Some(OpKind::Recv) && c.result > 0);
             self.handle_cqe(c);
         }
+        self.last_turn_receives = receives;
         self.cqes = cqes;
     }
 

@@ -137,3 +137,57 @@ fn assert_refused(status: ExitStatus, stderr: &str, names: &str, protocol: &str)
         "{stderr}"
     );
 }
+
+/// A port no process listens on, held only by a client connection's socket in
+/// TIME_WAIT (a client that used it as its local port and closed first), is
+/// refused too, since no listener can bind beside it; the message says so
+/// instead of blaming another server.
+#[test]
+fn a_port_held_only_by_time_wait_is_refused_with_that_reason() {
+    use socket2::{Domain, Socket, Type};
+    let _serial = one_at_a_time();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    // Bound without SO_REUSEADDR, as a client's local port usually is.
+    let client = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    client.bind(&any.into()).unwrap();
+    let port = client.local_addr().unwrap().as_socket().unwrap().port();
+    client
+        .connect(&listener.local_addr().unwrap().into())
+        .unwrap();
+    let (mut accepted, _) = listener.accept().unwrap();
+    // The client closes first, so its side ends in TIME_WAIT.
+    drop(client);
+    let mut rest = Vec::new();
+    accepted.read_to_end(&mut rest).expect("the client's FIN");
+    drop(accepted);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !time_wait_on(port) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no TIME_WAIT socket on port {port} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let port_arg = port.to_string();
+    let (status, stderr) =
+        run_server_expecting_exit(&["--port", &port_arg, "--addr", "127.0.0.1", "--workers", "1"]);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        stderr.contains("no process listens") && stderr.contains("TIME_WAIT"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ip_local_port_range"), "{stderr}");
+    assert!(!stderr.contains("already listens"), "{stderr}");
+}
+
+/// Whether this namespace has a TCP socket in TIME_WAIT (state 06) on local `port`.
+fn time_wait_on(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        cols.len() > 3 && cols[1].ends_with(&format!(":{port:04X}")) && cols[3] == "06"
+    })
+}

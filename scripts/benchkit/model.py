@@ -4,6 +4,7 @@ over repetitions. Pure logic, no I/O."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 import statistics
@@ -35,6 +36,9 @@ class Backend:
     # server flags it adds. Empty for the backends themselves.
     base: str = ""
     args: tuple = ()
+    # A variant's own uring-echo binary (BACKEND@PATH), e.g. one built from an
+    # earlier commit; empty: the one under test.
+    binary: str = ""
 
     @property
     def program(self) -> str:
@@ -58,10 +62,12 @@ VARIANT_NAME = re.compile(r"[a-z0-9][a-z0-9_.+-]*")
 
 
 def add_variant(spec: str) -> Backend:
-    """Registers `NAME=BACKEND ARGS...` (e.g. `uring-b32=uring --wait-batch 32
-    --min-wait 50`) as a backend of its own: uring-echo's BACKEND with ARGS
-    added, so that a server flag's before and after are measured side by side,
-    interleaved, in one invocation. Raises ValueError saying what is wrong."""
+    """Registers `NAME=BACKEND[@BINARY] ARGS...` (e.g. `uring-b32=uring
+    --wait-batch 32 --min-wait 50`) as a backend of its own: uring-echo's
+    BACKEND with ARGS added, so that a server flag's before and after are
+    measured side by side, interleaved, in one invocation. With @BINARY, that
+    uring-echo binary runs instead (one built from an earlier commit: a
+    change's before and after). Raises ValueError saying what is wrong."""
     name, sep, rest = spec.partition("=")
     words = shlex.split(rest) if sep else []
     if not sep or not words:
@@ -70,13 +76,16 @@ def add_variant(spec: str) -> Backend:
         raise ValueError(f"variant name '{name}': lower-case letters, digits and _.+- only")
     if name in BACKENDS:
         raise ValueError(f"variant name '{name}' is taken by a backend or an earlier --variant")
-    base = BACKENDS.get(words[0])
+    backend, _, binary = words[0].partition("@")
+    if binary and not os.access(binary, os.X_OK):
+        raise ValueError(f"variant '{name}': {binary} is not an executable uring-echo")
+    base = BACKENDS.get(backend)
     if base is None or not base.ours or base.base:
         ours = ", ".join(b.name for b in BACKENDS.values() if b.ours and not b.base)
         raise ValueError(f"variant '{name}': its backend must be one of uring-echo's ({ours}), "
-                         f"not '{words[0]}'")
+                         f"not '{backend}'")
     b = Backend(name, ours=True, fd_per_conn=base.fd_per_conn, base=base.name,
-                args=tuple(words[1:]))
+                args=tuple(words[1:]), binary=binary)
     BACKENDS[name] = b
     return b
 

@@ -119,11 +119,12 @@ written); 2 on bad arguments, a failed build or missing binaries.""")
     a("--backends", type=name_list,
       help="comma-separated servers to compare: " + ", ".join(BACKENDS) + ", and the names of "
            "--variant [default: " + ",".join(DEFAULTS["backends"]) + ", then every --variant]")
-    a("--variant", action="append", default=[], metavar="NAME=BACKEND ARGS",
-      help="a backend of uring-echo's run with extra server flags, measured as a server of "
-           "its own beside the others, interleaved: the before and after of a flag in one "
-           "invocation, e.g. --variant 'uring-b32=uring --wait-batch 32 --min-wait 50' "
-           "(repeatable)")
+    a("--variant", action="append", default=[], metavar="NAME=BACKEND[@BINARY] ARGS",
+      help="a backend of uring-echo's run with extra server flags (and with @BINARY, "
+           "another uring-echo binary, e.g. one built from an earlier commit), measured as a "
+           "server of its own beside the others, interleaved: a change's before and after in "
+           "one invocation, e.g. --variant 'uring-b32=uring --wait-batch 32 --min-wait 50' or "
+           "--variant 'before=uring@/tmp/old/release/uring-echo' (repeatable)")
     a("--conns", type=int_list,
       help="comma-separated connection counts [default: 100,1000,10000]")
     a("--sizes", type=int_list, help="comma-separated message sizes in bytes [default: 64,1024]")

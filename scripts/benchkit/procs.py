@@ -37,7 +37,8 @@ PINGPONG_LINE = re.compile(
 def server_argv(env: Env, backend: str, workers: int, extra: tuple = ()) -> list:
     b = BACKENDS[backend]
     if b.ours:
-        argv = [env.bin_dir / "uring-echo", "--port", "0", "--addr", env.listen_addr,
+        argv = [Path(b.binary) if b.binary else env.bin_dir / "uring-echo",
+                "--port", "0", "--addr", env.listen_addr,
                 "--workers", workers, "--backend", b.program, *b.args, *extra]
     else:
         argv = [env.bin_dir / "examples" / f"{backend}_echo", 0, workers, env.listen_addr]

@@ -40,8 +40,17 @@ class Variants(unittest.TestCase):
                          ["uring", "--wait-batch", "32", "--min-wait", "50"])
         self.assertFalse(BACKENDS["u-b32"].fd_per_conn, "a uring variant holds direct descriptors")
 
+    def test_a_variant_may_run_another_binary(self):
+        model.add_variant("before=uring@/bin/true --wait-batch 1")
+        env = mock.Mock(bin_dir=Path("/repo/target/release"), listen_addr="0.0.0.0",
+                        server_pinned=lambda argv: argv)
+        argv = [str(a) for a in procs.server_argv(env, "before", 1)]
+        self.assertEqual(argv[0], "/bin/true")
+        self.assertEqual(argv[argv.index("--backend") + 1:], ["uring", "--wait-batch", "1"])
+
     def test_bad_variants_say_what_is_wrong(self):
         for spec, says in (("nameonly", "NAME=BACKEND"), ("x=monoio --flag", "uring-echo's"),
+                           ("y=uring@/nonexistent/uring-echo", "not an executable"),
                            ("uring=uring --wait-batch 2", "taken"), ("Bad!=uring", "letters")):
             with self.assertRaises(ValueError) as e:
                 model.add_variant(spec)

@@ -9,6 +9,7 @@ pub mod config;
 #[allow(unsafe_code)] // its poller: epoll_create1 and friends, fenced there
 pub(crate) mod epoll;
 pub(crate) mod net;
+pub(crate) mod port_holders;
 pub(crate) mod shutdown;
 pub mod stats;
 pub(crate) mod steering;

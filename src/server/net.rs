@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::port_holders::PortHolders;
+
 /// A listening TCP socket for one worker. Every worker binds its own on the same
 /// address with SO_REUSEPORT, and the kernel spreads incoming connections across
 /// them by a hash of the 4-tuple, so no listener is shared between threads.
@@ -126,14 +128,21 @@ pub struct BindError {
     pub addr: SocketAddr,
     pub protocol: &'static str,
     pub source: io::Error,
+    /// For a TCP port in use: who holds it, read when the bind failed.
+    pub holders: Option<PortHolders>,
 }
 
 impl BindError {
     pub fn new(addr: SocketAddr, protocol: &'static str, source: io::Error) -> BindError {
+        let in_use = source.raw_os_error() == Some(libc::EADDRINUSE);
+        let holders = (in_use && protocol == "TCP")
+            .then(|| PortHolders::of_port(addr.port()))
+            .flatten();
         BindError {
             addr,
             protocol,
             source,
+            holders,
         }
     }
 }
@@ -144,9 +153,12 @@ impl std::fmt::Display for BindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (addr, port, proto) = (self.addr, self.addr.port(), self.protocol);
         let hint = match self.source.raw_os_error() {
-            Some(libc::EADDRINUSE) => format!(
-                ": another process already listens on {proto} port {port} at this address; stop it or pick another --port"
-            ),
+            Some(libc::EADDRINUSE) => match &self.holders {
+                Some(holders) => holders.hint(port),
+                None => format!(
+                    ": another process already listens on {proto} port {port} at this address; stop it or pick another --port"
+                ),
+            },
             Some(libc::EACCES) => ": ports below 1024 need root or CAP_NET_BIND_SERVICE".into(),
             Some(libc::EADDRNOTAVAIL) => ": no interface has this --addr".into(),
             Some(libc::EAFNOSUPPORT) => ": this address family is disabled on the host".into(),

@@ -5,6 +5,7 @@
 //! - [`worker`]: the event loop.
 //! - [`conn`]: one connection's state, and `next_step`, its transitions.
 //! - [`udp`]: UDP echo on the same ring.
+//! - [`wait_policy`]: when a wait asks for a batch of completions.
 //! - [`op_kind`]: the kinds of operation the worker submits.
 //! - this file: setting up one worker's ring on [`crate::ring`], the shared
 //!   layer that submits every operation, owns the memory they point into and
@@ -19,6 +20,7 @@
 pub mod conn;
 pub mod op_kind;
 pub mod udp;
+pub mod wait_policy;
 pub mod worker;
 
 use crate::ring::setup::{self, RingFlags, SetupError};

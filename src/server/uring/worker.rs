@@ -20,6 +20,7 @@ use super::WaitBatch;
 use super::conn::{Conn, Flags, MAX_SEND_IOVECS, SendVec, Step, next_step};
 use super::op_kind::OpKind;
 use super::udp::{Received, UdpEcho};
+use super::wait_policy::WaitPolicy;
 use crate::echo_queue::{BufId, Chunk};
 use crate::ring::user_data::{GENERATION_MASK, UserData};
 use crate::ring::{BufGroup, Completion, Part, RecvLimits, Ring, Sock, TimerId};
@@ -30,11 +31,6 @@ use crate::server::stats::WorkerStats;
 /// How often a draining worker checks its drain deadline, and how long a
 /// failed accept waits before it is retried.
 const TICK: Duration = Duration::from_millis(50);
-
-/// A turn of the loop that handled at least this many receives means load:
-/// the next wait asks for a batch (`--wait-batch`). Below it, a wait returns at
-/// the first completion, so that a lightly loaded server adds no latency.
-const LOADED_TURN: u32 = 8;
 
 /// Where the multishot accept stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,10 +99,10 @@ pub struct Worker<'a> {
     /// Multishot receives carry a total byte limit (6.17+); switched off at the
     /// first EINVAL from an older kernel.
     recv_limit: bool,
-    /// How the worker waits under load (`--wait-batch`, `--min-wait`).
-    wait: WaitBatch,
-    /// Receives with data the last turn of the loop handled: the measure of load.
-    last_turn_receives: u32,
+    /// Whether the next wait asks for a batch (`--wait-batch`).
+    wait_policy: WaitPolicy,
+    /// How long a batch wait waits once the first completion is in (`--min-wait`).
+    min_wait: Duration,
 }
 
 impl<'a> Worker<'a> {
@@ -144,8 +140,8 @@ impl<'a> Worker<'a> {
             discarded: Vec::new(),
             recv_bundle,
             recv_limit: true,
-            wait,
-            last_turn_receives: 0,
+            wait_policy: WaitPolicy::new(wait.batch),
+            min_wait: wait.min_wait,
         }
     }
 
@@ -185,21 +181,19 @@ impl<'a> Worker<'a> {
         self.ring.submit_and_wait(want, None)
     }
 
-    /// Submits what is queued and sleeps until completions arrive. At low
-    /// load, until the first: each is handled at once. Under load (the last
-    /// turn brought at least `LOADED_TURN` receives), until `--wait-batch`
-    /// have arrived or `--min-wait` has passed since the first (6.12+): with
-    /// DEFER_TASKRUN the kernel does not even wake us before that. The echoes
-    /// of a whole burst then leave in one turn, back to back, and the
-    /// receiving host's CPU takes one wake-up (a cross-CPU interrupt, in a VM
-    /// an exit) for many of them instead of one each.
+    /// Submits what is queued and sleeps until completions arrive: the first,
+    /// or, while the worker is saturated (`WaitPolicy`), `--wait-batch` of
+    /// them or as many as came within `--min-wait` of the first (6.12+).
+    /// With DEFER_TASKRUN the kernel does not even wake us before that, so a
+    /// burst's echoes leave in one turn, back to back, and the receiving
+    /// host's CPU takes one wake-up (a cross-CPU interrupt, in a VM an exit)
+    /// for many of them instead of one each.
     fn wait_for_completions(&mut self) -> io::Result<()> {
-        let wait = self.wait;
-        if wait.batch > 1 && self.last_turn_receives >= LOADED_TURN {
-            self.ring
-                .submit_and_wait_batch(wait.batch as usize, wait.min_wait)
-        } else {
-            self.enter(1)
+        match self.wait_policy.next_wait(Instant::now()) {
+            Some(batch) => self
+                .ring
+                .submit_and_wait_batch(batch as usize, self.min_wait),
+            None => self.enter(1),
         }
     }
 
@@ -245,7 +239,8 @@ impl<'a> Worker<'a> {
             receives += u32::from(c.user_data.kind() == Some(OpKind::Recv) && c.result > 0);
             self.handle_cqe(c);
         }
-        self.last_turn_receives = receives;
+        self.wait_policy
+            .after_turn(cqes.len(), receives, Instant::now());
         self.cqes = cqes;
     }
 

@@ -1,4 +1,4 @@
-//! `loadgen`'s flags, and their conversion to a [`Config`]: value parsers that
+//! `loadgen`'s flags, and their conversion to a `Config`: value parsers that
 //! name the flag and the accepted range, and the cross-flag checks clap cannot
 //! express. Resolving the target is left to the run (it is I/O).
 

@@ -3,18 +3,18 @@
 //! drives them closed- or open-loop, checks every echoed byte, and reports
 //! latency percentiles, throughput and its own CPU per message.
 //!
-//! - [`config`]: the validated configuration (built by `cli::loadgen`).
-//! - [`connect`]: target resolution, source-address spreading, socket setup, limit hints.
+//! - `config`: the validated configuration (built by `cli::loadgen`).
+//! - `connect`: target resolution, source-address spreading, socket setup, limit hints.
 //! - `engine`: one thread's ring loop: the connection ramp, then the load.
 //! - `ring`: the engine's operations on the shared ring layer ([`crate::ring`]).
 //! - `conn`: one connection's state and message bookkeeping.
-//! - [`datagram`], `flow`: with `--udp`, what a datagram carries and how its
+//! - `datagram`, `flow`: with `--udp`, what a datagram carries and how its
 //!   echo is checked; one flow's sequence numbers, loss, duplicates, reordering.
 //! - `pacing`: fixed-rate schedules (open-loop messages, connection ramp).
-//! - [`pattern`]: the shared byte pattern that sends come from and echoes are checked against.
-//! - [`stats`]: per-thread counters and histograms, and what progress reads.
+//! - `pattern`: the shared byte pattern that sends come from and echoes are checked against.
+//! - `stats`: per-thread counters and histograms, and what progress reads.
 //! - [`report`]: the JSON result, the human summary, the exit checks.
-//! - [`diagnosis`]: what the connection counts say about the server, in one sentence.
+//! - `diagnosis`: what the connection counts say about the server, in one sentence.
 //! - [`merge`]: histogram serialisation and merging results from several hosts.
 //!
 //! This file wires them together: plan the threads, start them, print progress,
@@ -22,21 +22,21 @@
 //! Every file but those of `ring/` says `#![forbid(unsafe_code)]` (here it would
 //! forbid it in `ring` too).
 
-pub mod config;
+pub(crate) mod config;
 pub(crate) mod conn;
-pub mod connect;
-pub mod datagram;
-pub mod diagnosis;
+pub(crate) mod connect;
+pub(crate) mod datagram;
+pub(crate) mod diagnosis;
 pub(crate) mod engine;
 pub mod error;
 pub(crate) mod flow;
 pub mod histogram;
 pub mod merge;
 pub(crate) mod pacing;
-pub mod pattern;
+pub(crate) mod pattern;
 pub mod report;
 pub(crate) mod ring;
-pub mod stats;
+pub(crate) mod stats;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Barrier, OnceLock, mpsc};

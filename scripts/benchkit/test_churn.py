@@ -14,7 +14,8 @@ sys.dont_write_bytecode = True
 SCRIPTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(SCRIPTS))
 
-from benchkit import chart, check_smoke, clients, options, procs, reload, report, topology  # noqa: E402
+from benchkit import (chart, check_smoke, clients, options, procs, reload, report,  # noqa: E402
+                      scripts_module, topology)
 from benchkit.env import Env  # noqa: E402
 from benchkit.model import Cell, Run, churn_ratio, per_conn_metrics, summarise  # noqa: E402
 from benchkit.plan import plan_matrix  # noqa: E402
@@ -191,9 +192,7 @@ class Outputs(unittest.TestCase):
         self.assertEqual(back.metrics["conns_per_s"], run.metrics["conns_per_s"])
 
     def test_churn_alone_updates_its_own_doc_section(self):
-        spec = importlib.util.spec_from_file_location("bench", SCRIPTS / "bench.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
+        bench = scripts_module.load("bench")
         self.assertEqual(bench.doc_key_suffix(parse("--modes", "churn")), "-churn")
         self.assertEqual(bench.doc_key_suffix(parse("--modes", "closed,churn")), "")
         self.assertEqual(bench.doc_key_suffix(parse("--modes", "churn", "--targets")), "")

@@ -3,7 +3,6 @@
 profile.py's split of the server's samples into the event interface's part
 and the floor: python3 -m unittest discover -s scripts/benchkit"""
 
-import importlib.util
 import sys
 import unittest
 from pathlib import Path
@@ -13,15 +12,8 @@ sys.dont_write_bytecode = True
 SCRIPTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(SCRIPTS))
 
-from benchkit import host, model, options, procs, targets  # noqa: E402
-from benchkit.model import BACKENDS, Cell, Run, summarise  # noqa: E402
-
-
-def load_profile():
-    spec = importlib.util.spec_from_file_location("profile_script", SCRIPTS / "profile.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from benchkit import host, model, options, procs, scripts_module, targets  # noqa: E402
+from benchkit.model import BACKENDS, Run, summarise  # noqa: E402
 
 
 class Variants(unittest.TestCase):
@@ -104,7 +96,7 @@ class Targets(unittest.TestCase):
 
 class Floor(unittest.TestCase):
     def test_samples_are_split_by_the_function_they_ran_in(self):
-        profile = load_profile()
+        profile = scripts_module.load("profile")
         script = "\n\n".join([
             "worker-0  42\n\tffffffff81b60e22 io_send+0x12\n\tffffffff81b45bb2 io_submit_sqes",
             "worker-0  42\n\t000055d0c0ffee00 uring_echo::worker::reap\n\t00007f00 main",

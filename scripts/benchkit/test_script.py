@@ -3,7 +3,6 @@ processes replaced by a stand-in (the CI smoke run runs them for real):
 python3 -m unittest discover -s scripts/benchkit"""
 
 import contextlib
-import importlib.util
 import json
 import os
 import sys
@@ -16,14 +15,11 @@ sys.dont_write_bytecode = True
 SCRIPTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(SCRIPTS))
 
-from benchkit import options, procs, topology  # noqa: E402
+from benchkit import options, procs, scripts_module, topology  # noqa: E402
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", SCRIPTS / "bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return scripts_module.load("bench")
 
 
 def fake_execute(env, run, **_kw):

@@ -1,5 +1,5 @@
 //! A minimal io_uring TCP echo server, to read before the real one
-//! (`src/server/uring/worker.rs`). It covers the core of it on the same ring layer
+//! (`src/server/uring/worker/`). It covers the core of it on the same ring layer
 //! (`uring_echo::uring::ring`, whose module doc states the one safety
 //! contract): multishot accept, multishot receive from a provided-buffer ring,
 //! send, and recycling the buffer. No `unsafe` here: the layer owns every

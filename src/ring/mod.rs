@@ -40,7 +40,6 @@ use crate::echo_queue::BufId;
 use buf_ring::BufRing;
 use memory::OpMemory;
 pub use memory::{AddressId, BufGroup, ByteSource, MsgId, Part, SourceId, TimerId};
-use setup::{SQE_LEN_OFFSET, SQE_OPTLEN_OFFSET, with_sqe_u32};
 use user_data::UserData;
 
 /// A socket an operation names: a slot of the ring's direct-descriptor table,
@@ -66,6 +65,9 @@ macro_rules! on_sock {
         }
     };
 }
+
+/// The typed operations, one method each, built on `push`.
+mod ops;
 
 /// How much a multishot receive may take.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -212,7 +214,7 @@ impl Ring {
         *self.memory.read_slot
     }
 
-    // ---- operations -----------------------------------------------------
+    // ---- operations (the typed ones are in `ops`) ----------------------
 
     /// Queues an entry. Never blocks, never drops: what does not fit the
     /// submission queue waits in `backlog` until the next enter.
@@ -230,139 +232,6 @@ impl Ring {
         if unsafe { self.ring.submission().push(&entry) }.is_err() {
             self.backlog.push(entry);
         }
-    }
-
-    /// Multishot accept on `listener`; with `direct`, into a free slot of the
-    /// direct-descriptor table (5.19+).
-    pub fn accept_multi(&mut self, listener: RawFd, direct: bool, ud: UserData) {
-        let entry = opcode::AcceptMulti::new(types::Fd(listener))
-            .allocate_file_index(direct)
-            .build()
-            .user_data(ud.raw());
-        // SAFETY: no pointers (the peer address is not asked for).
-        unsafe { self.push(entry) };
-    }
-
-    /// Multishot receive into buffers of `group` (6.0+).
-    pub fn recv_multi(&mut self, sock: Sock, group: BufGroup, limits: RecvLimits, ud: UserData) {
-        let mut entry = match limits.bundle_bytes {
-            Some(bytes) => {
-                let e = on_sock!(sock, |t| opcode::RecvMultiBundle::new(t, group.bgid)
-                    .build());
-                with_sqe_u32(e, SQE_LEN_OFFSET, bytes)
-            }
-            None => on_sock!(sock, |t| opcode::RecvMulti::new(t, group.bgid).build()),
-        };
-        if let Some(total) = limits.total_bytes {
-            entry = with_sqe_u32(entry, SQE_OPTLEN_OFFSET, total);
-        }
-        // SAFETY: no pointers: the kernel picks buffers of `group`, which lives
-        // in `self.memory`.
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// Multishot `recvmsg` into buffers of `group`; `msg` gives the room for
-    /// the source address (`set_msg_name_len`).
-    pub fn recvmsg_multi(&mut self, sock: Sock, msg: MsgId, group: BufGroup, ud: UserData) {
-        let hdr: *const libc::msghdr = self.memory.msg_header(msg);
-        let entry = on_sock!(sock, |t| opcode::RecvMsgMulti::new(t, hdr, group.bgid)
-            .build());
-        // SAFETY: `hdr` is a boxed message in `self.memory`.
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// Sends `len` bytes at `offset` of buffer `buf` in `group`.
-    pub fn send_buffer(
-        &mut self,
-        sock: Sock,
-        group: BufGroup,
-        buf: BufId,
-        offset: u32,
-        len: u32,
-        ud: UserData,
-    ) {
-        let ptr = self.memory.buffer_ptr(group, buf, offset, len);
-        let entry = on_sock!(sock, |t| opcode::Send::new(t, ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build());
-        // SAFETY: `ptr..ptr+len` lies in the group's memory (checked by `buffer_ptr`).
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// Sends `len` bytes at `start` of a registered byte source.
-    pub fn send_source(
-        &mut self,
-        sock: Sock,
-        source: SourceId,
-        start: usize,
-        len: u32,
-        ud: UserData,
-    ) {
-        let ptr = self.memory.source_ptr(source, start, len as usize);
-        let entry = on_sock!(sock, |t| opcode::Send::new(t, ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build());
-        // SAFETY: `ptr..ptr+len` lies in the source (checked by `source_ptr`),
-        // which `self.memory` keeps alive and which is never written.
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// `sendmsg` of message `msg`, as last filled.
-    pub fn sendmsg(&mut self, sock: Sock, msg: MsgId, ud: UserData) {
-        let hdr: *const libc::msghdr = self.memory.msg_header(msg);
-        let entry = on_sock!(sock, |t| opcode::SendMsg::new(t, hdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build());
-        // SAFETY: `hdr` is a boxed message in `self.memory`; `fill_msg` pointed
-        // its iovecs and name only into `self.memory`.
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// Connects `sock` to a registered address.
-    pub fn connect(&mut self, sock: Sock, addr: AddressId, ud: UserData) {
-        let addr = self.memory.address(addr);
-        let (ptr, len) = (addr.as_ptr().cast::<libc::sockaddr>(), addr.len());
-        let entry = on_sock!(sock, |t| opcode::Connect::new(t, ptr, len).build());
-        // SAFETY: the address is boxed in `self.memory`.
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// Reads 8 bytes from an eventfd into the read slot (`read_value`).
-    pub fn read_eventfd(&mut self, fd: RawFd, ud: UserData) {
-        let slot: *mut u64 = &mut *self.memory.read_slot;
-        let entry = opcode::Read::new(types::Fd(fd), slot.cast(), 8).build();
-        // SAFETY: the read slot is a boxed u64 in `self.memory`, 8 bytes long.
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// A timeout of a registered duration.
-    pub fn timeout(&mut self, timer: TimerId, ud: UserData) {
-        let ts: *const types::Timespec = self.memory.timer(timer);
-        let entry = opcode::Timeout::new(ts).build();
-        // SAFETY: the timespec is boxed in `self.memory`.
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// Cancels the operation tagged `target`; it then completes with ECANCELED.
-    pub fn cancel(&mut self, target: UserData, ud: UserData) {
-        let entry = opcode::AsyncCancel::new(target.raw()).build();
-        // SAFETY: no pointers.
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// Closes `sock`. Operations still in flight on it hold their own
-    /// reference to the socket, so this does not pull it from under them.
-    pub fn close(&mut self, sock: Sock, ud: UserData) {
-        let entry = on_sock!(sock, |t| opcode::Close::new(t).build());
-        // SAFETY: no pointers.
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// `shutdown(2)` of `sock` with `how` (`libc::SHUT_WR`...).
-    pub fn shutdown(&mut self, sock: Sock, how: i32, ud: UserData) {
-        let entry = on_sock!(sock, |t| opcode::Shutdown::new(t, how).build());
-        // SAFETY: no pointers.
-        unsafe { self.push(entry.user_data(ud.raw())) };
     }
 
     // ---- entering and reaping -------------------------------------------
@@ -522,152 +391,4 @@ impl Drop for Ring {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::net::UnixStream;
-
-    use super::*;
-    use crate::ring::user_data::TestKind as OpKind;
-
-    /// A small ring (8 SQ entries), so a burst spills into the backlog.
-    fn small_ring() -> Option<Ring> {
-        match IoUring::new(8) {
-            Ok(ring) => Some(Ring::new(ring)),
-            Err(e) => {
-                eprintln!("skipped: io_uring unavailable here: {e}");
-                None
-            }
-        }
-    }
-
-    #[test]
-    fn teardown_after_an_enter_error_cancels_and_reaps_everything_in_flight() {
-        let Some(mut ring) = small_ring() else {
-            return;
-        };
-        let group = ring.register_buffers(0, 8, 64).expect("register buffers");
-        // Operations that never complete by themselves: a multishot accept
-        // nobody connects to, a multishot receive nobody sends to, timeouts
-        // an hour long.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let (quiet, _peer) = UnixStream::pair().expect("socket pair");
-        let hour = ring.add_timer(Duration::from_secs(3600));
-        let ud = |key| UserData::new(OpKind::Tick, key, 0);
-        ring.accept_multi(
-            listener.as_raw_fd(),
-            false,
-            UserData::worker_op(OpKind::Accept),
-        );
-        let sock = Sock::Fd(quiet.as_raw_fd());
-        ring.recv_multi(
-            sock,
-            group,
-            RecvLimits::default(),
-            UserData::worker_op(OpKind::Recv),
-        );
-        for key in 0..6 {
-            ring.timeout(hour, ud(key));
-        }
-        ring.submit_and_wait(0, None).expect("submit");
-        // More than the submission queue holds, never submitted: some sit in
-        // the queue, the rest in the backlog, when entering fails.
-        for key in 6..20 {
-            ring.timeout(hour, ud(key));
-        }
-        assert_eq!(ring.in_flight(), 22);
-        assert!(
-            !ring.backlog.is_empty(),
-            "the burst spilled into the backlog"
-        );
-        ring.fail_next_enter(libc::EIO);
-        let err = ring
-            .submit_and_wait(1, None)
-            .expect_err("the injected error");
-        assert_eq!(err.raw_os_error(), Some(libc::EIO));
-
-        assert_eq!(ring.teardown(), 0, "nothing left in flight");
-        assert_eq!(ring.in_flight(), 0);
-        assert!(ring.backlog.is_empty());
-        // Every final completion was reaped: nothing is left to arrive.
-        let mut late = Vec::new();
-        ring.submit_and_wait(0, None).expect("enter after teardown");
-        ring.completions(&mut late);
-        assert!(late.is_empty(), "completions after teardown: {late:?}");
-    }
-
-    #[test]
-    fn a_multishot_receive_posts_its_data_then_ends_at_teardown() {
-        let Some(mut ring) = small_ring() else {
-            return;
-        };
-        let group = ring.register_buffers(0, 8, 64).expect("register buffers");
-        let (mine, peer) = UnixStream::pair().expect("socket pair");
-        let recv = UserData::worker_op(OpKind::Recv);
-        ring.recv_multi(
-            Sock::Fd(mine.as_raw_fd()),
-            group,
-            RecvLimits::default(),
-            recv,
-        );
-        std::io::Write::write_all(&mut &peer, b"hello").expect("write");
-        let mut out = Vec::new();
-        while out.is_empty() {
-            ring.submit_and_wait(1, Some(Duration::from_secs(5)))
-                .expect("wait");
-            ring.completions(&mut out);
-        }
-        let c = out[0];
-        assert_eq!((c.user_data, c.result, c.more()), (recv, 5, true));
-        let buf = c.buffer().expect("a provided buffer");
-        assert_eq!(ring.buffers(group).bytes(buf, 5), b"hello");
-        assert_eq!(ring.in_flight(), 1, "the receive is still armed");
-        assert_eq!(ring.teardown(), 0);
-    }
-
-    #[test]
-    fn the_kernel_ends_a_multishot_receive_at_its_total_byte_limit() {
-        let Some(mut ring) = small_ring() else {
-            return;
-        };
-        let group = ring.register_buffers(0, 8, 64).expect("register buffers");
-        let (mine, peer) = UnixStream::pair().expect("socket pair");
-        let sent: Vec<u8> = (0..300u32).map(|i| (i * 7) as u8).collect();
-        std::io::Write::write_all(&mut &peer, &sent).expect("write");
-        // Two of the 64-byte buffers: the kernel counts what each receive
-        // took, and a receive takes at most a buffer, so a multiple of the
-        // buffer size (as the worker's budgets are) ends exactly there.
-        let limits = RecvLimits {
-            bundle_bytes: None,
-            total_bytes: Some(128),
-        };
-        let recv = UserData::worker_op(OpKind::Recv);
-        ring.recv_multi(Sock::Fd(mine.as_raw_fd()), group, limits, recv);
-        let mut received = Vec::new();
-        let mut out = Vec::new();
-        'wait: loop {
-            ring.submit_and_wait(1, Some(Duration::from_secs(5)))
-                .expect("wait");
-            ring.completions(&mut out);
-            assert!(!out.is_empty(), "no completion within 5 s");
-            for c in &out {
-                if c.result == -libc::EINVAL {
-                    eprintln!("skipped: this kernel has no multishot receive limit (6.17+)");
-                    return;
-                }
-                assert!(c.result >= 0, "receive failed: {}", c.result);
-                let buf = c.buffer().expect("a provided buffer");
-                received.extend_from_slice(ring.buffers(group).bytes(buf, c.result as u32));
-                if !c.more() {
-                    break 'wait;
-                }
-            }
-        }
-        assert_eq!(received, sent[..128], "exactly the limit, in order");
-        assert_eq!(ring.in_flight(), 0, "the receive ended itself");
-        // The rest is still in the socket, untouched.
-        mine.set_nonblocking(true).expect("nonblocking");
-        let mut rest = vec![0; 400];
-        let n = std::io::Read::read(&mut &mine, &mut rest).expect("read the rest");
-        assert_eq!(rest[..n], sent[128..]);
-    }
-}
+mod tests;

@@ -58,11 +58,13 @@ impl WaitPolicy {
         self.batched.then_some(self.batch)
     }
 
-    /// Records what the turn after a wait handled: every completion it
-    /// reaped, and of those the receives that brought data.
+    /// Records what the turn after a wait (or a `--busy-poll` spin, which
+    /// asks for no batch) handled: every completion it reaped, and of those
+    /// the receives that brought data.
     pub fn after_turn(&mut self, completions: usize, receives: u32, now: Instant) {
         self.last_turn_receives = receives;
-        if self.batched && completions * 2 < self.batch as usize {
+        // Judged once: a turn without a wait before it (a spin) is no batch's.
+        if std::mem::take(&mut self.batched) && completions * 2 < self.batch as usize {
             self.backoff_until = Some(now + BACKOFF);
         }
     }
@@ -116,6 +118,19 @@ mod tests {
             Some(128),
             "tried again after the back-off"
         );
+    }
+
+    #[test]
+    fn a_turn_without_a_batch_wait_before_it_does_not_back_off() {
+        let mut p = WaitPolicy::new(128);
+        let t = Instant::now();
+        p.after_turn(200, 100, t);
+        assert_eq!(p.next_wait(t), Some(128));
+        p.after_turn(128, 64, t);
+        // A busy-poll spin found a few completions; no wait asked for a batch.
+        p.after_turn(3, 2, t);
+        p.after_turn(200, 100, t);
+        assert_eq!(p.next_wait(t), Some(128));
     }
 
     #[test]

@@ -47,9 +47,10 @@ impl WaitPolicy {
     }
 
     /// The completions the next wait asks for: `Some(batch)`, or `None` to
-    /// return at the first.
-    pub fn next_wait(&mut self, now: Instant) -> Option<u32> {
-        if self.backoff_until.is_some_and(|until| now < until) {
+    /// return at the first. `now` is read only during a back-off: no clock
+    /// read per turn otherwise.
+    pub fn next_wait(&mut self, now: impl FnOnce() -> Instant) -> Option<u32> {
+        if self.backoff_until.is_some_and(|until| now() < until) {
             self.batched = false;
             return None;
         }
@@ -61,11 +62,12 @@ impl WaitPolicy {
     /// Records what the turn after a wait (or a `--busy-poll` spin, which
     /// asks for no batch) handled: every completion it reaped, and of those
     /// the receives that brought data.
-    pub fn after_turn(&mut self, completions: usize, receives: u32, now: Instant) {
+    /// `now` is read only when a batch came back under half full.
+    pub fn after_turn(&mut self, completions: usize, receives: u32, now: impl FnOnce() -> Instant) {
         self.last_turn_receives = receives;
         // Judged once: a turn without a wait before it (a spin) is no batch's.
         if std::mem::take(&mut self.batched) && completions * 2 < self.batch as usize {
-            self.backoff_until = Some(now + BACKOFF);
+            self.backoff_until = Some(now() + BACKOFF);
         }
     }
 }
@@ -78,21 +80,21 @@ mod tests {
     fn a_light_turn_does_not_batch_the_next_wait() {
         let mut p = WaitPolicy::new(128);
         let t = Instant::now();
-        assert_eq!(p.next_wait(t), None, "nothing handled yet");
-        p.after_turn(7, LOADED_TURN - 1, t);
-        assert_eq!(p.next_wait(t), None);
-        p.after_turn(20, LOADED_TURN, t);
-        assert_eq!(p.next_wait(t), Some(128));
+        assert_eq!(p.next_wait(|| t), None, "nothing handled yet");
+        p.after_turn(7, LOADED_TURN - 1, || t);
+        assert_eq!(p.next_wait(|| t), None);
+        p.after_turn(20, LOADED_TURN, || t);
+        assert_eq!(p.next_wait(|| t), Some(128));
     }
 
     #[test]
     fn batches_that_fill_keep_batching() {
         let mut p = WaitPolicy::new(128);
         let t = Instant::now();
-        p.after_turn(200, 100, t);
+        p.after_turn(200, 100, || t);
         for _ in 0..10 {
-            assert_eq!(p.next_wait(t), Some(128));
-            p.after_turn(64, 32, t);
+            assert_eq!(p.next_wait(|| t), Some(128));
+            p.after_turn(64, 32, || t);
         }
     }
 
@@ -100,21 +102,21 @@ mod tests {
     fn a_batch_under_half_full_stops_batching_for_the_backoff() {
         let mut p = WaitPolicy::new(128);
         let t = Instant::now();
-        p.after_turn(200, 100, t);
-        assert_eq!(p.next_wait(t), Some(128));
+        p.after_turn(200, 100, || t);
+        assert_eq!(p.next_wait(|| t), Some(128));
         // min-wait ran out with 63 of 128: below saturation.
-        p.after_turn(63, 30, t);
+        p.after_turn(63, 30, || t);
         // Turns stay large (they handled what accumulated), and still no batch.
         let later = t + BACKOFF / 2;
-        assert_eq!(p.next_wait(later), None);
-        p.after_turn(40, 20, later);
-        assert_eq!(p.next_wait(later), None);
+        assert_eq!(p.next_wait(|| later), None);
+        p.after_turn(40, 20, || later);
+        assert_eq!(p.next_wait(|| later), None);
         // An unbatched wait that brings little does not extend the back-off.
-        p.after_turn(1, 1, later);
+        p.after_turn(1, 1, || later);
         let after = t + BACKOFF;
-        p.after_turn(40, 20, after);
+        p.after_turn(40, 20, || after);
         assert_eq!(
-            p.next_wait(after),
+            p.next_wait(|| after),
             Some(128),
             "tried again after the back-off"
         );
@@ -124,20 +126,20 @@ mod tests {
     fn a_turn_without_a_batch_wait_before_it_does_not_back_off() {
         let mut p = WaitPolicy::new(128);
         let t = Instant::now();
-        p.after_turn(200, 100, t);
-        assert_eq!(p.next_wait(t), Some(128));
-        p.after_turn(128, 64, t);
+        p.after_turn(200, 100, || t);
+        assert_eq!(p.next_wait(|| t), Some(128));
+        p.after_turn(128, 64, || t);
         // A busy-poll spin found a few completions; no wait asked for a batch.
-        p.after_turn(3, 2, t);
-        p.after_turn(200, 100, t);
-        assert_eq!(p.next_wait(t), Some(128));
+        p.after_turn(3, 2, || t);
+        p.after_turn(200, 100, || t);
+        assert_eq!(p.next_wait(|| t), Some(128));
     }
 
     #[test]
     fn a_batch_of_one_never_batches() {
         let mut p = WaitPolicy::new(1);
         let t = Instant::now();
-        p.after_turn(1000, 500, t);
-        assert_eq!(p.next_wait(t), None);
+        p.after_turn(1000, 500, || t);
+        assert_eq!(p.next_wait(|| t), None);
     }
 }

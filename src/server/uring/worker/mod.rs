@@ -192,7 +192,7 @@ impl<'a> Worker<'a> {
     /// host's CPU takes one wake-up (a cross-CPU interrupt, in a VM an exit)
     /// for many of them instead of one each.
     fn wait_for_completions(&mut self) -> io::Result<()> {
-        match self.wait_policy.next_wait(Instant::now()) {
+        match self.wait_policy.next_wait(Instant::now) {
             Some(batch) => self
                 .ring
                 .submit_and_wait_batch(batch as usize, self.min_wait),
@@ -243,7 +243,7 @@ impl<'a> Worker<'a> {
             self.handle_cqe(c);
         }
         self.wait_policy
-            .after_turn(cqes.len(), receives, Instant::now());
+            .after_turn(cqes.len(), receives, Instant::now);
         self.cqes = cqes;
     }
 

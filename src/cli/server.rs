@@ -5,8 +5,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 
 use crate::server::config::{
-    Backend, Config, MAX_BUF_COUNT, MAX_BUF_SIZE_BYTES, MAX_CQ_ENTRIES, MAX_UDP_DATAGRAM,
-    WaitConfig,
+    Backend, Config, MAX_BUF_COUNT, MAX_BUF_SIZE_BYTES, MAX_CQ_ENTRIES, MAX_UDP_DATAGRAM, WaitBatch,
 };
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -160,7 +159,8 @@ impl ServerArgs {
                     .into(),
             );
         }
-        let wait = self.wait_config()?;
+        let wait = self.wait_batch()?;
+        let wait_explicit = self.wait_explicit();
         if self.conn_buffers > self.buf_count {
             return Err(format!(
                 "--conn-buffers ({}) must not exceed --buf-count ({}): one connection could hold the whole pool",
@@ -191,6 +191,7 @@ impl ServerArgs {
             udp_max_datagram: self.udp_max_datagram,
             busy_poll: Duration::from_micros(u64::from(self.busy_poll)),
             wait,
+            wait_explicit,
             stats_interval: self.stats,
             stats_per_worker: self.stats_per_worker,
             quiet: self.quiet,
@@ -201,14 +202,13 @@ impl ServerArgs {
 impl ServerArgs {
     /// --wait-batch and --min-wait: io_uring waits, so an error with another
     /// backend; a --min-wait with --wait-batch 1 would do nothing, so an error.
-    fn wait_config(&self) -> Result<WaitConfig, String> {
-        let explicit = self.wait_batch.is_some() || self.min_wait.is_some();
-        if explicit && !matches!(self.backend, BackendArg::Uring) {
+    fn wait_batch(&self) -> Result<WaitBatch, String> {
+        if self.wait_explicit() && !matches!(self.backend, BackendArg::Uring) {
             return Err(
                 "--wait-batch and --min-wait shape io_uring waits: --backend uring only".into(),
             );
         }
-        let default = WaitConfig::default();
+        let default = WaitBatch::default();
         let batch = self.wait_batch.unwrap_or(default.batch);
         if batch == 1 && self.min_wait.is_some() {
             return Err(
@@ -220,11 +220,11 @@ impl ServerArgs {
         let min_wait = self
             .min_wait
             .map_or(default.min_wait, |us| Duration::from_micros(u64::from(us)));
-        Ok(WaitConfig {
-            batch,
-            min_wait,
-            explicit,
-        })
+        Ok(WaitBatch { batch, min_wait })
+    }
+
+    fn wait_explicit(&self) -> bool {
+        self.wait_batch.is_some() || self.min_wait.is_some()
     }
 
     /// --workers, defaulting to the --cpus list's length. With both, the
@@ -304,15 +304,15 @@ mod tests {
     #[test]
     fn the_wait_batch_defaults_on_and_says_when_it_was_asked_for() {
         let c = parse(&[]).unwrap().into_config().unwrap();
-        assert_eq!(c.wait, WaitConfig::default());
-        assert!(c.wait.batch > 1 && !c.wait.min_wait.is_zero() && !c.wait.explicit);
+        assert_eq!(c.wait, WaitBatch::default());
+        assert!(c.wait.batch > 1 && !c.wait.min_wait.is_zero() && !c.wait_explicit);
         let c = parse(&["--wait-batch", "1"])
             .unwrap()
             .into_config()
             .unwrap();
-        assert_eq!((c.wait.batch, c.wait.explicit), (1, true));
+        assert_eq!((c.wait.batch, c.wait_explicit), (1, true));
         let c = parse(&["--min-wait", "50"]).unwrap().into_config().unwrap();
-        assert_eq!(c.wait.batch, WaitConfig::default().batch);
+        assert_eq!(c.wait.batch, WaitBatch::default().batch);
         assert_eq!(c.wait.min_wait, Duration::from_micros(50));
         // epoll has no such wait: its default is simply not used.
         let c = parse(&["--backend", "epoll"])

@@ -76,7 +76,10 @@ pub struct Config {
     /// the price of a core kept busy while traffic trickles.
     pub busy_poll: Duration,
     /// io_uring: how a worker waits under load (`--wait-batch`, `--min-wait`).
-    pub wait: WaitConfig,
+    pub wait: WaitBatch,
+    /// `--wait-batch` or `--min-wait` was given: a kernel without min-wait is
+    /// then an error, not a fallback to `WaitBatch::OFF`.
+    pub wait_explicit: bool,
     /// Print a stats line at this interval.
     pub stats_interval: Option<Duration>,
     /// Break the stats lines and the summary down by worker.
@@ -86,27 +89,41 @@ pub struct Config {
 }
 
 /// How an io_uring worker waits under load: for `batch` completions, or
-/// `min_wait` after the first (Linux 6.12+), so that a burst is handled in one
-/// turn. Invariant: `batch` 1 (off), or above 1 with a non-zero `min_wait`.
+/// `min_wait` after the first (`IORING_ENTER_EXT_ARG`'s `min_wait_usec`, Linux
+/// 6.12+), so that a burst is handled in one turn. Invariant: `batch` 1 (off),
+/// or above 1 with a non-zero `min_wait`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WaitConfig {
+pub struct WaitBatch {
     pub batch: u32,
     pub min_wait: Duration,
-    /// Given on the command line: a kernel without min-wait is then an error,
-    /// not a fallback.
-    pub explicit: bool,
+}
+
+impl WaitBatch {
+    pub const OFF: WaitBatch = WaitBatch {
+        batch: 1,
+        min_wait: Duration::ZERO,
+    };
 }
 
 /// Measured on two hosts (docs/benchmarks.md, "What each lever bought"):
-/// 100 connections x 64 B closed loop, +24% messages/s for 37% less server
-/// CPU per message; latency at low load unchanged (a wait asks for a batch
-/// only after a loaded turn).
-impl Default for WaitConfig {
+/// 100 connections x 64 B closed loop, 1.19x the messages/s for 0.67x the
+/// server CPU per message; latency below saturation unchanged (a wait asks
+/// for a batch only while batches fill: `server::uring::wait_policy`).
+impl Default for WaitBatch {
     fn default() -> Self {
-        WaitConfig {
+        WaitBatch {
             batch: 128,
             min_wait: Duration::from_micros(200),
-            explicit: false,
+        }
+    }
+}
+
+impl std::fmt::Display for WaitBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.batch > 1 {
+            write!(f, "{}/{}us", self.batch, self.min_wait.as_micros())
+        } else {
+            write!(f, "off")
         }
     }
 }
@@ -143,7 +160,8 @@ impl Default for Config {
             udp: false,
             udp_max_datagram: MAX_UDP_DATAGRAM,
             busy_poll: Duration::ZERO,
-            wait: WaitConfig::default(),
+            wait: WaitBatch::default(),
+            wait_explicit: false,
             stats_interval: None,
             stats_per_worker: false,
             quiet: false,

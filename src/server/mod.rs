@@ -324,7 +324,7 @@ fn run_uring(
         }
     };
     // The wait said out loud, with the reason where the default turned itself off.
-    let wait = if parts.wait == uring::WaitBatch::OFF && config.wait.batch > 1 {
+    let wait = if parts.wait == config::WaitBatch::OFF && config.wait.batch > 1 {
         "off(min-wait needs Linux 6.12)".to_string()
     } else {
         parts.wait.to_string()

@@ -26,7 +26,7 @@ pub mod worker;
 use crate::ring::setup::{self, RingFlags, SetupError};
 use crate::ring::{self, Ring};
 
-use crate::server::config::Config;
+use crate::server::config::{Config, WaitBatch};
 
 /// The buffer group every receive names.
 pub const BGID: u16 = 0;
@@ -47,31 +47,6 @@ pub struct RingParts {
     pub wait: WaitBatch,
 }
 
-/// Under load, wait for `batch` completions, or `min_wait` after the first
-/// (IORING_ENTER_EXT_ARG's `min_wait_usec`, 6.12+). A batch of 1 is off.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WaitBatch {
-    pub batch: u32,
-    pub min_wait: std::time::Duration,
-}
-
-impl WaitBatch {
-    pub const OFF: WaitBatch = WaitBatch {
-        batch: 1,
-        min_wait: std::time::Duration::ZERO,
-    };
-}
-
-impl std::fmt::Display for WaitBatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.batch > 1 {
-            write!(f, "{}/{}us", self.batch, self.min_wait.as_micros())
-        } else {
-            write!(f, "off")
-        }
-    }
-}
-
 /// Builds and registers everything one worker needs.
 pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
     let (ring, flags) = setup::build_ring(config.sq_entries, config.cq_entries)?;
@@ -80,7 +55,7 @@ pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
         config.wait.batch > 1,
         ring.params().is_feature_min_timeout(),
     ) {
-        (true, false) if config.wait.explicit => {
+        (true, false) if config.wait_explicit => {
             return Err(SetupError::UnsupportedKernel {
                 feature: "min-wait, which --wait-batch and --min-wait use,",
                 needs: "6.12",
@@ -92,10 +67,7 @@ pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
         // The default falls back to waiting for the first completion; the
         // start line says so.
         (true, false) => WaitBatch::OFF,
-        _ => WaitBatch {
-            batch: config.wait.batch,
-            min_wait: config.wait.min_wait,
-        },
+        _ => config.wait,
     };
     let table_slots = direct_table_slots(config, crate::sys::open_files_limit());
     ring.submitter()

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use socket2::Socket;
 
-use super::WaitBatch;
 use super::conn::Conn;
 use super::op_kind::OpKind;
 use super::udp::UdpEcho;
@@ -29,6 +28,7 @@ use crate::ring::user_data::UserData;
 use crate::ring::{BufGroup, Completion, Ring, TimerId};
 use crate::server::Shared;
 use crate::server::capacity::TableFull;
+use crate::server::config::WaitBatch;
 use crate::server::stats::WorkerStats;
 
 /// How often a draining worker checks its drain deadline, and how long a

@@ -20,9 +20,10 @@ and are merged with loadgen merge), and stops it with SIGTERM. --sweep adds
 open-loop runs at log-spaced rates per cell and each backend's knee.
 
 Per run: loadgen's JSON (msgs/s, latency, errors, mismatches, its own CPU per
-message), the server's CPU per message (utime+stime from /proc/PID/stat,
-plus the irq and softirq time of its CPUs from /proc/stat, over the loadgen
-run, divided by loadgen's cpu.msgs), the server's memory per connection, and
+message), the server's CPU per message (the busy time of its CPUs from
+/proc/stat, its receive processing included, and its process's share,
+utime+stime from /proc/PID/stat, over the loadgen run, divided by loadgen's
+cpu.msgs), how busy the server's and loadgen's CPUs were, the server's memory per connection, and
 the growth of the drop and retransmit counters (read inside the namespaces;
 a run that saw drops, RTOs or accept-queue overflows is marked suspect).
 
@@ -60,6 +61,13 @@ from benchkit.model import (  # noqa: E402
     BACKENDS, CHURN, MODES, Cell, Run, rotated, saturated, server_workers, skip_reason, summarise)
 
 # ---------------------------------------------------------------- phases
+
+def _busy(m: dict) -> str:
+    """How busy the server's and the client's CPUs were over one run."""
+    parts = [f"{m[k] * 100:.0f} %" if m.get(k) is not None else "-"
+             for k in ("server_busy_frac", "client_busy_frac")]
+    return f"CPUs busy {parts[0]} server, {parts[1]} client"
+
 
 class Bench:
     """One invocation: its options, environment, and everything it measured."""
@@ -178,15 +186,13 @@ class Bench:
                      f"(asked {r.cell.rate:,.0f} msgs/s)")
         elif r.status == "ok" and r.cell.per_conn is not None:
             self.log(f"      {m.get('conns_per_s', 0):,.0f} conns/s, server "
-                     f"{m.get('server_cpu_ns_per_conn', 0):,.0f} + "
-                     f"{m.get('server_irq_ns_per_conn', 0):,.0f} (irq) ns/conn, transaction p99 "
+                     f"{m.get('server_total_ns_per_conn', 0):,.0f} ns/conn, {_busy(m)}, transaction p99 "
                      f"{m.get('txn_p99_us', 0):,} us"
                      + (f"  {'SUSPECT' if r.suspect else 'flags'}: {'; '.join(r.flags)}"
                         if r.flags else ""))
         elif r.status == "ok":
             self.log(f"      {m.get('msgs_per_s', 0):,.0f} msgs/s, server "
-                     f"{m.get('server_cpu_ns_per_msg', 0):,.0f} + "
-                     f"{m.get('server_irq_ns_per_msg', 0):,.0f} (irq) ns/msg, p99 "
+                     f"{m.get('server_total_ns_per_msg', 0):,.0f} ns/msg, {_busy(m)}, p99 "
                      f"{m.get('p99_us', 0):,} us"
                      + (f"  {'SUSPECT' if r.suspect else 'flags'}: {'; '.join(r.flags)}"
                         if r.flags else ""))

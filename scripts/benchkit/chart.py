@@ -137,7 +137,7 @@ def matrix(path: Path, summaries: list, size: int, pipeline: int, backends: list
     for ax, title, ylabel in (
             (thr, "Throughput (higher is better)", "messages / s"),
             (cpu, "Server CPU per message (lower is better)",
-             "ns / message (process + irq on its CPUs)")):
+             "ns / message (busy time of its CPUs)")):
         ax.set_xscale("log")
         ax.set_xticks(conns, [f"{c:,}" for c in conns])
         ax.minorticks_off()
@@ -210,7 +210,7 @@ def sweep(path: Path, points: list, knees: dict, conns: int, size: int, bound_us
 CHURN_PANELS = (
     ("conns_per_s", "Connections per second (higher is better)", "connections / s"),
     ("server_total_ns_per_conn", "Server CPU per connection (lower is better)",
-     "ns / connection (process + irq on its CPUs)"),
+     "ns / connection (busy time of its CPUs)"),
     ("txn_p99_us", "Transaction p99, connect to last echo (lower is better)", "latency"),
 )
 

@@ -224,20 +224,28 @@ def noise_flags(delta: dict) -> list:
     return flags
 
 
-def irq_seconds(cpus: list) -> Optional[float]:
-    """Hard and soft interrupt time of `cpus` (the irq and softirq columns of
-    /proc/stat), seconds. Receive processing runs there, in softirq, and is
-    charged to no process: on the netns topology RPS steers each side's to
-    its own CPUs; on loopback it runs in the sender's softirq."""
+def busy_seconds(cpus: list) -> Optional[float]:
+    """Time `cpus` spent doing anything (user, nice, system, irq and softirq
+    of /proc/stat; not idle, iowait or steal), seconds.
+
+    This, not a process's utime + stime plus its CPUs' irq and softirq time,
+    is what the server costs its CPUs. Under tick accounting without
+    CONFIG_IRQ_TIME_ACCOUNTING (common, and this development VM's kernel) a
+    tick that lands in softirq while the process runs is charged both to the
+    process's stime and to the CPU's softirq column, so that sum counted the
+    receive processing done in the process's time twice (up to 1.4 CPU
+    seconds a second on one CPU). The busy time counts each tick once,
+    receive processing included: on the netns topology RPS steers the
+    server's to its own CPUs; on loopback it runs in the sender's softirq."""
     total, seen = 0, 0
     for line in _read("/proc/stat").splitlines():
         name, _, rest = line.partition(" ")
         if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
-            cols = rest.split()
-            total += int(cols[5]) + int(cols[6])  # irq, softirq
+            cols = [int(c) for c in rest.split()]
+            user, nice, system, irq, softirq = cols[0], cols[1], cols[2], cols[5], cols[6]
+            total += user + nice + system + irq + softirq
             seen += 1
     return total / CLK_TCK if seen else None
-
 
 
 def ipis(cpus: list) -> Optional[int]:

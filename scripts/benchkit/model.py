@@ -211,8 +211,12 @@ class Run:
 SUMMARY_METRICS = (
     "msgs_per_s",
     "server_cpu_ns_per_msg",
-    "server_irq_ns_per_msg",
+    "server_other_ns_per_msg",
     "server_total_ns_per_msg",
+    # The share of the server's CPUs' and the client's CPUs' time that was
+    # busy over the client run: the side at 1.0 is the limit.
+    "server_busy_frac",
+    "client_busy_frac",
     "rate_achieved",
     "loadgen_cpu_ns_per_msg",
     "p50_us",
@@ -229,7 +233,7 @@ SUMMARY_METRICS = (
     # connection.
     "conns_per_s",
     "server_cpu_ns_per_conn",
-    "server_irq_ns_per_conn",
+    "server_other_ns_per_conn",
     "server_total_ns_per_conn",
     "txn_p50_us",
     "txn_p99_us",
@@ -317,7 +321,7 @@ def per_conn_metrics(metrics: dict, per_conn: int) -> dict:
     figure times `per_conn` (loadgen's cpu.msgs counts the echoes of the
     whole load phase, the connections cut by its edges aside)."""
     out = {}
-    for msg_key in ("server_cpu_ns_per_msg", "server_irq_ns_per_msg", "server_total_ns_per_msg",
+    for msg_key in ("server_cpu_ns_per_msg", "server_other_ns_per_msg", "server_total_ns_per_msg",
                     "loadgen_cpu_ns_per_msg"):
         if metrics.get(msg_key) is not None:
             out[msg_key.replace("_per_msg", "_per_conn")] = metrics[msg_key] * per_conn

@@ -205,10 +205,11 @@ def observe(env: Env, run: Run, server: Server, client: str, duration: float,
                                start_at)
         run.metrics["start_at"] = round(start_at, 3)
     run.commands["client"] = "\n".join(shlex.join(map(str, a)) for a in planned.argvs)
-    server_cpus = cpus(env.server_cpus)
+    server_cpus, client_cpus = cpus(env.server_cpus), cpus(env.client_cpus)
     seen = {"rss_before": host.memory_kib(server.pid), "cpu_before": host.cpu_seconds(server.pid),
-            "irq_before": host.irq_seconds(server_cpus),
-            "ipi_before": (host.ipis(server_cpus), host.ipis(cpus(env.client_cpus))),
+            "busy_before": (host.busy_seconds(server_cpus), host.busy_seconds(client_cpus)),
+            "wall_before": time.monotonic(),
+            "ipi_before": (host.ipis(server_cpus), host.ipis(client_cpus)),
             "net_before": host.net_counters(env.namespaces)}
     sampler = RssSampler(server.pid, keep_rss_series)
     sampler.start()
@@ -217,8 +218,9 @@ def observe(env: Env, run: Run, server: Server, client: str, duration: float,
     finally:
         seen["peak"] = sampler.finish()
     seen.update(cpu_after=host.cpu_seconds(server.pid), rss_after=host.memory_kib(server.pid),
-                irq_after=host.irq_seconds(server_cpus),
-                ipi_after=(host.ipis(server_cpus), host.ipis(cpus(env.client_cpus))),
+                busy_after=(host.busy_seconds(server_cpus), host.busy_seconds(client_cpus)),
+                wall_after=time.monotonic(), cpu_counts=(len(server_cpus), len(client_cpus)),
+                ipi_after=(host.ipis(server_cpus), host.ipis(client_cpus)),
                 net_after=host.net_counters(env.namespaces), series=sampler.series)
     return seen
 
@@ -258,12 +260,7 @@ def record(run: Run, client: str, seen: dict, server_log: Path, keep_rss_series:
     if cpu_before is not None and cpu_after is not None and msgs:
         m["server_cpu_s"] = round(cpu_after - cpu_before, 3)
         m["server_cpu_ns_per_msg"] = (cpu_after - cpu_before) * 1e9 / msgs
-    if seen["irq_before"] is not None and seen["irq_after"] is not None and msgs:
-        # Charged to no process: the receive processing that runs on the
-        # server's CPUs in softirq (ticks, 10 ms each: meaningful over seconds).
-        m["server_irq_ns_per_msg"] = (seen["irq_after"] - seen["irq_before"]) * 1e9 / msgs
-        if "server_cpu_ns_per_msg" in m:
-            m["server_total_ns_per_msg"] = m["server_cpu_ns_per_msg"] + m["server_irq_ns_per_msg"]
+    cpu_metrics(m, seen, msgs)
     for side, key in enumerate(("server_ipis_per_msg", "client_ipis_per_msg")):
         before, after = seen["ipi_before"][side], seen["ipi_after"][side]
         if before is not None and after is not None and msgs:
@@ -272,6 +269,30 @@ def record(run: Run, client: str, seen: dict, server_log: Path, keep_rss_series:
         m.update(per_conn_metrics(m, run.cell.per_conn))
     if rc != 0:
         run.status, run.reason = "failed", f"client exit {rc}: {seen['client_err']}"
+
+
+def cpu_metrics(m: dict, seen: dict, msgs: int) -> None:
+    """The server's CPU per message, and how busy each side's CPUs were.
+
+    server_total: the busy time of the server's CPUs (host.busy_seconds),
+    which counts its receive processing once; server_cpu: its process's
+    utime + stime, which under tick accounting includes the softirq ticks
+    taken while it ran; server_other = total - process: what its CPUs did
+    outside the process's time (receive processing while it slept,
+    ksoftirqd). *_busy_frac: the share of their CPUs' time over the client
+    run, 1.0 when saturated: the side near 1.0 is the limit."""
+    wall = seen["wall_after"] - seen["wall_before"]
+    for side, name in enumerate(("server", "client")):
+        before, after = seen["busy_before"][side], seen["busy_after"][side]
+        if before is None or after is None:
+            continue
+        if wall > 0 and seen["cpu_counts"][side]:
+            m[f"{name}_busy_frac"] = round((after - before) / (wall * seen["cpu_counts"][side]), 3)
+        if name == "server" and msgs:
+            m["server_total_ns_per_msg"] = (after - before) * 1e9 / msgs
+            if "server_cpu_ns_per_msg" in m:
+                m["server_other_ns_per_msg"] = max(
+                    0.0, m["server_total_ns_per_msg"] - m["server_cpu_ns_per_msg"])
 
 
 def _client_metrics(run: Run, client: str, stdout: str) -> int:

@@ -111,10 +111,10 @@ def matrix_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
             title = ("closed loop (pipeline 1)" if mode == "closed"
                      else f"pipelined (pipeline {pipeline})")
             lines += [f"{h}## {size_label(size)}, {title}", "",
-                      "msgs/s median · server CPU ns per message: the server process's "
-                      "own plus the irq and softirq time of its CPUs, where receive "
-                      "processing runs († a run saw drops, RTOs or accept-queue "
-                      "overflows; ✗ a run failed)", "",
+                      "msgs/s median · server CPU ns per message: the busy time of the "
+                      "server's CPUs, its process and the receive processing that runs "
+                      "there, each tick counted once († a run saw drops, RTOs or "
+                      "accept-queue overflows; ✗ a run failed)", "",
                       "| conns | " + " | ".join(backends) + " |",
                       "|---:|" + "---:|" * len(backends)]
             for c in conns:
@@ -164,13 +164,16 @@ def churn_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
                   "closed by loadgen, which opens the next at once (`loadgen "
                   "--messages-per-conn N`; N = 1 is neper's `tcp_crr`). Medians; conns/s "
                   "[min–max]; *uring ÷*: uring's conns/s over this backend's; server CPU per "
-                  "connection: its process plus the irq and softirq time of its CPUs; "
+                  "connection: the busy time of its CPUs (in brackets, its process's "
+                  "share); CPUs busy: the share of the server's and of loadgen's CPU "
+                  "time in use, the side near 100 % is the limit; "
                   "transaction: from connect start to last echo (loadgen's "
                   "`transaction_us`); † a run saw drops, RTOs or accept-queue overflows; "
                   "✗ a run failed.", "",
-                  "| N | backend | conns/s | uring ÷ | server ns/conn process + irq | "
+                  "| N | backend | conns/s | uring ÷ | server ns/conn (process) | "
+                  "CPUs busy server · loadgen | "
                   "transaction p50 / p99 / p99.9 µs | connect p99 µs | loadgen ns/conn | runs |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for per_conn in o["churn"]:
             cell = Cell(conns, size, 1, per_conn=per_conn)
             for b in o["backends"]:
@@ -179,7 +182,7 @@ def churn_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
                     continue
                 if s.skipped or not s.runs:
                     lines.append(f"| {per_conn:,} | {b} | {'skipped: ' + s.skipped if s.skipped else '✗ failed'} "
-                                 "| | | | | | 0 |")
+                                 "| | | | | | | 0 |")
                     continue
                 st = s.stats.get("conns_per_s")
                 rng = f"{k(st['median'])} [{k(st['min'])}–{k(st['max'])}]" if st else "-"
@@ -188,8 +191,8 @@ def churn_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
                                                                "txn_p999_us"))
                 lines.append(
                     f"| {per_conn:,} | {b} | {rng} | {'-' if ratio is None else f'{ratio:.2f}×'} | "
-                    f"{n(s.median('server_cpu_ns_per_conn'))} + "
-                    f"{n(s.median('server_irq_ns_per_conn'))} | {lat} | "
+                    f"{n(s.median('server_total_ns_per_conn'))} "
+                    f"({n(s.median('server_cpu_ns_per_conn'))}) | {_busy(s)} | {lat} | "
                     f"{n(s.median('connect_p99_us'))} | {n(s.median('loadgen_cpu_ns_per_conn'))} | "
                     f"{s.runs}{' †' * bool(s.suspect)}{' ✗' * bool(s.failed)} |")
         lines.append("")
@@ -202,21 +205,31 @@ def churn_tables(meta: dict, summaries: list, charts: dict, h: str) -> list:
     return lines
 
 
+def _busy(s) -> str:
+    """The medians of how busy the server's and the client's CPUs were."""
+    def pct(key):
+        v = s.median(key)
+        return "-" if v is None else f"{v * 100:.0f} %"
+    return f"{pct('server_busy_frac')} · {pct('client_busy_frac')}"
+
+
 def detail_table(summaries: list, phase: str, h: str, title: str) -> list:
     rows = [s for s in summaries if s.phase.startswith(phase) and not s.skipped]
     if not rows:
         return []
     lines = [f"{h}## {title}", "",
              "| phase | cell | backend | workers | runs | msgs/s median [min–max] | server ns/msg "
-             "process + irq | latency p50 / p99 / p99.9 µs | server B/conn | client ns/msg "
+             "(process) | CPUs busy server · client | latency p50 / p99 / p99.9 µs | "
+             "server B/conn | client ns/msg "
              "| IPIs/msg server · client | flagged / suspect | failed |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in rows:
         st = s.stats.get("msgs_per_s")
         rng = f"{k(st['median'])} [{k(st['min'])}–{k(st['max'])}]" if st else "-"
         lines.append(
             f"| {s.phase} | {s.cell.name} | {s.backend} | {s.workers} | {s.runs} | {rng} | "
-            f"{n(s.median('server_cpu_ns_per_msg'))} + {n(s.median('server_irq_ns_per_msg'))} | "
+            f"{n(s.median('server_total_ns_per_msg'))} ({n(s.median('server_cpu_ns_per_msg'))}) | "
+            f"{_busy(s)} | "
             f"{n(s.median('p50_us'))} / "
             f"{n(s.median('p99_us'))} / {n(s.median('p999_us'))} | "
             f"{n(s.median('mem_per_conn_b'))} | {n(s.median('loadgen_cpu_ns_per_msg'))} | "

@@ -5,7 +5,7 @@ The push (issue 13), one server worker:
 T1  1,000 conns x 64 B closed loop: uring >= 1.6x epoll, >= 1.4x best of tokio/monoio
 T2  10,000 conns x 64 B: uring >= 1.5x epoll, >= 1.4x monoio
 T3  100 conns x 64 B: uring >= 1.3x epoll, >= 1.2x monoio
-T4  server CPU per message (process + irq) at 1,000 and 10,000 conns: uring <= 0.6x epoll
+T4  server CPU per message (busy time of its CPUs) at 1,000 and 10,000 conns: uring <= 0.6x epoll
 T5  1,000 conns x 1 KiB x pipeline 16: uring >= 1.1x epoll
 T6  at half of epoll's T1 maximum, 1,000 conns: uring p99 <= 0.7x epoll's
 T7  loopback, 100 conns x 64 B: uring >= monoio (measured on --topology loopback)
@@ -243,8 +243,8 @@ def evaluate(runs: list, summaries: list, rate_cell: Optional[Cell], reps: int,
         r = _ratio(uc, ec)
         out.append(Target(tid, f"server CPU per message at {cell.conns:,} conns: uring <= 0.6x epoll",
                           f"uring {_fmt(uc, ' ns')} / epoll {_fmt(ec, ' ns')} = {_fmt(r)}x "
-                          "(server process utime+stime plus the irq and softirq time of its "
-                          "CPUs, over the loadgen run, / echoes)",
+                          "(busy time of the server's CPUs, its process and its receive "
+                          "processing, over the loadgen run, / echoes)",
                           r, "<= 0.6", _verdict(r, at_most=0.6), [], note))
 
     ratio_target("T5", "t5", T5, "epoll", 1.1, "1,000 conns x 1 KiB x pipeline 16: uring >= 1.1x epoll")

@@ -64,6 +64,40 @@ class Interrupts(unittest.TestCase):
             self.assertIsNone(host.ipis([7]))
 
 
+class BusyTime(unittest.TestCase):
+    STAT = ("cpu  900 0 900 9000 0 90 900 0 0 0\n"
+            # user nice system idle iowait irq softirq steal guest guest_nice
+            "cpu0 300 10 200 1000 50 20 400 70 0 0\n"
+            "cpu1 100 0 100 2000 0 0 30 0 0 0\n")
+
+    def test_busy_time_counts_work_and_interrupts_but_not_idle_iowait_or_steal(self):
+        with mock.patch.object(host, "_read", return_value=self.STAT):
+            self.assertAlmostEqual(host.busy_seconds([0]), (300 + 10 + 200 + 20 + 400) / host.CLK_TCK)
+            self.assertAlmostEqual(host.busy_seconds([0, 1]), (930 + 230) / host.CLK_TCK)
+            self.assertIsNone(host.busy_seconds([5]))
+
+    def test_server_cpu_is_its_cpus_busy_time_so_softirq_in_process_time_counts_once(self):
+        # Tick accounting charged the process 0.9 s, softirq ticks while it
+        # ran included; its CPU was busy 1.0 s in all over a 1.25 s window.
+        # Adding the CPU's 0.6 s of softirq to the process's 0.9 s would
+        # claim 1.5 s of one CPU in 1.25 s.
+        seen = {"busy_before": (10.0, 20.0), "busy_after": (11.0, 21.25),
+                "wall_before": 100.0, "wall_after": 101.25, "cpu_counts": (1, 1)}
+        m = {"server_cpu_ns_per_msg": 0.9e9 / 1000}
+        procs.cpu_metrics(m, seen, 1000)
+        self.assertAlmostEqual(m["server_total_ns_per_msg"], 1.0e6)
+        self.assertAlmostEqual(m["server_other_ns_per_msg"], 0.1e6)
+        self.assertEqual(m["server_busy_frac"], 0.8)
+        self.assertEqual(m["client_busy_frac"], 1.0)
+
+    def test_unreadable_counters_leave_the_metrics_out(self):
+        seen = {"busy_before": (None, None), "busy_after": (None, None),
+                "wall_before": 0.0, "wall_after": 1.0, "cpu_counts": (1, 1)}
+        m = {}
+        procs.cpu_metrics(m, seen, 1000)
+        self.assertEqual(m, {})
+
+
 class Targets(unittest.TestCase):
     def run_of(self, phase, cell, backend, rep, **metrics):
         r = Run(phase, cell, backend, rep, 1)

@@ -124,6 +124,14 @@ pub struct ServerArgs {
     #[arg(long, value_name = "MICROS", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub min_wait: Option<u32>,
 
+    /// io_uring: send zero-copy (SEND_ZC, SENDMSG_ZC) when a send carries at
+    /// least BYTES: the kernel pins the buffer's pages instead of copying
+    /// them. It pays on NIC hosts for large messages (above ~3 KiB since
+    /// Linux 6.10); loopback and veth copy anyway (the `zc_copied` count
+    /// says so). Needs Linux 6.2. Off by default
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub send_zc: Option<u32>,
+
     /// Print a stats line (connections, bytes) every SECONDS
     #[arg(long, value_name = "SECONDS", value_parser = crate::cli::seconds(0.01, 86400.0))]
     pub stats: Option<Duration>,
@@ -159,6 +167,9 @@ impl ServerArgs {
                     .into(),
             );
         }
+        if self.send_zc.is_some() && !matches!(self.backend, BackendArg::Uring) {
+            return Err("--send-zc is io_uring's zero-copy send: --backend uring only".into());
+        }
         let wait = self.wait_batch()?;
         let wait_explicit = self.wait_explicit();
         if self.conn_buffers > self.buf_count {
@@ -185,6 +196,7 @@ impl ServerArgs {
             backlog: self.backlog,
             drain_timeout: self.drain_timeout,
             recv_bundle: !self.no_recv_bundle,
+            send_zc: self.send_zc,
             sq_entries: self.sq_entries,
             cq_entries: self.cq_entries,
             udp: self.udp,

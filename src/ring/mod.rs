@@ -82,6 +82,10 @@ pub struct RecvLimits {
     pub total_bytes: Option<u32>,
 }
 
+/// `IORING_NOTIF_USAGE_ZC_COPIED`: the bit of a zero-copy notification's
+/// result that says the data was copied (asked for with REPORT_USAGE, 6.2).
+const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;
+
 /// One completion, copied out of the queue.
 #[derive(Clone, Copy, Debug)]
 pub struct Completion {
@@ -94,6 +98,19 @@ impl Completion {
     /// The operation posts more completions (a multishot one still armed).
     pub fn more(&self) -> bool {
         cqueue::more(self.flags)
+    }
+
+    /// A zero-copy send's notification: the kernel no longer reads the
+    /// pages the send pointed at.
+    pub fn notif(&self) -> bool {
+        cqueue::notif(self.flags)
+    }
+
+    /// On a zero-copy send's notification: the kernel copied the data after
+    /// all (loopback and veth always do; a NIC without scatter-gather or
+    /// checksum offload does too), so the pinning bought nothing.
+    pub fn zc_copied(&self) -> bool {
+        self.notif() && (self.result as u32) & NOTIF_USAGE_ZC_COPIED != 0
     }
 
     /// The provided buffer this completion filled (the first, for a bundle).

@@ -11,6 +11,11 @@ use super::user_data::UserData;
 use super::{AddressId, BufGroup, MsgId, RecvLimits, Ring, Sock, SourceId, TimerId};
 use crate::echo_queue::BufId;
 
+/// `IORING_SEND_ZC_REPORT_USAGE` (6.2), in a zero-copy send's `ioprio`: its
+/// notification says whether the kernel copied after all. Not exported by the
+/// io-uring crate.
+const SEND_ZC_REPORT_USAGE: u16 = 1 << 3;
+
 impl Ring {
     /// Multishot accept on `listener`; with `direct`, into a free slot of the
     /// direct-descriptor table (5.19+).
@@ -66,6 +71,48 @@ impl Ring {
             .flags(libc::MSG_NOSIGNAL)
             .build());
         // SAFETY: `ptr..ptr+len` lies in the group's memory (checked by `buffer_ptr`).
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// Zero-copy send (`IORING_OP_SEND_ZC`, 6.0) of `len` bytes at `offset` of
+    /// buffer `buf`: the kernel pins the buffer's pages and sends from them
+    /// instead of copying. Two completions: the result (with F_MORE), then a
+    /// notification (F_NOTIF) once the kernel no longer reads the pages. With
+    /// `IORING_SEND_ZC_REPORT_USAGE` (6.2) the notification also says when the
+    /// kernel copied after all (loopback, veth: [`Completion::zc_copied`]).
+    ///
+    /// [`Completion::zc_copied`]: super::Completion::zc_copied
+    pub fn send_buffer_zc(
+        &mut self,
+        sock: Sock,
+        group: BufGroup,
+        buf: BufId,
+        offset: u32,
+        len: u32,
+        ud: UserData,
+    ) {
+        let ptr = self.memory.buffer_ptr(group, buf, offset, len);
+        let entry = on_sock!(sock, |t| opcode::SendZc::new(t, ptr, len)
+            .flags(libc::MSG_NOSIGNAL)
+            .zc_flags(SEND_ZC_REPORT_USAGE)
+            .build());
+        // SAFETY: `ptr..ptr+len` lies in the group's memory (checked by
+        // `buffer_ptr`), which lives as long as the ring; the caller keeps the
+        // buffer out of the kernel's pool until the notification arrives.
+        unsafe { self.push(entry.user_data(ud.raw())) };
+    }
+
+    /// Zero-copy `sendmsg` (`IORING_OP_SENDMSG_ZC`, 6.1) of message `msg`, as
+    /// last filled; completes twice, as [`Ring::send_buffer_zc`] does.
+    pub fn sendmsg_zc(&mut self, sock: Sock, msg: MsgId, ud: UserData) {
+        let hdr: *const libc::msghdr = self.memory.msg_header(msg);
+        let entry = on_sock!(sock, |t| opcode::SendMsgZc::new(t, hdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .ioprio(SEND_ZC_REPORT_USAGE)
+            .build());
+        // SAFETY: `hdr` is a boxed message in `self.memory`; `fill_msg` pointed
+        // its iovecs only into `self.memory`; the caller keeps the message and
+        // the buffers until the notification arrives.
         unsafe { self.push(entry.user_data(ud.raw())) };
     }
 

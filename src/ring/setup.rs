@@ -230,6 +230,35 @@ pub fn check_features(ring: &IoUring, ops: &[NeededOp], ext_arg: bool) -> Result
     Ok(())
 }
 
+/// Checks what `--send-zc` needs: the zero-copy send opcodes (SEND_ZC 6.0,
+/// SENDMSG_ZC 6.1), probed, and the usage report of their notifications
+/// (6.2), which cannot be probed and is checked against the version.
+pub fn check_send_zc(ring: &IoUring) -> Result<(), SetupError> {
+    const ZC_OPS: [NeededOp; 2] = [
+        (
+            opcode::SendZc::CODE,
+            "zero-copy send (SEND_ZC), which --send-zc uses,",
+            "6.0",
+        ),
+        (
+            opcode::SendMsgZc::CODE,
+            "zero-copy sendmsg (SENDMSG_ZC), which --send-zc uses,",
+            "6.1",
+        ),
+    ];
+    check_features(ring, &ZC_OPS, false)?;
+    if kernel_version().is_some_and(|v| v < (6, 2)) {
+        return Err(SetupError::UnsupportedKernel {
+            feature: "zero-copy usage reports (IORING_SEND_ZC_REPORT_USAGE), which --send-zc uses,",
+            needs: "6.2",
+            running: kernel_version()
+                .map(|(a, b)| format!("{a}.{b}"))
+                .unwrap_or_default(),
+        });
+    }
+    Ok(())
+}
+
 /// Offset of `len` in `struct io_uring_sqe`: after opcode (1), flags (1),
 /// ioprio (2), fd (4), off (8) and addr (8).
 pub const SQE_LEN_OFFSET: usize = 24;

@@ -75,6 +75,9 @@ pub struct Config {
     /// the wake-up (a scheduler round trip, in a VM an IPI and a halt exit) at
     /// the price of a core kept busy while traffic trickles.
     pub busy_poll: Duration,
+    /// io_uring `--send-zc`: a send that carries at least this many bytes goes
+    /// zero-copy (SEND_ZC / SENDMSG_ZC); None (the default) copies every send.
+    pub send_zc: Option<u32>,
     /// io_uring: how a worker waits under load (`--wait-batch`, `--min-wait`).
     pub wait: WaitBatch,
     /// `--wait-batch` or `--min-wait` was given: a kernel without min-wait is
@@ -155,6 +158,7 @@ impl Default for Config {
             backlog: 4096,
             drain_timeout: Duration::from_secs(5),
             recv_bundle: true,
+            send_zc: None,
             sq_entries: 4096,
             cq_entries: MAX_CQ_ENTRIES,
             udp: false,

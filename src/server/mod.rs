@@ -330,7 +330,7 @@ fn run_uring(
         parts.wait.to_string()
     };
     let features = format!(
-        "{},multishot_accept,multishot_recv{},buf_ring,direct_descriptors({}/worker),sendmsg_iovecs{},wait_batch={wait}",
+        "{},multishot_accept,multishot_recv{},buf_ring,direct_descriptors({}/worker),sendmsg_iovecs{},wait_batch={wait}{}",
         parts.flags,
         if parts.recv_bundle {
             ",recv_bundle"
@@ -342,7 +342,11 @@ fn run_uring(
             ",udp_multishot_recvmsg"
         } else {
             ""
-        }
+        },
+        config
+            .send_zc
+            .map(|bytes| format!(",send_zc(>={bytes}B)"))
+            .unwrap_or_default()
     );
     let _ = ready.send(Ok(features));
     uring::worker::Worker::new(

@@ -35,6 +35,12 @@ pub struct WorkerStats {
     pub udp_truncated: AtomicU64,
     /// UDP datagrams whose reply could not be sent (socket buffer full, error).
     pub udp_dropped: AtomicU64,
+    /// io_uring `--send-zc`: sends that went zero-copy, and of those, the ones
+    /// whose notification said the kernel copied after all (always on
+    /// loopback and veth; on a NIC host a non-zero share means the pinning
+    /// bought nothing for them).
+    pub zc_sends: AtomicU64,
+    pub zc_copied: AtomicU64,
     /// Gauge: connection slots the worker's slab has allocated (its capacity,
     /// which never shrinks): it grows only with the peak of open connections,
     /// so growth under steady churn means slots are not freed.
@@ -112,6 +118,8 @@ impl WorkerStats {
             udp_out: self.udp_out.load(Relaxed),
             udp_truncated: self.udp_truncated.load(Relaxed),
             udp_dropped: self.udp_dropped.load(Relaxed),
+            zc_sends: self.zc_sends.load(Relaxed),
+            zc_copied: self.zc_copied.load(Relaxed),
             slab_slots: self.slab_slots.load(Relaxed),
             direct_fds: self.direct_fds.load(Relaxed),
         }
@@ -135,6 +143,8 @@ pub struct Snapshot {
     pub udp_out: u64,
     pub udp_truncated: u64,
     pub udp_dropped: u64,
+    pub zc_sends: u64,
+    pub zc_copied: u64,
     pub slab_slots: u64,
     pub direct_fds: u64,
 }
@@ -156,6 +166,8 @@ impl Snapshot {
         self.udp_out += o.udp_out;
         self.udp_truncated += o.udp_truncated;
         self.udp_dropped += o.udp_dropped;
+        self.zc_sends += o.zc_sends;
+        self.zc_copied += o.zc_copied;
         self.slab_slots += o.slab_slots;
         self.direct_fds += o.direct_fds;
     }
@@ -173,7 +185,7 @@ impl fmt::Display for Snapshot {
         write!(
             f,
             "open={} accepted={} closed={} rejected={} errors={} table_full={} bytes_in={} bytes_out={} buffer_starved={} backpressured={} \
-             cq_overflowed={} udp_in={} udp_out={} udp_truncated={} udp_dropped={} slab_slots={} direct_fds={}",
+             cq_overflowed={} udp_in={} udp_out={} udp_truncated={} udp_dropped={} zc_sends={} zc_copied={} slab_slots={} direct_fds={}",
             self.open(),
             self.accepted,
             self.closed,
@@ -189,6 +201,8 @@ impl fmt::Display for Snapshot {
             self.udp_out,
             self.udp_truncated,
             self.udp_dropped,
+            self.zc_sends,
+            self.zc_copied,
             self.slab_slots,
             self.direct_fds
         )

@@ -69,6 +69,9 @@ pub fn setup_worker(config: &Config) -> Result<RingParts, SetupError> {
         (true, false) => WaitBatch::OFF,
         _ => config.wait,
     };
+    if config.send_zc.is_some() {
+        setup::check_send_zc(&ring)?;
+    }
     let table_slots = direct_table_slots(config, crate::sys::open_files_limit());
     ring.submitter()
         .register_files_sparse(table_slots)

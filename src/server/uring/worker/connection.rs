@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::{Accept, Worker};
 use crate::echo_queue::{BufId, Chunk};
 use crate::ring::user_data::{GENERATION_MASK, UserData};
-use crate::ring::{Part, RecvLimits, Sock};
+use crate::ring::{Completion, Part, RecvLimits, Sock};
 use crate::server::capacity;
 use crate::server::stats::WorkerStats;
 use crate::server::uring::conn::{Conn, Flags, MAX_SEND_IOVECS, SendVec, Step, next_step};
@@ -53,8 +53,10 @@ impl Worker<'_> {
     }
 
     /// Sends what is queued, if no send is in flight: a plain send for one
-    /// buffer, one sendmsg over up to MAX_SEND_IOVECS buffers for several.
+    /// buffer, one sendmsg over up to MAX_SEND_IOVECS buffers for several;
+    /// zero-copy when `--send-zc` is given and the send carries that much.
     pub(super) fn send_next(&mut self, key: usize) {
+        let zc_from = self.shared.config.send_zc.unwrap_or(u32::MAX);
         let conn = &mut self.conns[key];
         if conn.flags.has(Flags::SEND_IN_FLIGHT) || conn.flags.has(Flags::CLOSING) {
             return;
@@ -62,10 +64,12 @@ impl Worker<'_> {
         let sock = Sock::Fixed(conn.fixed);
         let ud = UserData::new(OpKind::Send, key as u32, conn.generation);
         let group = self.bufs;
-        // The buffers stay queued, not recycled, until this send completes:
-        // `recycle_queue` keeps `buffers_in_flight`.
+        // The buffers stay queued, not recycled, until this send completes
+        // (for a zero-copy one, until its notification): `recycle_queue`
+        // keeps `buffers_in_flight`.
         if conn.queue.held() > 1 {
             let msg = self.ring.take_msg(MAX_SEND_IOVECS, 0);
+            let bytes: u32 = conn.queue.unsent(MAX_SEND_IOVECS).map(|u| u.len).sum();
             let parts = conn.queue.unsent(MAX_SEND_IOVECS).map(|u| Part::Buffer {
                 group,
                 buf: u.buf,
@@ -74,15 +78,46 @@ impl Worker<'_> {
             });
             let buffers = self.ring.fill_msg(msg, None, parts) as u16;
             conn.send_vec = Some(SendVec { msg, buffers });
-            self.ring.sendmsg(sock, msg, ud);
+            if bytes >= zc_from {
+                self.ring.sendmsg_zc(sock, msg, ud);
+            } else {
+                self.ring.sendmsg(sock, msg, ud);
+            }
         } else {
             let Some(u) = conn.queue.next_unsent() else {
                 return;
             };
-            self.ring
-                .send_buffer(sock, group, u.buf, u.offset, u.len, ud);
+            if u.len >= zc_from {
+                self.ring
+                    .send_buffer_zc(sock, group, u.buf, u.offset, u.len, ud);
+            } else {
+                self.ring
+                    .send_buffer(sock, group, u.buf, u.offset, u.len, ud);
+            }
         }
         self.conns[key].flags.set(Flags::SEND_IN_FLIGHT);
+    }
+
+    /// A send's completion. A zero-copy send completes twice: its result
+    /// (with F_MORE), kept until its notification (F_NOTIF) says the kernel
+    /// has let go of the buffers; only then is the send done.
+    pub(super) fn handle_send_cqe(&mut self, key: usize, c: &Completion) {
+        let conn = &mut self.conns[key];
+        if c.more() {
+            conn.zc_result = c.result;
+            conn.flags.set(Flags::ZC_NOTIF_PENDING);
+            return;
+        }
+        if c.notif() {
+            conn.flags.clear(Flags::ZC_NOTIF_PENDING);
+            let res = conn.zc_result;
+            WorkerStats::add(&self.shared.stats.zc_sends, 1);
+            if c.zc_copied() {
+                WorkerStats::add(&self.shared.stats.zc_copied, 1);
+            }
+            return self.handle_send(key, res);
+        }
+        self.handle_send(key, c.result);
     }
 
     /// A connection arrived as direct descriptor `fixed`: keep it or refuse it.

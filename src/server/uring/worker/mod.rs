@@ -274,7 +274,7 @@ impl<'a> Worker<'a> {
                 }
                 match kind {
                     OpKind::Recv => self.handle_recv(key, res, c.buffer(), more),
-                    OpKind::Send => self.handle_send(key, res),
+                    OpKind::Send => self.handle_send_cqe(key, c),
                     OpKind::Shutdown => self.handle_shutdown(key),
                     OpKind::Close => self.handle_close(key),
                     _ => unreachable!("worker ops handled above"),

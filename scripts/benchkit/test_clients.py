@@ -58,7 +58,7 @@ class Sharing(unittest.TestCase):
             self.assertEqual(flag(argv, "--target"), target)
 
     def test_a_host_with_many_connections_spreads_them_over_its_addresses(self):
-        (argv,) = clients.plan(env(1), "loadgen", "9", Cell(45_000, 64, 1), 2.0, "s").argvs
+        (argv,) = clients.plan(env(1), "loadgen", "9", Cell(30_000, 64, 1), 2.0, "s").argvs
         self.assertEqual(flag(argv, "--source-addrs"), "198.18.0.2,198.18.0.3,198.18.0.4")
 
 

@@ -76,8 +76,10 @@ class Plan(unittest.TestCase):
 
     def test_many_connections_spread_over_source_addresses(self):
         (h,) = topology.plan(1, 1, [0], [1]).hosts
-        self.assertEqual(h.source_addrs(20_000), [])
-        self.assertEqual(h.source_addrs(50_000), ["198.18.0.2", "198.18.0.3", "198.18.0.4"])
+        self.assertEqual(h.source_addrs(12_500), [])
+        self.assertEqual(h.source_addrs(30_000), ["198.18.0.2", "198.18.0.3", "198.18.0.4"])
+        # Check S1's 100,000 take all eight.
+        self.assertEqual(len(h.source_addrs(100_000)), 8)
         with self.assertRaises(ValueError):
             h.source_addrs(1_000_000)
 

@@ -335,6 +335,10 @@ impl Ring {
 
     /// Cancels everything in flight and reaps until nothing is: after it, no
     /// operation points into the memory. Idempotent; run by `Drop` too.
+    /// Its one cancel-everything request costs the kernel a scan of its poll
+    /// table per request it finds, quadratic in what is armed: a caller with
+    /// thousands of armed receives cancels them by tag first (the server's
+    /// close path, loadgen's `cancel_receives`), and leaves this the rest.
     /// Returns the operations still in flight: 0 unless the kernel did not
     /// finish within `TEARDOWN_WAIT` or entering failed for good.
     pub fn teardown(&mut self) -> usize {

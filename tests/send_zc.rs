@@ -56,3 +56,58 @@ fn without_the_flag_no_send_is_zero_copy() {
     assert_eq!(stopped.summary["zc_sends"], 0, "{stopped:?}");
     assert_eq!(stopped.summary["bytes_out"], 4 * 300_000, "{stopped:?}");
 }
+
+#[test]
+fn a_zero_copy_send_refused_for_locked_memory_is_copied_and_said_once() {
+    // Without CAP_IPC_LOCK the kernel charges the pages of every zero-copy
+    // send in flight to RLIMIT_MEMLOCK and refuses one past it (ENOMEM). The
+    // child drops the capability from its bounding set (root's permitted set
+    // after exec) and gets 2 MiB: enough for the ring, not for 64
+    // connections' 64 KiB sends.
+    let server = Server::start_configured(
+        "uring",
+        &["--send-zc", "4096", "--buf-size", "4096", "--workers", "1"],
+        |cmd| {
+            use std::os::unix::process::CommandExt;
+            const CAP_IPC_LOCK: libc::c_ulong = 14;
+            // SAFETY: runs in the forked child before exec and only makes two
+            // async-signal-safe syscalls on plain values.
+            unsafe {
+                cmd.pre_exec(|| {
+                    // Fails without CAP_SETPCAP (not root): such a user has no
+                    // CAP_IPC_LOCK to drop.
+                    libc::prctl(libc::PR_CAPBSET_DROP, CAP_IPC_LOCK, 0, 0, 0);
+                    let lim = libc::rlimit {
+                        rlim_cur: 2 << 20,
+                        rlim_max: 2 << 20,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                })
+            };
+        },
+    );
+    let mut clients: Vec<EchoClient> = connect_many(server.addr, 64)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| EchoClient::new(s, payload(i as u64, 500_000), 64 * 1024, false))
+        .collect();
+    drive(&mut clients, Duration::from_secs(60));
+    assert_all_echoed(&clients);
+    drop(clients);
+    let stopped = server.stop();
+    assert!(stopped.status.success(), "{stopped:?}");
+    assert_eq!(stopped.summary["bytes_out"], 64 * 500_000, "{stopped:?}");
+    assert_eq!(
+        stopped.summary["errors"], 0,
+        "no connection closed: {stopped:?}"
+    );
+    let said = stopped
+        .stderr
+        .matches("--send-zc: a zero-copy send was refused for lack of locked memory")
+        .count();
+    assert_eq!(said, 1, "said once, by the one worker: {}", stopped.stderr);
+}

@@ -56,7 +56,7 @@ impl Worker<'_> {
     /// buffer, one sendmsg over up to MAX_SEND_IOVECS buffers for several;
     /// zero-copy when `--send-zc` is given and the send carries that much.
     pub(super) fn send_next(&mut self, key: usize) {
-        let zc_from = self.shared.config.send_zc.unwrap_or(u32::MAX);
+        let zc_from = self.send_zc.unwrap_or(u32::MAX);
         let conn = &mut self.conns[key];
         if conn.flags.has(Flags::SEND_IN_FLIGHT) || conn.flags.has(Flags::CLOSING) {
             return;
@@ -111,6 +111,9 @@ impl Worker<'_> {
         if c.notif() {
             conn.flags.clear(Flags::ZC_NOTIF_PENDING);
             let res = conn.zc_result;
+            if res == -libc::ENOMEM {
+                return self.zc_refused(key);
+            }
             WorkerStats::add(&self.shared.stats.zc_sends, 1);
             if c.zc_copied() {
                 WorkerStats::add(&self.shared.stats.zc_copied, 1);
@@ -118,6 +121,33 @@ impl Worker<'_> {
             return self.handle_send(key, res);
         }
         self.handle_send(key, c.result);
+    }
+
+    /// The kernel refused a zero-copy send with ENOMEM: for a user without
+    /// CAP_IPC_LOCK it charges the pages of every zero-copy send in flight to
+    /// RLIMIT_MEMLOCK, and the limit was reached. Nothing was sent; the
+    /// connection keeps its data, this worker copies from now on, and says so.
+    fn zc_refused(&mut self, key: usize) {
+        if self.send_zc.take().is_some() {
+            eprintln!(
+                "worker {}: --send-zc: a zero-copy send was refused for lack of locked memory \
+                 (RLIMIT_MEMLOCK, which zero-copy sends in flight are charged to without \
+                 CAP_IPC_LOCK); this worker copies its sends from now on. Raise `ulimit -l` \
+                 (docs/kernel-tuning.md, Locked memory) to keep them zero-copy",
+                self.shared.worker_id
+            );
+        }
+        let conn = &mut self.conns[key];
+        conn.flags.clear(Flags::SEND_IN_FLIGHT);
+        if let Some(v) = conn.send_vec.take() {
+            self.ring.give_back_msg(v.msg);
+        }
+        if self.conns[key].flags.has(Flags::CLOSING) {
+            self.recycle_queue(key);
+            return;
+        }
+        self.send_next(key);
+        self.advance(key);
     }
 
     /// A connection arrived as direct descriptor `fixed`: keep it or refuse it.

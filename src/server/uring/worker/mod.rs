@@ -102,6 +102,9 @@ pub struct Worker<'a> {
     /// Multishot receives carry a total byte limit (6.17+); switched off at the
     /// first EINVAL from an older kernel.
     recv_limit: bool,
+    /// `--send-zc`: sends of at least this many bytes go zero-copy; None once
+    /// the kernel refused one for lack of locked memory (see `handle_send_cqe`).
+    send_zc: Option<u32>,
     /// Whether the next wait asks for a batch (`--wait-batch`).
     wait_policy: WaitPolicy,
     /// How long a batch wait waits once the first completion is in (`--min-wait`).
@@ -143,6 +146,7 @@ impl<'a> Worker<'a> {
             discarded: Vec::new(),
             recv_bundle,
             recv_limit: true,
+            send_zc: shared.config.send_zc,
             wait_policy: WaitPolicy::new(wait.batch),
             min_wait: wait.min_wait,
         }

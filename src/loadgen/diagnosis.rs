@@ -8,8 +8,10 @@
 //!   while others were answered; connects past the full queue time out;
 //! - closes everything: every established connection lost before any echo;
 //! - closes some at accept (`--max-conns`): some lost before any echo;
-//! - accepts slowly: connects time out, yet every connection that was
-//!   established got answered in the end.
+//! - accepts slowly, or loses handshakes on the way: connects time out, yet
+//!   every connection that was established got answered in the end. The
+//!   counts cannot tell these two apart; the hint names both, and where each
+//!   shows.
 //!
 //! Pure functions of the report's counts; the report prints what they return.
 #![forbid(unsafe_code)]
@@ -95,7 +97,11 @@ pub fn hint_for(kind: &str) -> &'static str {
             "nothing listens at --target, or its accept backlog overflowed: check the server, lower --connect-rate"
         }
         "connect_timeout" | "ETIMEDOUT" => {
-            "the server accepts too slowly: lower --connect-rate or raise --connect-timeout"
+            "the server accepted too slowly, or handshake packets were lost on the way (a full \
+             queue: the server's ListenOverflows in `nstat -az`, drops in the second column of \
+             /proc/net/softnet_stat on either host; on a netns or veth path also too many \
+             connections per source address): lower --connect-rate, raise --connect-timeout, or \
+             add --source-addrs"
         }
         "EADDRNOTAVAIL" | "EADDRINUSE" => {
             "out of ephemeral ports: add --source-addrs (IPv4 loopback targets are spread over 127.0.0.x \
@@ -171,9 +177,12 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_with_every_connection_answered_mean_a_slow_accept() {
+    fn timeouts_with_every_connection_answered_mean_a_slow_accept_or_lost_handshakes() {
         let d = diagnose(&conns(80, 0, 0, 0), &errors(&[("connect_timeout", 20)])).unwrap();
-        assert!(d.contains("too slowly"), "{d}");
+        assert!(d.contains("20 connects timed out"), "{d}");
+        assert!(d.contains("accepted too slowly"), "{d}");
+        assert!(d.contains("handshake packets were lost"), "{d}");
+        assert!(d.contains("softnet_stat"), "{d}");
         assert_eq!(diagnose(&conns(100, 0, 0, 0), &errors(&[])), None);
     }
 }

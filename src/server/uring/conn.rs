@@ -38,9 +38,6 @@ impl Flags {
     /// The armed receive carries a total byte limit (`optlen`), which kernels
     /// before 6.17 refuse with EINVAL.
     pub const RECV_LIMITED: Flags = Flags(1 << 11);
-    /// A zero-copy send's result has come (kept in `Conn::zc_result`); its
-    /// buffers stay held, and SEND_IN_FLIGHT set, until its notification.
-    pub const ZC_NOTIF_PENDING: Flags = Flags(1 << 12);
 
     pub fn has(self, f: Flags) -> bool {
         self.0 & f.0 != 0
@@ -138,8 +135,8 @@ pub struct Conn {
     pub queue: EchoQueue,
     /// The iovecs of the send in flight, when it carries several buffers.
     pub send_vec: Option<SendVec>,
-    /// The result of a zero-copy send whose notification has not come yet
-    /// (with [`Flags::ZC_NOTIF_PENDING`]).
+    /// The result of a zero-copy send whose notification has not come yet:
+    /// until it comes, its buffers stay held and SEND_IN_FLIGHT stays set.
     pub zc_result: i32,
 }
 
@@ -256,9 +253,9 @@ mod tests {
         assert_eq!(next_step(starved, 0, RESUME_AT).step, Step::Wait);
     }
 
-    /// Any combination of the thirteen flags.
+    /// Any combination of the twelve flags.
     fn any_flags() -> impl Strategy<Value = Flags> {
-        (0u16..1 << 13).prop_map(Flags)
+        (0u16..1 << 12).prop_map(Flags)
     }
 
     proptest! {

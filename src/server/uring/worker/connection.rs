@@ -105,11 +105,9 @@ impl Worker<'_> {
         let conn = &mut self.conns[key];
         if c.more() {
             conn.zc_result = c.result;
-            conn.flags.set(Flags::ZC_NOTIF_PENDING);
             return;
         }
         if c.notif() {
-            conn.flags.clear(Flags::ZC_NOTIF_PENDING);
             let res = conn.zc_result;
             if res == -libc::ENOMEM {
                 return self.zc_refused(key);

@@ -34,10 +34,10 @@ use std::io;
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::fd::AsRawFd;
 
-use uring_echo::echo_queue::BufId;
+use uring_echo::echo_queue::{BufId, Unsent};
 use uring_echo::ring::setup::{SERVER_OPS, build_ring, check_features};
 use uring_echo::ring::user_data::{KindCode, UserData};
-use uring_echo::ring::{BufGroup, Completion, RecvLimits, Ring, Sock};
+use uring_echo::ring::{BufGroup, Completion, RecvLimits, Ring, SendMode, Sock};
 
 const BUF_COUNT: u32 = 1024;
 const BUF_BYTES: u32 = 4096;
@@ -218,8 +218,13 @@ impl Server {
         conn.sending = true;
         let ud = UserData::new(Op::Send, slot, 0);
         let offset = conn.sent;
+        let part = Unsent {
+            buf,
+            offset,
+            len: len - offset,
+        };
         self.ring
-            .send_buffer(Sock::Fixed(slot), self.bufs, buf, offset, len - offset, ud);
+            .send_buffer(Sock::Fixed(slot), self.bufs, part, SendMode::Copy, ud);
     }
 
     fn handle_send(&mut self, slot: u32, result: i32) {

@@ -9,6 +9,19 @@ use std::time::Duration;
 
 use common::*;
 
+/// `conns` connections each send `len(i)` bytes in 64 KiB writes and read
+/// them back; every byte is checked. Returns the bytes sent.
+fn echo_all(server: &Server, conns: usize, len: impl Fn(usize) -> usize) -> u64 {
+    let mut clients: Vec<EchoClient> = connect_many(server.addr, conns)
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| EchoClient::new(s, payload(i as u64, len(i)), 64 * 1024, false))
+        .collect();
+    drive(&mut clients, Duration::from_secs(60));
+    assert_all_echoed(&clients);
+    clients.iter().map(|c| c.payload.len() as u64).sum()
+}
+
 #[test]
 fn zero_copy_sends_echo_byte_exact_and_loopback_reports_them_copied() {
     // 4 KiB buffers and a 4 KiB threshold: a one-buffer send of a full
@@ -18,18 +31,7 @@ fn zero_copy_sends_echo_byte_exact_and_loopback_reports_them_copied() {
         "uring",
         &["--send-zc", "4096", "--buf-size", "4096", "--workers", "1"],
     );
-    let mut clients: Vec<EchoClient> = connect_many(server.addr, 32)
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let len = 200_000 + i * 7919;
-            EchoClient::new(s, payload(i as u64, len), 64 * 1024, false)
-        })
-        .collect();
-    drive(&mut clients, Duration::from_secs(60));
-    assert_all_echoed(&clients);
-    let total: u64 = clients.iter().map(|c| c.payload.len() as u64).sum();
-    drop(clients);
+    let total = echo_all(&server, 32, |i| 200_000 + i * 7919);
     let stopped = server.stop();
     assert!(stopped.status.success(), "{stopped:?}");
     let s = &stopped.summary;
@@ -44,14 +46,7 @@ fn zero_copy_sends_echo_byte_exact_and_loopback_reports_them_copied() {
 #[test]
 fn without_the_flag_no_send_is_zero_copy() {
     let server = Server::start("uring", &["--workers", "1"]);
-    let mut clients: Vec<EchoClient> = connect_many(server.addr, 4)
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| EchoClient::new(s, payload(i as u64, 300_000), 64 * 1024, false))
-        .collect();
-    drive(&mut clients, Duration::from_secs(60));
-    assert_all_echoed(&clients);
-    drop(clients);
+    echo_all(&server, 4, |_| 300_000);
     let stopped = server.stop();
     assert_eq!(stopped.summary["zc_sends"], 0, "{stopped:?}");
     assert_eq!(stopped.summary["bytes_out"], 4 * 300_000, "{stopped:?}");
@@ -90,14 +85,7 @@ fn a_zero_copy_send_refused_for_locked_memory_is_copied_and_said_once() {
             };
         },
     );
-    let mut clients: Vec<EchoClient> = connect_many(server.addr, 64)
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| EchoClient::new(s, payload(i as u64, 500_000), 64 * 1024, false))
-        .collect();
-    drive(&mut clients, Duration::from_secs(60));
-    assert_all_echoed(&clients);
-    drop(clients);
+    echo_all(&server, 64, |_| 500_000);
     let stopped = server.stop();
     assert!(stopped.status.success(), "{stopped:?}");
     assert_eq!(stopped.summary["bytes_out"], 64 * 500_000, "{stopped:?}");

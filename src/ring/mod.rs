@@ -82,6 +82,16 @@ pub struct RecvLimits {
     pub total_bytes: Option<u32>,
 }
 
+/// How a send hands its bytes to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendMode {
+    /// Copied into the socket's buffers: the buffer is free at the completion.
+    Copy,
+    /// Zero-copy (6.0 / 6.1): the kernel pins the pages and reads them until a
+    /// second completion, the notification, says it is done.
+    ZeroCopy,
+}
+
 /// `IORING_NOTIF_USAGE_ZC_COPIED`: the bit of a zero-copy notification's
 /// result that says the data was copied (asked for with REPORT_USAGE, 6.2).
 const NOTIF_USAGE_ZC_COPIED: u32 = 1 << 31;

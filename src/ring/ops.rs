@@ -8,8 +8,8 @@ use io_uring::{opcode, types};
 
 use super::setup::{SQE_LEN_OFFSET, SQE_OPTLEN_OFFSET, with_sqe_u32};
 use super::user_data::UserData;
-use super::{AddressId, BufGroup, MsgId, RecvLimits, Ring, Sock, SourceId, TimerId};
-use crate::echo_queue::BufId;
+use super::{AddressId, BufGroup, MsgId, RecvLimits, Ring, SendMode, Sock, SourceId, TimerId};
+use crate::echo_queue::Unsent;
 
 /// `IORING_SEND_ZC_REPORT_USAGE` (6.2), in a zero-copy send's `ioprio`: its
 /// notification says whether the kernel copied after all. Not exported by the
@@ -56,63 +56,38 @@ impl Ring {
         unsafe { self.push(entry.user_data(ud.raw())) };
     }
 
-    /// Sends `len` bytes at `offset` of buffer `buf` in `group`.
+    /// Sends the `part` of a buffer of `group`: copying (`IORING_OP_SEND`),
+    /// or zero-copy (`IORING_OP_SEND_ZC`, 6.0), which pins the buffer's pages
+    /// and sends from them. A zero-copy send completes twice: the result
+    /// (with F_MORE), then a notification (F_NOTIF) once the kernel no longer
+    /// reads the pages; with `IORING_SEND_ZC_REPORT_USAGE` (6.2) the
+    /// notification also says when the kernel copied after all (loopback,
+    /// veth: [`Completion::zc_copied`]).
+    ///
+    /// [`Completion::zc_copied`]: super::Completion::zc_copied
     pub fn send_buffer(
         &mut self,
         sock: Sock,
         group: BufGroup,
-        buf: BufId,
-        offset: u32,
-        len: u32,
+        part: Unsent,
+        mode: SendMode,
         ud: UserData,
     ) {
-        let ptr = self.memory.buffer_ptr(group, buf, offset, len);
-        let entry = on_sock!(sock, |t| opcode::Send::new(t, ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build());
-        // SAFETY: `ptr..ptr+len` lies in the group's memory (checked by `buffer_ptr`).
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// Zero-copy send (`IORING_OP_SEND_ZC`, 6.0) of `len` bytes at `offset` of
-    /// buffer `buf`: the kernel pins the buffer's pages and sends from them
-    /// instead of copying. Two completions: the result (with F_MORE), then a
-    /// notification (F_NOTIF) once the kernel no longer reads the pages. With
-    /// `IORING_SEND_ZC_REPORT_USAGE` (6.2) the notification also says when the
-    /// kernel copied after all (loopback, veth: [`Completion::zc_copied`]).
-    ///
-    /// [`Completion::zc_copied`]: super::Completion::zc_copied
-    pub fn send_buffer_zc(
-        &mut self,
-        sock: Sock,
-        group: BufGroup,
-        buf: BufId,
-        offset: u32,
-        len: u32,
-        ud: UserData,
-    ) {
-        let ptr = self.memory.buffer_ptr(group, buf, offset, len);
-        let entry = on_sock!(sock, |t| opcode::SendZc::new(t, ptr, len)
-            .flags(libc::MSG_NOSIGNAL)
-            .zc_flags(SEND_ZC_REPORT_USAGE)
-            .build());
+        let len = part.len;
+        let ptr = self.memory.buffer_ptr(group, part.buf, part.offset, len);
+        let entry = match mode {
+            SendMode::Copy => on_sock!(sock, |t| opcode::Send::new(t, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()),
+            SendMode::ZeroCopy => on_sock!(sock, |t| opcode::SendZc::new(t, ptr, len)
+                .flags(libc::MSG_NOSIGNAL)
+                .zc_flags(SEND_ZC_REPORT_USAGE)
+                .build()),
+        };
         // SAFETY: `ptr..ptr+len` lies in the group's memory (checked by
         // `buffer_ptr`), which lives as long as the ring; the caller keeps the
-        // buffer out of the kernel's pool until the notification arrives.
-        unsafe { self.push(entry.user_data(ud.raw())) };
-    }
-
-    /// Zero-copy `sendmsg` (`IORING_OP_SENDMSG_ZC`, 6.1) of message `msg`, as
-    /// last filled; completes twice, as [`Ring::send_buffer_zc`] does.
-    pub fn sendmsg_zc(&mut self, sock: Sock, msg: MsgId, ud: UserData) {
-        let hdr: *const libc::msghdr = self.memory.msg_header(msg);
-        let entry = on_sock!(sock, |t| opcode::SendMsgZc::new(t, hdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .ioprio(SEND_ZC_REPORT_USAGE)
-            .build());
-        // SAFETY: `hdr` is a boxed message in `self.memory`; `fill_msg` pointed
-        // its iovecs only into `self.memory`; the caller keeps the message and
-        // the buffers until the notification arrives.
+        // buffer out of the kernel's pool until the send completes (for a
+        // zero-copy one, until its notification).
         unsafe { self.push(entry.user_data(ud.raw())) };
     }
 
@@ -134,14 +109,24 @@ impl Ring {
         unsafe { self.push(entry.user_data(ud.raw())) };
     }
 
-    /// `sendmsg` of message `msg`, as last filled.
-    pub fn sendmsg(&mut self, sock: Sock, msg: MsgId, ud: UserData) {
+    /// `sendmsg` of message `msg`, as last filled: copying, or zero-copy
+    /// (`IORING_OP_SENDMSG_ZC`, 6.1), which completes twice, as
+    /// [`Ring::send_buffer`]'s does.
+    pub fn sendmsg(&mut self, sock: Sock, msg: MsgId, mode: SendMode, ud: UserData) {
         let hdr: *const libc::msghdr = self.memory.msg_header(msg);
-        let entry = on_sock!(sock, |t| opcode::SendMsg::new(t, hdr)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build());
+        let entry = match mode {
+            SendMode::Copy => on_sock!(sock, |t| opcode::SendMsg::new(t, hdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()),
+            SendMode::ZeroCopy => on_sock!(sock, |t| opcode::SendMsgZc::new(t, hdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .ioprio(SEND_ZC_REPORT_USAGE)
+                .build()),
+        };
         // SAFETY: `hdr` is a boxed message in `self.memory`; `fill_msg` pointed
-        // its iovecs and name only into `self.memory`.
+        // its iovecs and name only into `self.memory`; the caller keeps the
+        // message and its buffers until the send completes (for a zero-copy
+        // one, until its notification).
         unsafe { self.push(entry.user_data(ud.raw())) };
     }
 

@@ -5,7 +5,7 @@
 
 use super::{RecvBufs, Ring, Tag};
 use crate::loadgen::datagram::{HEADER_BYTES, Header};
-use crate::ring::{self as layer, MsgId, Part, Sock};
+use crate::ring::{self as layer, MsgId, Part, SendMode, Sock};
 
 /// With `--udp` every datagram needs a whole buffer; buffers per ring are cut
 /// so their memory stays under this (only touched pages are backed anyway).
@@ -67,7 +67,8 @@ impl Ring {
             },
         ];
         self.ring.fill_msg(msg, None, parts);
-        self.ring.sendmsg(Sock::Fixed(slot), msg, tag);
+        self.ring
+            .sendmsg(Sock::Fixed(slot), msg, SendMode::Copy, tag);
         true
     }
 

@@ -24,7 +24,7 @@ use socket2::Socket;
 use super::op_kind::OpKind;
 use crate::echo_queue::BufId;
 use crate::ring::user_data::UserData;
-use crate::ring::{BufGroup, MsgId, Part, Ring, Sock};
+use crate::ring::{BufGroup, MsgId, Part, Ring, SendMode, Sock};
 
 /// The UDP buffer group (TCP receives use group 0).
 pub const UDP_BGID: u16 = 1;
@@ -163,7 +163,7 @@ impl UdpEcho {
         let reply = self.replies[buf.0 as usize];
         ring.fill_msg(reply, Some(name), [payload]);
         let ud = UserData::new(OpKind::UdpSend, u32::from(buf.0), 0);
-        ring.sendmsg(Sock::Fd(self.socket.as_raw_fd()), reply, ud);
+        ring.sendmsg(Sock::Fd(self.socket.as_raw_fd()), reply, SendMode::Copy, ud);
         Received::Reply { len }
     }
 

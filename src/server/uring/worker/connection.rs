@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::{Accept, Worker};
 use crate::echo_queue::{BufId, Chunk};
 use crate::ring::user_data::{GENERATION_MASK, UserData};
-use crate::ring::{Completion, Part, RecvLimits, Sock};
+use crate::ring::{Completion, Part, RecvLimits, SendMode, Sock};
 use crate::server::capacity;
 use crate::server::stats::WorkerStats;
 use crate::server::uring::conn::{Conn, Flags, MAX_SEND_IOVECS, SendVec, Step, next_step};
@@ -78,22 +78,13 @@ impl Worker<'_> {
             });
             let buffers = self.ring.fill_msg(msg, None, parts) as u16;
             conn.send_vec = Some(SendVec { msg, buffers });
-            if bytes >= zc_from {
-                self.ring.sendmsg_zc(sock, msg, ud);
-            } else {
-                self.ring.sendmsg(sock, msg, ud);
-            }
+            self.ring.sendmsg(sock, msg, send_mode(bytes, zc_from), ud);
         } else {
             let Some(u) = conn.queue.next_unsent() else {
                 return;
             };
-            if u.len >= zc_from {
-                self.ring
-                    .send_buffer_zc(sock, group, u.buf, u.offset, u.len, ud);
-            } else {
-                self.ring
-                    .send_buffer(sock, group, u.buf, u.offset, u.len, ud);
-            }
+            let mode = send_mode(u.len, zc_from);
+            self.ring.send_buffer(sock, group, u, mode, ud);
         }
         self.conns[key].flags.set(Flags::SEND_IN_FLIGHT);
     }
@@ -386,5 +377,14 @@ impl Worker<'_> {
             self.advance(key);
             budget -= 1;
         }
+    }
+}
+
+/// Zero-copy for a send of at least `zc_from` bytes (`--send-zc`).
+fn send_mode(bytes: u32, zc_from: u32) -> SendMode {
+    if bytes >= zc_from {
+        SendMode::ZeroCopy
+    } else {
+        SendMode::Copy
     }
 }

@@ -1,7 +1,8 @@
 //! `--send-zc`: io_uring's zero-copy sends echo byte-exact, on both of their
-//! paths (SEND_ZC for one buffer, SENDMSG_ZC for several), and every one
-//! waits for its notification before its buffers go back to the pool. On
-//! loopback the kernel copies anyway, and the server's counters say so.
+//! paths (SEND_ZC for one buffer, SENDMSG_ZC for several), several in flight
+//! per connection, and every buffer goes back to the pool once the sends
+//! that covered it have notified. On loopback the kernel copies anyway, and
+//! the server's counters say so.
 
 mod common;
 
@@ -26,10 +27,23 @@ fn echo_all(server: &Server, conns: usize, len: impl Fn(usize) -> usize) -> u64 
 fn zero_copy_sends_echo_byte_exact_and_loopback_reports_them_copied() {
     // 4 KiB buffers and a 4 KiB threshold: a one-buffer send of a full
     // buffer goes SEND_ZC, a send of several queued buffers SENDMSG_ZC, and
-    // a short tail is copied as before.
+    // a short tail is copied as before. A pool of 256 buffers (1 MiB) for
+    // 32 connections: a buffer a notification never gave back would soon
+    // leave receives without any, and the echo would stall.
     let server = Server::start(
         "uring",
-        &["--send-zc", "4096", "--buf-size", "4096", "--workers", "1"],
+        &[
+            "--send-zc",
+            "4096",
+            "--buf-size",
+            "4096",
+            "--buf-count",
+            "256",
+            "--conn-buffers",
+            "32",
+            "--workers",
+            "1",
+        ],
     );
     let total = echo_all(&server, 32, |i| 200_000 + i * 7919);
     let stopped = server.stop();

@@ -38,6 +38,8 @@ impl Flags {
     /// The armed receive carries a total byte limit (`optlen`), which kernels
     /// before 6.17 refuse with EINVAL.
     pub const RECV_LIMITED: Flags = Flags(1 << 11);
+    /// The send in flight is a zero-copy one: `Conn::zc_send` is its id.
+    pub const SEND_ZC: Flags = Flags(1 << 12);
 
     pub fn has(self, f: Flags) -> bool {
         self.0 & f.0 != 0
@@ -135,9 +137,12 @@ pub struct Conn {
     pub queue: EchoQueue,
     /// The iovecs of the send in flight, when it carries several buffers.
     pub send_vec: Option<SendVec>,
-    /// The result of a zero-copy send whose notification has not come yet:
-    /// until it comes, its buffers stay held and SEND_IN_FLIGHT stays set.
-    pub zc_result: i32,
+    /// The id (in the worker's `ZcSends`) of the send in flight, when it is
+    /// a zero-copy one ([`Flags::SEND_ZC`]).
+    pub zc_send: u32,
+    /// Its zero-copy sends whose notification has not come (at most
+    /// `zc_sends::MAX_ZC_PER_CONN`).
+    pub zc_pending: u8,
 }
 
 impl Conn {
@@ -148,7 +153,8 @@ impl Conn {
             flags: Flags::default(),
             queue: EchoQueue::default(),
             send_vec: None,
-            zc_result: 0,
+            zc_send: 0,
+            zc_pending: 0,
         }
     }
 
@@ -253,9 +259,9 @@ mod tests {
         assert_eq!(next_step(starved, 0, RESUME_AT).step, Step::Wait);
     }
 
-    /// Any combination of the twelve flags.
+    /// Any combination of the thirteen flags.
     fn any_flags() -> impl Strategy<Value = Flags> {
-        (0u16..1 << 12).prop_map(Flags)
+        (0u16..1 << 13).prop_map(Flags)
     }
 
     proptest! {

@@ -22,6 +22,7 @@ pub mod op_kind;
 pub mod udp;
 pub mod wait_policy;
 pub mod worker;
+pub mod zc_sends;
 
 use crate::ring::setup::{self, RingFlags, SetupError};
 use crate::ring::{self, Ring};

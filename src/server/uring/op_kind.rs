@@ -29,5 +29,8 @@ kind_table! {
         UdpRecv = 10,
         /// A datagram's reply; the key is its buffer id.
         UdpSend = 11,
+        /// A zero-copy send (`--send-zc`); the key is its id in the worker's
+        /// `ZcSends`, which names its connection.
+        SendZc = 12,
     }
 }

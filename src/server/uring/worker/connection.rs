@@ -13,6 +13,7 @@ use crate::server::capacity;
 use crate::server::stats::WorkerStats;
 use crate::server::uring::conn::{Conn, Flags, MAX_SEND_IOVECS, SendVec, Step, next_step};
 use crate::server::uring::op_kind::OpKind;
+use crate::server::uring::zc_sends::MAX_ZC_PER_CONN;
 
 impl Worker<'_> {
     pub(super) fn arm_recv(&mut self, key: usize) {
@@ -54,7 +55,9 @@ impl Worker<'_> {
 
     /// Sends what is queued, if no send is in flight: a plain send for one
     /// buffer, one sendmsg over up to MAX_SEND_IOVECS buffers for several;
-    /// zero-copy when `--send-zc` is given and the send carries that much.
+    /// zero-copy when `--send-zc` is given, the send carries that much, and
+    /// the connection has fewer than `MAX_ZC_PER_CONN` waiting for their
+    /// notifications.
     pub(super) fn send_next(&mut self, key: usize) {
         let zc_from = self.send_zc.unwrap_or(u32::MAX);
         let conn = &mut self.conns[key];
@@ -62,14 +65,39 @@ impl Worker<'_> {
             return;
         }
         let sock = Sock::Fixed(conn.fixed);
-        let ud = UserData::new(OpKind::Send, key as u32, conn.generation);
         let group = self.bufs;
-        // The buffers stay queued, not recycled, until this send completes
-        // (for a zero-copy one, until its notification): `recycle_queue`
-        // keeps `buffers_in_flight`.
-        if conn.queue.held() > 1 {
+        let zc_room = conn.zc_pending < MAX_ZC_PER_CONN;
+        let mut covered = [BufId(0); MAX_SEND_IOVECS];
+        let mut n = 0;
+        let mut bytes = 0;
+        for u in conn.queue.unsent(MAX_SEND_IOVECS) {
+            covered[n] = u.buf;
+            n += 1;
+            bytes += u.len;
+        }
+        if n == 0 {
+            return;
+        }
+        let mode = if zc_room && bytes >= zc_from {
+            SendMode::ZeroCopy
+        } else {
+            SendMode::Copy
+        };
+        let ud = match mode {
+            SendMode::ZeroCopy => {
+                let id = self.zc.start(key, conn.generation, &covered[..n]);
+                conn.zc_send = id;
+                conn.flags.set(Flags::SEND_ZC);
+                conn.zc_pending += 1;
+                UserData::new(OpKind::SendZc, id, 0)
+            }
+            SendMode::Copy => UserData::new(OpKind::Send, key as u32, conn.generation),
+        };
+        // The buffers stay queued, not recycled, until this send's result
+        // comes (`recycle_queue` keeps `buffers_in_flight`); a zero-copy
+        // send's then stay pinned in `zc` until its notification.
+        if n > 1 {
             let msg = self.ring.take_msg(MAX_SEND_IOVECS, 0);
-            let bytes: u32 = conn.queue.unsent(MAX_SEND_IOVECS).map(|u| u.len).sum();
             let parts = conn.queue.unsent(MAX_SEND_IOVECS).map(|u| Part::Buffer {
                 group,
                 buf: u.buf,
@@ -78,44 +106,73 @@ impl Worker<'_> {
             });
             let buffers = self.ring.fill_msg(msg, None, parts) as u16;
             conn.send_vec = Some(SendVec { msg, buffers });
-            self.ring.sendmsg(sock, msg, send_mode(bytes, zc_from), ud);
+            self.ring.sendmsg(sock, msg, mode, ud);
         } else {
-            let Some(u) = conn.queue.next_unsent() else {
-                return;
-            };
-            let mode = send_mode(u.len, zc_from);
+            let u = conn.queue.next_unsent().expect("one unsent");
             self.ring.send_buffer(sock, group, u, mode, ud);
         }
         self.conns[key].flags.set(Flags::SEND_IN_FLIGHT);
     }
 
-    /// A send's completion. A zero-copy send completes twice: its result
-    /// (with F_MORE), kept until its notification (F_NOTIF) says the kernel
-    /// has let go of the buffers; only then is the send done.
-    pub(super) fn handle_send_cqe(&mut self, key: usize, c: &Completion) {
-        let conn = &mut self.conns[key];
-        if c.more() {
-            conn.zc_result = c.result;
+    /// A zero-copy send's completion. The first is its result: the
+    /// connection takes it as any send's and may send again at once. The
+    /// second, the notification, says the kernel has let go of the pages:
+    /// only then do the buffers it covered go back to the pool.
+    pub(super) fn handle_zc_cqe(&mut self, id: u32, c: &Completion) {
+        let Some(&send) = self.zc.get(id) else {
+            debug_assert!(false, "completion of an unknown zero-copy send {id}");
             return;
-        }
+        };
         if c.notif() {
-            let res = conn.zc_result;
-            if res == -libc::ENOMEM {
-                return self.zc_refused(key);
-            }
             WorkerStats::add(&self.shared.stats.zc_sends, 1);
             if c.zc_copied() {
                 WorkerStats::add(&self.shared.stats.zc_copied, 1);
             }
-            return self.handle_send(key, res);
+            return self.finish_zc(id);
         }
-        self.handle_send(key, c.result);
+        self.zc.resulted(id);
+        let key = send.conn;
+        let owner = self
+            .conns
+            .get_mut(key)
+            .filter(|conn| conn.generation == send.generation);
+        debug_assert!(owner.is_some(), "a send in flight keeps its connection");
+        if let Some(conn) = owner {
+            conn.flags.clear(Flags::SEND_ZC);
+            if c.result == -libc::ENOMEM {
+                self.zc_refused(key);
+            } else {
+                self.handle_send(key, c.result);
+            }
+        }
+        if !c.more() {
+            // No notification follows (a kernel that posts none on failure).
+            self.finish_zc(id);
+        }
+        self.try_free(key);
+    }
+
+    /// Zero-copy send `id` is over: the buffers nothing else pins go back.
+    fn finish_zc(&mut self, id: u32) {
+        let (bufs, free_bufs) = (self.ring.buffers_mut(self.bufs), &mut self.free_bufs);
+        let Some(send) = self.zc.finish(id, |buf| {
+            bufs.recycle(buf);
+            *free_bufs += 1;
+        }) else {
+            return;
+        };
+        if let Some(conn) = self.conns.get_mut(send.conn)
+            && conn.generation == send.generation
+        {
+            conn.zc_pending -= 1;
+        }
     }
 
     /// The kernel refused a zero-copy send with ENOMEM: for a user without
     /// CAP_IPC_LOCK it charges the pages of every zero-copy send in flight to
     /// RLIMIT_MEMLOCK, and the limit was reached. Nothing was sent; the
     /// connection keeps its data, this worker copies from now on, and says so.
+    /// The refused send's notification still comes, and unpins its buffers.
     fn zc_refused(&mut self, key: usize) {
         if self.send_zc.take().is_some() {
             eprintln!(
@@ -248,9 +305,12 @@ impl Worker<'_> {
         WorkerStats::add(&self.shared.stats.bytes_out, res as u64);
         let conn = &mut self.conns[key];
         let (bufs, free_bufs) = (self.ring.buffers_mut(self.bufs), &mut self.free_bufs);
+        let zc = &mut self.zc;
         conn.queue.advance_by(res as u32, |buf| {
-            bufs.recycle(buf);
-            *free_bufs += 1;
+            if zc.release(buf) {
+                bufs.recycle(buf);
+                *free_bufs += 1;
+            }
         });
         if self.conns[key].flags.has(Flags::CLOSING) {
             self.recycle_queue(key);
@@ -309,7 +369,12 @@ impl Worker<'_> {
         if self.conns[key].flags.has(Flags::SEND_IN_FLIGHT) {
             // A send to a client that stopped reading would wait forever and
             // keep the slot (and a drain) from finishing.
-            let target = self.conn_op(OpKind::Send, key);
+            let conn = &self.conns[key];
+            let target = if conn.flags.has(Flags::SEND_ZC) {
+                UserData::new(OpKind::SendZc, conn.zc_send, 0)
+            } else {
+                self.conn_op(OpKind::Send, key)
+            };
             self.ring
                 .cancel(target, UserData::worker_op(OpKind::Cancel));
         }
@@ -327,8 +392,10 @@ impl Worker<'_> {
         let keep = conn.buffers_in_flight();
         let (bufs, free_bufs) = (self.ring.buffers_mut(self.bufs), &mut self.free_bufs);
         for buf in conn.queue.drain(keep) {
-            bufs.recycle(buf);
-            *free_bufs += 1;
+            if self.zc.release(buf) {
+                bufs.recycle(buf);
+                *free_bufs += 1;
+            }
         }
     }
 
@@ -377,14 +444,5 @@ impl Worker<'_> {
             self.advance(key);
             budget -= 1;
         }
-    }
-}
-
-/// Zero-copy for a send of at least `zc_from` bytes (`--send-zc`).
-fn send_mode(bytes: u32, zc_from: u32) -> SendMode {
-    if bytes >= zc_from {
-        SendMode::ZeroCopy
-    } else {
-        SendMode::Copy
     }
 }

@@ -23,6 +23,7 @@ use super::conn::Conn;
 use super::op_kind::OpKind;
 use super::udp::UdpEcho;
 use super::wait_policy::WaitPolicy;
+use super::zc_sends::ZcSends;
 use crate::echo_queue::BufId;
 use crate::ring::user_data::UserData;
 use crate::ring::{BufGroup, Completion, Ring, TimerId};
@@ -105,6 +106,8 @@ pub struct Worker<'a> {
     /// `--send-zc`: sends of at least this many bytes go zero-copy; None once
     /// the kernel refused one for lack of locked memory (see `handle_send_cqe`).
     send_zc: Option<u32>,
+    /// Zero-copy sends waiting for a completion, and the buffers they pin.
+    zc: ZcSends,
     /// Whether the next wait asks for a batch (`--wait-batch`).
     wait_policy: WaitPolicy,
     /// How long a batch wait waits once the first completion is in (`--min-wait`).
@@ -147,6 +150,7 @@ impl<'a> Worker<'a> {
             recv_bundle,
             recv_limit: true,
             send_zc: shared.config.send_zc,
+            zc: ZcSends::new(shared.config.buf_count),
             wait_policy: WaitPolicy::new(wait.batch),
             min_wait: wait.min_wait,
         }
@@ -259,6 +263,7 @@ impl<'a> Worker<'a> {
             Some(OpKind::Tick) => self.handle_tick(),
             Some(OpKind::UdpRecv) => self.handle_udp_recv(res, c.buffer(), more),
             Some(OpKind::UdpSend) => self.handle_udp_sent(ud.key() as usize, res),
+            Some(OpKind::SendZc) => self.handle_zc_cqe(ud.key(), c),
             Some(OpKind::CloseRejected) => WorkerStats::sub(&self.shared.stats.direct_fds, 1),
             Some(OpKind::Cancel) => {}
             Some(kind) => {
@@ -278,7 +283,7 @@ impl<'a> Worker<'a> {
                 }
                 match kind {
                     OpKind::Recv => self.handle_recv(key, res, c.buffer(), more),
-                    OpKind::Send => self.handle_send_cqe(key, c),
+                    OpKind::Send => self.handle_send(key, res),
                     OpKind::Shutdown => self.handle_shutdown(key),
                     OpKind::Close => self.handle_close(key),
                     _ => unreachable!("worker ops handled above"),

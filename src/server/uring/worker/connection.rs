@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::{Accept, Worker};
 use crate::echo_queue::{BufId, Chunk};
 use crate::ring::user_data::{GENERATION_MASK, UserData};
-use crate::ring::{Completion, Part, RecvLimits, SendMode, Sock};
+use crate::ring::{Part, RecvLimits, SendMode, Sock};
 use crate::server::capacity;
 use crate::server::stats::WorkerStats;
 use crate::server::uring::conn::{Conn, Flags, MAX_SEND_IOVECS, SendVec, Step, next_step};
@@ -59,26 +59,28 @@ impl Worker<'_> {
     /// the connection has fewer than `MAX_ZC_PER_CONN` waiting for their
     /// notifications.
     pub(super) fn send_next(&mut self, key: usize) {
-        let zc_from = self.send_zc.unwrap_or(u32::MAX);
         let conn = &mut self.conns[key];
         if conn.flags.has(Flags::SEND_IN_FLIGHT) || conn.flags.has(Flags::CLOSING) {
             return;
         }
         let sock = Sock::Fixed(conn.fixed);
         let group = self.bufs;
-        let zc_room = conn.zc_pending < MAX_ZC_PER_CONN;
+        let several = conn.queue.held() > 1;
+        // Zero-copy: the buffers this send covers, and whether it carries enough.
         let mut covered = [BufId(0); MAX_SEND_IOVECS];
         let mut n = 0;
-        let mut bytes = 0;
-        for u in conn.queue.unsent(MAX_SEND_IOVECS) {
-            covered[n] = u.buf;
-            n += 1;
-            bytes += u.len;
+        if let Some(zc_from) = self.send_zc.filter(|_| conn.zc_pending < MAX_ZC_PER_CONN) {
+            let mut bytes = 0;
+            for u in conn.queue.unsent(MAX_SEND_IOVECS) {
+                covered[n] = u.buf;
+                n += 1;
+                bytes += u.len;
+            }
+            if bytes < zc_from {
+                n = 0;
+            }
         }
-        if n == 0 {
-            return;
-        }
-        let mode = if zc_room && bytes >= zc_from {
+        let mode = if n > 0 {
             SendMode::ZeroCopy
         } else {
             SendMode::Copy
@@ -96,7 +98,7 @@ impl Worker<'_> {
         // The buffers stay queued, not recycled, until this send's result
         // comes (`recycle_queue` keeps `buffers_in_flight`); a zero-copy
         // send's then stay pinned in `zc` until its notification.
-        if n > 1 {
+        if several {
             let msg = self.ring.take_msg(MAX_SEND_IOVECS, 0);
             let parts = conn.queue.unsent(MAX_SEND_IOVECS).map(|u| Part::Buffer {
                 group,
@@ -108,92 +110,12 @@ impl Worker<'_> {
             conn.send_vec = Some(SendVec { msg, buffers });
             self.ring.sendmsg(sock, msg, mode, ud);
         } else {
-            let u = conn.queue.next_unsent().expect("one unsent");
+            let Some(u) = conn.queue.next_unsent() else {
+                return;
+            };
             self.ring.send_buffer(sock, group, u, mode, ud);
         }
         self.conns[key].flags.set(Flags::SEND_IN_FLIGHT);
-    }
-
-    /// A zero-copy send's completion. The first is its result: the
-    /// connection takes it as any send's and may send again at once. The
-    /// second, the notification, says the kernel has let go of the pages:
-    /// only then do the buffers it covered go back to the pool.
-    pub(super) fn handle_zc_cqe(&mut self, id: u32, c: &Completion) {
-        let Some(&send) = self.zc.get(id) else {
-            debug_assert!(false, "completion of an unknown zero-copy send {id}");
-            return;
-        };
-        if c.notif() {
-            WorkerStats::add(&self.shared.stats.zc_sends, 1);
-            if c.zc_copied() {
-                WorkerStats::add(&self.shared.stats.zc_copied, 1);
-            }
-            return self.finish_zc(id);
-        }
-        self.zc.resulted(id);
-        let key = send.conn;
-        let owner = self
-            .conns
-            .get_mut(key)
-            .filter(|conn| conn.generation == send.generation);
-        debug_assert!(owner.is_some(), "a send in flight keeps its connection");
-        if let Some(conn) = owner {
-            conn.flags.clear(Flags::SEND_ZC);
-            if c.result == -libc::ENOMEM {
-                self.zc_refused(key);
-            } else {
-                self.handle_send(key, c.result);
-            }
-        }
-        if !c.more() {
-            // No notification follows (a kernel that posts none on failure).
-            self.finish_zc(id);
-        }
-        self.try_free(key);
-    }
-
-    /// Zero-copy send `id` is over: the buffers nothing else pins go back.
-    fn finish_zc(&mut self, id: u32) {
-        let (bufs, free_bufs) = (self.ring.buffers_mut(self.bufs), &mut self.free_bufs);
-        let Some(send) = self.zc.finish(id, |buf| {
-            bufs.recycle(buf);
-            *free_bufs += 1;
-        }) else {
-            return;
-        };
-        if let Some(conn) = self.conns.get_mut(send.conn)
-            && conn.generation == send.generation
-        {
-            conn.zc_pending -= 1;
-        }
-    }
-
-    /// The kernel refused a zero-copy send with ENOMEM: for a user without
-    /// CAP_IPC_LOCK it charges the pages of every zero-copy send in flight to
-    /// RLIMIT_MEMLOCK, and the limit was reached. Nothing was sent; the
-    /// connection keeps its data, this worker copies from now on, and says so.
-    /// The refused send's notification still comes, and unpins its buffers.
-    fn zc_refused(&mut self, key: usize) {
-        if self.send_zc.take().is_some() {
-            eprintln!(
-                "worker {}: --send-zc: a zero-copy send was refused for lack of locked memory \
-                 (RLIMIT_MEMLOCK, which zero-copy sends in flight are charged to without \
-                 CAP_IPC_LOCK); this worker copies its sends from now on. Raise `ulimit -l` \
-                 (docs/kernel-tuning.md, Locked memory) to keep them zero-copy",
-                self.shared.worker_id
-            );
-        }
-        let conn = &mut self.conns[key];
-        conn.flags.clear(Flags::SEND_IN_FLIGHT);
-        if let Some(v) = conn.send_vec.take() {
-            self.ring.give_back_msg(v.msg);
-        }
-        if self.conns[key].flags.has(Flags::CLOSING) {
-            self.recycle_queue(key);
-            return;
-        }
-        self.send_next(key);
-        self.advance(key);
     }
 
     /// A connection arrived as direct descriptor `fixed`: keep it or refuse it.

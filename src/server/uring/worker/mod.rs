@@ -4,14 +4,17 @@
 //! Operations a connection can have in flight: one multishot receive, at most one
 //! send, a shutdown, a close. Every transition goes through the handlers of
 //! [`connection`]; the slot is freed by `try_free` once nothing is left in the
-//! kernel. The worker's own operations (accept, wake-up, tick, drain, UDP) are
-//! in [`control`]; this file holds the loop, the wait and the dispatch.
+//! kernel. A zero-copy send's completions are [`zero_copy`]'s (its
+//! notification may come after the connection is gone). The worker's own
+//! operations (accept, wake-up, tick, drain, UDP) are in [`control`]; this
+//! file holds the loop, the wait and the dispatch.
 //! This module does not set the ring up (`setup`), own memory the kernel
 //! points into, or push entries (`ring`): it only decides.
 #![forbid(unsafe_code)]
 
 mod connection;
 mod control;
+mod zero_copy;
 
 use std::io;
 use std::time::{Duration, Instant};

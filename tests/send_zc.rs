@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::io::Write;
+use std::net::TcpStream;
 use std::time::Duration;
 
 use common::*;
@@ -112,4 +114,45 @@ fn a_zero_copy_send_refused_for_locked_memory_is_copied_and_said_once() {
         .matches("--send-zc: a zero-copy send was refused for lack of locked memory")
         .count();
     assert_eq!(said, 1, "said once, by the one worker: {}", stopped.stderr);
+}
+
+#[test]
+fn a_stop_does_not_wait_for_zero_copy_sends_a_client_never_acknowledges() {
+    // TCP posts a zero-copy send's notification once its data is
+    // acknowledged. A client that neither reads nor closes keeps most of an
+    // echo in the server's send queue, unacknowledged for minutes after the
+    // drain timeout closes the connection: the stop must not wait for it.
+    let server = Server::start(
+        "uring",
+        &[
+            "--send-zc",
+            "4096",
+            "--workers",
+            "1",
+            "--drain-timeout",
+            "1",
+            "--stats",
+            "0.1",
+        ],
+    );
+    let mut client = TcpStream::connect(server.addr).unwrap();
+    set_recv_buffer(&client, 4096);
+    // Under the connection's budget (32 buffers of 4 KiB), so the server
+    // takes all of it and has nothing unread when it closes (which would
+    // reset the connection and free its send queue).
+    let sent = 96 * 1024;
+    client.write_all(&payload(9, sent)).unwrap();
+    server.wait_for_stats(Duration::from_secs(20), |s| {
+        s["bytes_in"] == sent as u64 && s["bytes_out"] == sent as u64
+    });
+    let stopped = server.signal_and_wait(libc::SIGTERM, Duration::from_secs(20));
+    assert!(stopped.status.success(), "{stopped:?}");
+    // The notification was still outstanding: the teardown said so, and left
+    // the memory the kernel no longer points into to the exit.
+    assert!(
+        stopped.stderr.contains("io_uring teardown"),
+        "the scenario did not leave a notification outstanding: {}",
+        stopped.stderr
+    );
+    drop(client);
 }

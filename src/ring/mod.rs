@@ -142,6 +142,9 @@ pub struct Ring {
     /// Invariant: operations pushed (backlog included) whose final completion
     /// has not been reaped.
     in_flight: usize,
+    /// A teardown already waited its `TEARDOWN_WAIT` for what was left: the
+    /// next (from `Drop`) does not wait again.
+    gave_up: bool,
     /// Test hook: the next enter fails with this errno.
     #[cfg(test)]
     fail_next_enter: Option<i32>,
@@ -154,6 +157,7 @@ impl Ring {
             memory: OpMemory::default(),
             backlog: Vec::new(),
             in_flight: 0,
+            gave_up: false,
             #[cfg(test)]
             fail_next_enter: None,
         }
@@ -355,6 +359,9 @@ impl Ring {
         // Entries never handed to the kernel are not in flight.
         self.in_flight -= self.backlog.len();
         self.backlog.clear();
+        if self.gave_up {
+            return self.in_flight;
+        }
         let deadline = Instant::now() + TEARDOWN_WAIT;
         // Whether the last cancel-everything has completed (a new one is due).
         let mut cancel_done = true;
@@ -380,6 +387,7 @@ impl Ring {
             cancel_done = out.iter().any(|c| c.user_data == UserData::TEARDOWN);
         }
         if self.in_flight > 0 {
+            self.gave_up = true;
             eprintln!(
                 "io_uring teardown: {} operations still in flight after cancelling; \
                  their memory is leaked rather than freed under them",

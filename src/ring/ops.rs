@@ -124,9 +124,10 @@ impl Ring {
                 .build()),
         };
         // SAFETY: `hdr` is a boxed message in `self.memory`; `fill_msg` pointed
-        // its iovecs and name only into `self.memory`; the caller keeps the
-        // message and its buffers until the send completes (for a zero-copy
-        // one, until its notification).
+        // its iovecs and name only into `self.memory`. The caller keeps the
+        // message until the send's result (the kernel has read the header and
+        // iovecs by then) and the buffers until the send completes (for a
+        // zero-copy one, until its notification).
         unsafe { self.push(entry.user_data(ud.raw())) };
     }
 

@@ -332,7 +332,6 @@ impl<'a> Engine<'a> {
 
     // ---- the loop turn ----------------------------------------------------
 
-    /// Waits until a completion arrives or `wake` passes, then handles every completion.
     /// Cancels every armed receive by its own tag, and reaps until they have
     /// ended (or `CANCEL_RECEIVES_WAIT` passed), before the ring's teardown.
     /// The teardown cancels whatever is left with one cancel-everything
@@ -378,6 +377,7 @@ impl<'a> Engine<'a> {
         self.cqes = cqes;
     }
 
+    /// Waits until a completion arrives or `wake` passes, then handles every completion.
     fn turn(&mut self, wake: Nanos) -> Result<(), Error> {
         let now = self.shared.now();
         let timeout = Duration::from_nanos(wake.saturating_sub(now).min(FLUSH_EVERY));

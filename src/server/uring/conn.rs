@@ -143,6 +143,10 @@ pub struct Conn {
     /// Its zero-copy sends whose notification has not come (at most
     /// `zc_sends::MAX_ZC_PER_CONN`).
     pub zc_pending: u8,
+    /// Buffers it is done with (sent) that zero-copy sends still pin: out of
+    /// the pool on its account, so they count against its budget. At most
+    /// `MAX_ZC_PER_CONN` × `MAX_SEND_IOVECS` = 64.
+    pub zc_held: u8,
 }
 
 impl Conn {
@@ -155,7 +159,14 @@ impl Conn {
             send_vec: None,
             zc_send: 0,
             zc_pending: 0,
+            zc_held: 0,
         }
+    }
+
+    /// Buffers it holds from the pool: queued to echo, and sent but still
+    /// pinned by zero-copy sends. The budget (`--conn-buffers`) bounds this.
+    pub fn held(&self) -> u32 {
+        self.queue.held() + u32::from(self.zc_held)
     }
 
     /// Buffers the send in flight reads from (0 when none is in flight).

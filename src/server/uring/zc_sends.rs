@@ -24,6 +24,9 @@ use crate::server::uring::conn::MAX_SEND_IOVECS;
 /// buffers).
 pub const MAX_ZC_PER_CONN: u8 = 4;
 
+// A connection's pinned buffers (`Conn::zc_held`) are counted in a u8.
+const _: () = assert!(MAX_ZC_PER_CONN as usize * MAX_SEND_IOVECS <= u8::MAX as usize);
+
 /// One zero-copy send: whose it is and which buffers it covers.
 #[derive(Clone, Copy, Debug)]
 pub struct ZcSend {
@@ -33,8 +36,9 @@ pub struct ZcSend {
     pub generation: u32,
     bufs: [BufId; MAX_SEND_IOVECS],
     count: u8,
-    /// The first completion (the result) has come.
-    pub resulted: bool,
+    /// Its result (the first completion) came and said it sent bytes: a
+    /// refused or failed send notifies too.
+    pub sent: bool,
 }
 
 impl ZcSend {
@@ -75,7 +79,7 @@ impl ZcSends {
             generation,
             bufs: [BufId(0); MAX_SEND_IOVECS],
             count: bufs.len() as u8,
-            resulted: false,
+            sent: false,
         };
         send.bufs[..bufs.len()].copy_from_slice(bufs);
         for b in bufs {
@@ -84,15 +88,20 @@ impl ZcSends {
         self.sends.insert(send) as u32
     }
 
+    /// Zero-copy sends waiting for a completion.
+    pub fn waiting(&self) -> usize {
+        self.sends.len()
+    }
+
     /// The send `id`, while it waits for a completion.
     pub fn get(&self, id: u32) -> Option<&ZcSend> {
         self.sends.get(id as usize)
     }
 
-    /// Its first completion (the result) has come.
-    pub fn resulted(&mut self, id: u32) {
+    /// Its result (the first completion) came; `sent`: it sent bytes.
+    pub fn result(&mut self, id: u32, sent: bool) {
         if let Some(s) = self.sends.get_mut(id as usize) {
-            s.resulted = true;
+            s.sent = sent;
         }
     }
 
@@ -180,14 +189,15 @@ mod tests {
     }
 
     #[test]
-    fn a_send_records_whose_it_is_and_when_its_result_came() {
+    fn a_send_records_whose_it_is_and_whether_it_sent() {
         let mut z = ZcSends::new(4);
         let id = z.start(7, 42, &[BufId(0)]);
         let s = *z.get(id).unwrap();
-        assert_eq!((s.conn, s.generation, s.resulted), (7, 42, false));
+        assert_eq!((s.conn, s.generation, s.sent), (7, 42, false));
         assert_eq!(s.bufs(), [BufId(0)]);
-        z.resulted(id);
-        assert!(z.get(id).unwrap().resulted);
+        z.result(id, true);
+        assert!(z.get(id).unwrap().sent);
+        assert_eq!(z.waiting(), 1);
         assert!(z.finish(99, |_| {}).is_none(), "an unknown id");
     }
 }

@@ -21,7 +21,7 @@ impl Worker<'_> {
         let buf_size = self.ring.buffers(self.bufs).buf_size();
         let budget = self.shared.config.conn_buffers;
         // What is left of the connection's budget, in bytes.
-        let room = budget.saturating_sub(conn.queue.held()).max(1) * buf_size;
+        let room = budget.saturating_sub(conn.held()).max(1) * buf_size;
         let limits = RecvLimits {
             // A bundle may take many buffers in one completion: cap it at
             // what is left of the budget, or one client could take the pool.
@@ -154,7 +154,7 @@ impl Worker<'_> {
                 self.send_next(key);
                 let budget = self.shared.config.conn_buffers;
                 let conn = &mut self.conns[key];
-                if conn.queue.is_over_budget(budget) && !conn.flags.has(Flags::PAUSED) {
+                if conn.held() >= budget && !conn.flags.has(Flags::PAUSED) {
                     conn.flags.set(Flags::PAUSED);
                     WorkerStats::add(&self.shared.stats.backpressured, 1);
                     self.cancel_recv(key);
@@ -227,11 +227,13 @@ impl Worker<'_> {
         WorkerStats::add(&self.shared.stats.bytes_out, res as u64);
         let conn = &mut self.conns[key];
         let (bufs, free_bufs) = (self.ring.buffers_mut(self.bufs), &mut self.free_bufs);
-        let zc = &mut self.zc;
+        let (zc, zc_held) = (&mut self.zc, &mut conn.zc_held);
         conn.queue.advance_by(res as u32, |buf| {
             if zc.release(buf) {
                 bufs.recycle(buf);
                 *free_bufs += 1;
+            } else {
+                *zc_held += 1;
             }
         });
         if self.conns[key].flags.has(Flags::CLOSING) {
@@ -259,7 +261,7 @@ impl Worker<'_> {
     pub(super) fn advance(&mut self, key: usize) {
         let resume_at = self.shared.config.conn_buffers_resume();
         let conn = &mut self.conns[key];
-        let next = next_step(conn.flags, conn.queue.held(), resume_at);
+        let next = next_step(conn.flags, conn.held(), resume_at);
         if next.resume {
             conn.flags.clear(Flags::PAUSED);
         }
@@ -317,6 +319,8 @@ impl Worker<'_> {
             if self.zc.release(buf) {
                 bufs.recycle(buf);
                 *free_bufs += 1;
+            } else {
+                conn.zc_held += 1;
             }
         }
     }

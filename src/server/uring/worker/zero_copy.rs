@@ -20,13 +20,15 @@ impl Worker<'_> {
             return;
         };
         if c.notif() {
-            WorkerStats::add(&self.shared.stats.zc_sends, 1);
-            if c.zc_copied() {
-                WorkerStats::add(&self.shared.stats.zc_copied, 1);
+            if send.sent {
+                WorkerStats::add(&self.shared.stats.zc_sends, 1);
+                if c.zc_copied() {
+                    WorkerStats::add(&self.shared.stats.zc_copied, 1);
+                }
             }
             return self.finish_zc(id);
         }
-        self.zc.resulted(id);
+        self.zc.result(id, c.result > 0);
         let key = send.conn;
         let owner = self
             .conns
@@ -54,9 +56,11 @@ impl Worker<'_> {
     /// Zero-copy send `id` is over: the buffers nothing else pins go back.
     pub(super) fn finish_zc(&mut self, id: u32) {
         let (bufs, free_bufs) = (self.ring.buffers_mut(self.bufs), &mut self.free_bufs);
+        let mut freed = 0;
         let Some(send) = self.zc.finish(id, |buf| {
             bufs.recycle(buf);
             *free_bufs += 1;
+            freed += 1;
         }) else {
             return;
         };
@@ -64,6 +68,10 @@ impl Worker<'_> {
             && conn.generation == send.generation
         {
             conn.zc_pending -= 1;
+            // The buffers it freed were held on this connection's account.
+            conn.zc_held -= freed;
+            // A connection paused over its budget may resume now.
+            self.advance(send.conn);
         }
     }
 

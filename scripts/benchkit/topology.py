@@ -44,10 +44,11 @@ CLIENT_ADDRS_PER_HOST = 8
 # Connections given to one source address. Measured on this topology (check
 # S1, 100,000 connections from one load host): at 20,000 per address (5
 # addresses) 71,100-72,500 came up whatever the connect rate (2,000-20,000/s)
-# and connect timeout (5-30 s), about 14,200 per address, half of its 28,232
-# ports, the rest timing out; at 12,500 (all 8) every one of the 100,000 did,
-# connect p99 944 us. Why only half a range is usable per address we have
-# not traced; this stays under it.
+# and connect timeout (5-30 s), about 14,200 per address, the rest timing
+# out; at 12,500 (all 8) every one of the 100,000 did, connect p99 944 us.
+# It is not a plain per-address port limit: 25,000 connections from a single
+# address over the same kind of veth pair all came up. The cause is not
+# traced; this is the spread that measured clean.
 CONNS_PER_SOURCE_ADDR = 12_500
 CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21
 NAME_RE = re.compile(r"^" + re.escape(PREFIX) + r"(\d+)-")

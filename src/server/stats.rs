@@ -41,6 +41,10 @@ pub struct WorkerStats {
     /// bought nothing for them).
     pub zc_sends: AtomicU64,
     pub zc_copied: AtomicU64,
+    /// io_uring `--wait-batch`: trials of batching against not batching that
+    /// came to a verdict, and those that kept batching (`batch_trial`).
+    pub batch_trials: AtomicU64,
+    pub batch_kept: AtomicU64,
     /// Gauge: connection slots the worker's slab has allocated (its capacity,
     /// which never shrinks): it grows only with the peak of open connections,
     /// so growth under steady churn means slots are not freed.
@@ -120,6 +124,8 @@ impl WorkerStats {
             udp_dropped: self.udp_dropped.load(Relaxed),
             zc_sends: self.zc_sends.load(Relaxed),
             zc_copied: self.zc_copied.load(Relaxed),
+            batch_trials: self.batch_trials.load(Relaxed),
+            batch_kept: self.batch_kept.load(Relaxed),
             slab_slots: self.slab_slots.load(Relaxed),
             direct_fds: self.direct_fds.load(Relaxed),
         }
@@ -145,6 +151,8 @@ pub struct Snapshot {
     pub udp_dropped: u64,
     pub zc_sends: u64,
     pub zc_copied: u64,
+    pub batch_trials: u64,
+    pub batch_kept: u64,
     pub slab_slots: u64,
     pub direct_fds: u64,
 }
@@ -168,6 +176,8 @@ impl Snapshot {
         self.udp_dropped += o.udp_dropped;
         self.zc_sends += o.zc_sends;
         self.zc_copied += o.zc_copied;
+        self.batch_trials += o.batch_trials;
+        self.batch_kept += o.batch_kept;
         self.slab_slots += o.slab_slots;
         self.direct_fds += o.direct_fds;
     }
@@ -185,7 +195,8 @@ impl fmt::Display for Snapshot {
         write!(
             f,
             "open={} accepted={} closed={} rejected={} errors={} table_full={} bytes_in={} bytes_out={} buffer_starved={} backpressured={} \
-             cq_overflowed={} udp_in={} udp_out={} udp_truncated={} udp_dropped={} zc_sends={} zc_copied={} slab_slots={} direct_fds={}",
+             cq_overflowed={} udp_in={} udp_out={} udp_truncated={} udp_dropped={} zc_sends={} zc_copied={} \
+             batch_trials={} batch_kept={} slab_slots={} direct_fds={}",
             self.open(),
             self.accepted,
             self.closed,
@@ -203,6 +214,8 @@ impl fmt::Display for Snapshot {
             self.udp_dropped,
             self.zc_sends,
             self.zc_copied,
+            self.batch_trials,
+            self.batch_kept,
             self.slab_slots,
             self.direct_fds
         )

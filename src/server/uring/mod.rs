@@ -5,7 +5,8 @@
 //! - [`worker`]: the event loop.
 //! - [`conn`]: one connection's state, and `next_step`, its transitions.
 //! - [`udp`]: UDP echo on the same ring.
-//! - [`wait_policy`]: when a wait asks for a batch of completions.
+//! - [`wait_policy`]: when a wait asks for a batch of completions, and
+//!   [`batch_trial`]: whether batching pays at all here, found by trying it.
 //! - [`op_kind`]: the kinds of operation the worker submits.
 //! - this file: setting up one worker's ring on [`crate::ring`], the shared
 //!   layer that submits every operation, owns the memory they point into and
@@ -17,6 +18,7 @@
 //! process's fd table); *bgid* is the id of a provided-buffer group.
 #![forbid(unsafe_code)]
 
+pub mod batch_trial;
 pub mod conn;
 pub mod op_kind;
 pub mod udp;

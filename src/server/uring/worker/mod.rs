@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 use socket2::Socket;
 
+use super::batch_trial::Turn;
 use super::conn::Conn;
 use super::op_kind::OpKind;
 use super::udp::UdpEcho;
@@ -154,7 +155,7 @@ impl<'a> Worker<'a> {
             recv_limit: true,
             send_zc: shared.config.send_zc,
             zc: ZcSends::new(shared.config.buf_count),
-            wait_policy: WaitPolicy::new(wait.batch),
+            wait_policy: WaitPolicy::new(wait.batch, Instant::now()),
             min_wait: wait.min_wait,
         }
     }
@@ -254,13 +255,19 @@ impl<'a> Worker<'a> {
         }
         let mut cqes = std::mem::take(&mut self.cqes);
         self.ring.completions(&mut cqes);
-        let mut receives = 0;
+        let mut turn = Turn::default();
         for c in &cqes {
-            receives += u32::from(c.user_data.kind() == Some(OpKind::Recv) && c.result > 0);
+            if c.user_data.kind() == Some(OpKind::Recv) && c.result > 0 {
+                turn.receives += 1;
+                turn.bytes += c.result as u64;
+            }
             self.handle_cqe(c);
         }
-        self.wait_policy
-            .after_turn(cqes.len(), receives, Instant::now);
+        self.wait_policy.after_turn(cqes.len(), turn, Instant::now);
+        let (trials, kept) = self.wait_policy.verdicts();
+        let stats = &self.shared.stats;
+        WorkerStats::set(&stats.batch_trials, trials);
+        WorkerStats::set(&stats.batch_kept, kept);
         self.cqes = cqes;
     }
 

@@ -249,7 +249,8 @@ def targets_table(targets: list, h: str) -> list:
              "| target | measured (medians) | required | met |",
              "|---|---|---|---|"]
     for t in targets:
-        met = {True: "**met**", False: "**not met**", None: "not measured"}[t.met]
+        unjudged = "not judged" if t.value is not None else "not measured"
+        met = {True: "**met**", False: "**not met**", None: unjudged}[t.met]
         note = f" ({t.note})" if t.note else ""
         lines.append(f"| {t.id}. {t.goal} | {t.measured} | {t.required} | {met}{note} |")
     lines.append("")

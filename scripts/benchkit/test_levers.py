@@ -127,6 +127,21 @@ class Targets(unittest.TestCase):
         self.assertIsNone(out["T7"].met, "a loopback target, on netns")
         self.assertEqual(out["T1a"].note, "")
 
+    def test_t6_is_not_judged_when_loadgen_was_the_limit(self):
+        cell = targets.Cell(1000, 64, 1, rate=50_000)
+
+        def t6(client_busy):
+            runs = [self.run_of("t6", cell, b, rep, p99_us=p99, client_busy_frac=client_busy)
+                    for rep in range(5) for b, p99 in (("uring", 500.0), ("epoll", 1000.0))]
+            out = {t.id: t for t in targets.evaluate(runs, summarise(runs), cell, 5)}
+            return out["T6"]
+
+        self.assertTrue(t6(0.6).met)  # 0.5x, with loadgen's CPU to spare
+        saturated = t6(0.98)
+        self.assertIsNone(saturated.met)
+        self.assertAlmostEqual(saturated.value, 0.5)
+        self.assertIn("loadgen's CPU was 98% busy", saturated.note)
+
 
 class Floor(unittest.TestCase):
     def test_samples_are_split_by_the_function_they_ran_in(self):

@@ -205,7 +205,7 @@ def check_s1(env: Env, scale: float, go: Callable, log: Callable) -> list:
                f"{pool_bytes // 1024} KiB touched by the warm-up, in the baseline",
                per_conn, "<= 256 B", _verdict(per_conn, at_most=256.0) if held else None,
                [], "the run of S1" + (f"; {note}" if note else "")
-               + ("" if held else "; not judged: S1 did not hold all its connections, so "
+               + ("" if held else "; S1 did not hold all its connections, so "
                   "the memory was not that of the connections counted")),
     ]
 
@@ -262,13 +262,19 @@ def evaluate(runs: list, summaries: list, rate_cell: Optional[Cell], reps: int,
         # CPU that is nearly always busy sends late, and its lateness counts
         # in every latency (coordinated omission corrected), so the p99s
         # would then measure loadgen, not the servers.
+        # client_busy_frac is the mean over loadgen's CPUs: with several, one
+        # saturated thread can hide below the threshold.
         busy = [med("t6", rate_cell, b, "client_busy_frac") for b in ("uring", "epoll")]
         busiest = max((b for b in busy if b is not None), default=None)
         saturated = busiest is not None and busiest >= LOADGEN_SATURATED
-        t6_note = "; ".join(x for x in (note, (
-            f"not judged: loadgen's CPU was {busiest:.0%} busy, so its own lateness set "
-            "these p99s; give it more CPUs (--client-cpus, --load-hosts)") if saturated else "")
-            if x)
+        if saturated:
+            why = (f"loadgen's CPU was {busiest:.0%} busy, so its own lateness set these "
+                   "p99s; give it more CPUs (--client-cpus, --load-hosts)")
+        elif busiest is None:
+            why = "loadgen's CPU was not measured: whether it was the limit is unknown"
+        else:
+            why = ""
+        t6_note = "; ".join(x for x in (note, why) if x)
         out.append(Target("T6", "at half of epoll's maximum rate (1,000 conns x 64 B), "
                           "uring p99 <= 0.7x epoll's",
                           f"rate {rate_cell.rate:,.0f} msgs/s: uring p99 {_fmt(up, ' us')} / "

@@ -12,7 +12,7 @@ sys.dont_write_bytecode = True
 SCRIPTS = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(SCRIPTS))
 
-from benchkit import host, model, options, procs, scripts_module, targets  # noqa: E402
+from benchkit import host, model, options, procs, report, scripts_module, targets  # noqa: E402
 from benchkit.model import BACKENDS, Run, summarise  # noqa: E402
 
 
@@ -136,11 +136,18 @@ class Targets(unittest.TestCase):
             out = {t.id: t for t in targets.evaluate(runs, summarise(runs), cell, 5)}
             return out["T6"]
 
-        self.assertTrue(t6(0.6).met)  # 0.5x, with loadgen's CPU to spare
+        spare = t6(0.6)
+        self.assertTrue(spare.met)  # 0.5x, with loadgen's CPU to spare
+        self.assertEqual(spare.note, "")
         saturated = t6(0.98)
         self.assertIsNone(saturated.met)
         self.assertAlmostEqual(saturated.value, 0.5)
         self.assertIn("loadgen's CPU was 98% busy", saturated.note)
+        table = "\n".join(report.targets_table([saturated], ""))
+        self.assertIn("| not judged (loadgen's CPU was 98% busy", table)
+        unknown = t6(None)
+        self.assertTrue(unknown.met)
+        self.assertIn("loadgen's CPU was not measured", unknown.note)
 
 
 class Floor(unittest.TestCase):

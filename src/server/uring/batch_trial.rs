@@ -16,15 +16,23 @@
 //! So the worker compares the two. A *trial* runs [`STEPS`] steps of at least
 //! [`STEP`] each, batching allowed in some and not in others (on, off, off,
 //! on: a load that drifts during the trial favours neither), and sums the
-//! bytes received in each. Batching stays allowed when it moved at least
-//! [`MARGIN`] more bytes a second than not batching; otherwise it is left off,
-//! which has the lower latency. The verdict holds for [`FIRST_HOLD`], doubled
-//! each time the next trial agrees, up to [`LONGEST_HOLD`]: a verdict reached
-//! while the load was still changing (the first, as a run starts) is soon
-//! tried again, and a steady one costs a trial every few seconds. A trial that
-//! saw fewer than [`MIN_RECEIVES`] receives on either side says nothing (an
-//! idle or nearly idle server) and is run again at once; an idle worker
-//! takes no turns, so that costs nothing.
+//! bytes received in each. Batching stays allowed when it moved more than
+//! [`MARGIN`] more bytes a second than not batching; otherwise it is left
+//! off, which has the lower latency. The verdict holds for [`FIRST_HOLD`],
+//! doubled each time the next trial agrees, up to [`LONGEST_HOLD`]: a verdict
+//! reached while the load was still changing (the first, as a run starts) is
+//! soon tried again, and a steady one costs a trial every few seconds.
+//!
+//! A trial says nothing, and is tried again after [`FIRST_HOLD`] with the
+//! last verdict standing (batching allowed before the first), when:
+//! - either side saw fewer than [`MIN_RECEIVES`] receives (a light load);
+//! - fewer than half of the turns of its batching steps followed a wait that
+//!   asked for a batch (the back-off found batches that do not fill, or a
+//!   `--busy-poll` spin found completions before any wait): both sides then
+//!   ran alike.
+//!
+//! A gap of more than [`STEP`] between two turns (an idle worker takes none)
+//! starts the trial afresh: a step is a stretch of load, not of idleness.
 #![forbid(unsafe_code)]
 
 use std::time::{Duration, Instant};
@@ -53,11 +61,14 @@ enum Phase {
     Holding { until: Instant },
 }
 
-/// Bytes, receives and time counted for one side of a trial.
+/// Bytes, receives, turns and time counted for one side of a trial.
 #[derive(Clone, Copy, Debug, Default)]
 struct Side {
     bytes: u64,
     receives: u64,
+    turns: u64,
+    /// Turns that followed a wait that asked for a batch.
+    batched_turns: u64,
     time: Duration,
 }
 
@@ -72,6 +83,8 @@ pub struct BatchTrial {
     phase: Phase,
     /// This trial's sides: `[without batching, with]`.
     sides: [Side; 2],
+    /// When the last turn ended.
+    last_turn: Instant,
     /// Whether batching is allowed now.
     batching: bool,
     /// The last verdict, and how long it now holds.
@@ -85,8 +98,11 @@ pub struct BatchTrial {
 /// What one turn of the loop did, as the trial counts it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Turn {
+    /// Receives that brought data (TCP and UDP), and the bytes they brought.
     pub receives: u32,
     pub bytes: u64,
+    /// The wait before this turn asked for a batch.
+    pub batched: bool,
 }
 
 impl BatchTrial {
@@ -98,6 +114,7 @@ impl BatchTrial {
                 since: now,
             },
             sides: [Side::default(); 2],
+            last_turn: now,
             batching: STEPS[0],
             verdict: None,
             hold: FIRST_HOLD,
@@ -111,21 +128,31 @@ impl BatchTrial {
         self.batching
     }
 
-    /// Counts a turn that ended at `now`, and moves the trial on.
-    pub fn record(&mut self, turn: Turn, now: Instant) {
+    /// Counts a turn that ended at `now`, and moves the trial on. True when
+    /// this turn brought a verdict.
+    pub fn record(&mut self, turn: Turn, now: Instant) -> bool {
+        let gap = now.saturating_duration_since(self.last_turn);
+        self.last_turn = now;
         match self.phase {
             Phase::Holding { until } => {
                 if now >= until {
                     self.start_trial(now);
                 }
+                false
+            }
+            Phase::Trying { .. } if gap > STEP => {
+                self.start_trial(now);
+                false
             }
             Phase::Trying { step, since } => {
                 let side = &mut self.sides[usize::from(STEPS[step])];
                 side.bytes += turn.bytes;
                 side.receives += u64::from(turn.receives);
+                side.turns += 1;
+                side.batched_turns += u64::from(turn.batched);
                 let spent = now.saturating_duration_since(since);
                 if spent < STEP {
-                    return;
+                    return false;
                 }
                 side.time += spent;
                 if step + 1 < STEPS.len() {
@@ -134,8 +161,9 @@ impl BatchTrial {
                         since: now,
                     };
                     self.batching = STEPS[step + 1];
+                    false
                 } else {
-                    self.conclude(now);
+                    self.conclude(now)
                 }
             }
         }
@@ -150,11 +178,18 @@ impl BatchTrial {
         self.batching = STEPS[0];
     }
 
-    fn conclude(&mut self, now: Instant) {
+    /// Ends a trial: a verdict (true), or none, and the last one stands for
+    /// `FIRST_HOLD` (false).
+    fn conclude(&mut self, now: Instant) -> bool {
         let [off, on] = self.sides;
-        if off.receives < MIN_RECEIVES || on.receives < MIN_RECEIVES {
-            self.start_trial(now);
-            return;
+        let light = off.receives < MIN_RECEIVES || on.receives < MIN_RECEIVES;
+        let ran_alike = on.batched_turns * 2 < on.turns;
+        if light || ran_alike {
+            self.batching = self.verdict.unwrap_or(true);
+            self.phase = Phase::Holding {
+                until: now + FIRST_HOLD,
+            };
+            return false;
         }
         let batching = on.bytes_per_s() > off.bytes_per_s() * (1.0 + MARGIN);
         self.hold = match self.verdict {
@@ -168,6 +203,7 @@ impl BatchTrial {
         self.phase = Phase::Holding {
             until: now + self.hold,
         };
+        true
     }
 }
 
@@ -175,27 +211,39 @@ impl BatchTrial {
 mod tests {
     use super::*;
 
-    /// Runs one trial from `t`, a turn every millisecond, receiving
-    /// `on_rate` or `off_rate` bytes per turn (one receive per 64 bytes);
-    /// returns the time it ended.
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A turn of `bytes` (one receive per 64 bytes), after a batch wait when
+    /// batching is allowed.
+    fn turn(p: &BatchTrial, bytes: u64) -> Turn {
+        Turn {
+            receives: (bytes / 64) as u32,
+            bytes,
+            batched: p.batching(),
+        }
+    }
+
+    /// Runs turns a millisecond apart from `t`, receiving `on_rate` or
+    /// `off_rate` bytes a turn, until the trial ends (a verdict or none);
+    /// returns when.
     fn run_trial(p: &mut BatchTrial, t: Instant, on_rate: u64, off_rate: u64) -> Instant {
         let mut now = t;
-        let verdicts = p.verdicts;
         for _ in 0..10_000 {
-            now += Duration::from_millis(1);
+            now += MS;
             let bytes = if p.batching() { on_rate } else { off_rate };
-            p.record(
-                Turn {
-                    receives: (bytes / 64) as u32,
-                    bytes,
-                },
-                now,
-            );
-            if p.verdicts > verdicts || matches!(p.phase, Phase::Holding { .. }) {
+            p.record(turn(p, bytes), now);
+            if matches!(p.phase, Phase::Holding { .. }) {
                 return now;
             }
         }
-        panic!("no verdict in 10 s");
+        panic!("no end to the trial in 10 s");
+    }
+
+    fn step(p: &BatchTrial) -> Option<usize> {
+        match p.phase {
+            Phase::Trying { step, .. } => Some(step),
+            Phase::Holding { .. } => None,
+        }
     }
 
     #[test]
@@ -206,7 +254,7 @@ mod tests {
         assert!(p.batching());
         assert_eq!((p.verdicts, p.kept), (1, 1));
         // The trial took its four steps and no more.
-        assert!(end - t >= STEP * 4 && end - t < STEP * 4 + Duration::from_millis(10));
+        assert!(end - t >= STEP * 4 && end - t < STEP * 4 + 10 * MS);
     }
 
     #[test]
@@ -215,6 +263,7 @@ mod tests {
         let mut p = BatchTrial::new(t);
         run_trial(&mut p, t, 64 * 89, 64 * 100);
         assert!(!p.batching(), "0.89x");
+        assert_eq!((p.verdicts, p.kept), (1, 0));
         let mut p = BatchTrial::new(t);
         run_trial(&mut p, t, 64 * 102, 64 * 100);
         assert!(
@@ -224,68 +273,47 @@ mod tests {
     }
 
     #[test]
+    fn the_steps_go_on_off_off_on_and_the_sides_restart_with_each_trial() {
+        let t = Instant::now();
+        let mut p = BatchTrial::new(t);
+        let mut now = t;
+        let mut seen = Vec::new();
+        while step(&p).is_some() {
+            if seen.last() != Some(&(step(&p), p.batching())) {
+                seen.push((step(&p), p.batching()));
+            }
+            now += MS;
+            p.record(turn(&p, 6400), now);
+        }
+        let expected: Vec<_> = STEPS
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| (Some(i), b))
+            .collect();
+        assert_eq!(seen, expected);
+        // A turn during the hold, however large, counts for no trial.
+        p.record(turn(&p, 1 << 40), now + MS);
+        p.record(turn(&p, 0), now + p.hold);
+        assert_eq!(step(&p), Some(0));
+        assert_eq!(p.sides[0].bytes + p.sides[1].bytes, 0);
+    }
+
+    #[test]
     fn a_verdict_holds_then_a_new_trial_can_reverse_it() {
         let t = Instant::now();
         let mut p = BatchTrial::new(t);
         let end = run_trial(&mut p, t, 64 * 120, 64 * 100);
         assert!(p.batching());
-        // Turns during the hold change nothing, whatever they bring.
-        p.record(Turn::default(), end + FIRST_HOLD / 2);
+        p.record(turn(&p, 64), end + FIRST_HOLD / 2);
         assert!(p.batching());
-        assert!(matches!(p.phase, Phase::Holding { .. }));
+        assert_eq!(step(&p), None, "still holding");
         // The first turn after the hold starts a trial, batching on.
         let next = end + FIRST_HOLD;
-        p.record(Turn::default(), next);
-        assert!(matches!(p.phase, Phase::Trying { step: 0, .. }));
+        p.record(turn(&p, 64), next);
+        assert_eq!(step(&p), Some(0));
         run_trial(&mut p, next, 64 * 80, 64 * 100);
         assert!(!p.batching());
         assert_eq!((p.verdicts, p.kept), (2, 1));
-    }
-
-    #[test]
-    fn an_idle_trial_has_no_verdict_and_runs_again() {
-        let t = Instant::now();
-        let mut p = BatchTrial::new(t);
-        let mut now = t;
-        // A turn a step: receives too few for a verdict.
-        for _ in 0..STEPS.len() {
-            now += STEP;
-            p.record(
-                Turn {
-                    receives: 10,
-                    bytes: 640,
-                },
-                now,
-            );
-        }
-        assert_eq!(p.verdicts, 0);
-        assert!(matches!(p.phase, Phase::Trying { step: 0, .. }));
-        assert!(p.batching(), "a new trial starts with its first step");
-    }
-
-    #[test]
-    fn a_step_lasts_until_the_first_turn_after_its_time() {
-        let t = Instant::now();
-        let mut p = BatchTrial::new(t);
-        assert!(p.batching());
-        p.record(
-            Turn {
-                receives: 1,
-                bytes: 64,
-            },
-            t + STEP - Duration::from_nanos(1),
-        );
-        assert!(p.batching(), "still the first step");
-        // A long sleep: the step ends at the turn after it, and its time counts in full.
-        p.record(
-            Turn {
-                receives: 1,
-                bytes: 64,
-            },
-            t + STEP * 3,
-        );
-        assert!(!p.batching(), "the second step");
-        assert_eq!(p.sides[1].time, STEP * 3);
     }
 
     #[test]
@@ -296,17 +324,92 @@ mod tests {
         let mut holds = Vec::new();
         for _ in 0..6 {
             now = run_trial(&mut p, now, 64 * 120, 64 * 100);
-            holds.push(p.hold);
-            now += p.hold;
-            p.record(Turn::default(), now);
+            holds.push(p.hold.as_millis());
+            // Load goes on through the hold: a turn a millisecond.
+            let until = now + p.hold;
+            while now < until {
+                now += MS;
+                p.record(turn(&p, 6400), now);
+            }
         }
-        let ms = |d: Duration| d.as_millis();
-        assert_eq!(
-            holds.into_iter().map(ms).collect::<Vec<_>>(),
-            [1000, 2000, 4000, 8000, 8000, 8000]
-        );
+        assert_eq!(holds, [1000, 2000, 4000, 8000, 8000, 8000]);
         run_trial(&mut p, now, 64 * 80, 64 * 100);
         assert!(!p.batching());
         assert_eq!(p.hold, FIRST_HOLD);
+    }
+
+    #[test]
+    fn a_light_load_brings_no_verdict_and_the_last_one_stands_a_while() {
+        let t = Instant::now();
+        let mut p = BatchTrial::new(t);
+        // A receive a millisecond: 100 a step, too few.
+        let end = run_trial(&mut p, t, 64, 64);
+        assert_eq!(p.verdicts, 0);
+        assert!(
+            p.batching(),
+            "no verdict yet: batching allowed, as before trials"
+        );
+        assert_eq!(step(&p), None);
+        p.record(turn(&p, 64), end + FIRST_HOLD);
+        assert_eq!(step(&p), Some(0), "tried again after FIRST_HOLD");
+        // After a verdict against batching, a light trial leaves it off.
+        let mut p = BatchTrial::new(t);
+        let end = run_trial(&mut p, t, 64 * 80, 64 * 100);
+        assert!(!p.batching());
+        let next = end + p.hold;
+        p.record(turn(&p, 64), next);
+        run_trial(&mut p, next, 64, 64);
+        assert!(!p.batching());
+        assert_eq!(p.verdicts, 1);
+    }
+
+    #[test]
+    fn batching_steps_whose_waits_did_not_batch_bring_no_verdict() {
+        // The back-off (or a busy-poll spin) kept the "on" steps' waits from
+        // batching: both sides ran alike, whatever their bytes say.
+        let t = Instant::now();
+        let mut p = BatchTrial::new(t);
+        let mut now = t;
+        while step(&p).is_some() {
+            now += MS;
+            let bytes = if p.batching() { 64 * 120 } else { 64 * 100 };
+            let mut x = turn(&p, bytes);
+            x.batched = false;
+            p.record(x, now);
+        }
+        assert_eq!(p.verdicts, 0);
+    }
+
+    #[test]
+    fn an_idle_gap_starts_the_trial_afresh() {
+        let t = Instant::now();
+        let mut p = BatchTrial::new(t);
+        p.record(turn(&p, 64 * 100), t + MS);
+        assert_eq!(p.sides[1].bytes, 6400);
+        // 2 s without a turn, then load: the first step is not charged the gap.
+        let later = t + Duration::from_secs(2);
+        p.record(turn(&p, 64 * 100), later);
+        assert_eq!(step(&p), Some(0));
+        assert_eq!(p.sides[1].bytes, 0, "what came before the gap is gone");
+        let end = run_trial(&mut p, later, 64 * 120, 64 * 100);
+        assert!(p.batching());
+        assert!(end - later < STEP * 4 + 10 * MS);
+    }
+
+    #[test]
+    fn a_step_lasts_until_the_first_turn_after_its_time() {
+        let t = Instant::now();
+        let mut p = BatchTrial::new(t);
+        let mut now = t;
+        while now + MS < t + STEP {
+            now += MS;
+            p.record(turn(&p, 64), now);
+        }
+        assert_eq!(step(&p), Some(0), "still the first step");
+        now += 2 * MS;
+        p.record(turn(&p, 64), now);
+        assert_eq!(step(&p), Some(1));
+        assert!(!p.batching(), "the second step");
+        assert_eq!(p.sides[1].time, now - t);
     }
 }

@@ -54,13 +54,13 @@ impl WaitPolicy {
     }
 
     /// The trial's verdicts so far, and how many kept batching.
-    pub fn verdicts(&self) -> (u64, u64) {
+    #[cfg(test)]
+    fn verdicts(&self) -> (u64, u64) {
         self.trial.map_or((0, 0), |t| (t.verdicts, t.kept))
     }
 
     /// The completions the next wait asks for: `Some(batch)`, or `None` to
-    /// return at the first. `now` is read only during a back-off: no clock
-    /// read per turn otherwise.
+    /// return at the first. `now` is read only during a back-off.
     pub fn next_wait(&mut self, now: impl FnOnce() -> Instant) -> Option<u32> {
         if self.backoff_until.is_some_and(|until| now() < until) {
             self.batched = false;
@@ -74,20 +74,29 @@ impl WaitPolicy {
 
     /// Records what the turn after a wait (or a `--busy-poll` spin, which
     /// asks for no batch) handled: every completion it reaped, and of those
-    /// the receives that brought data, and the bytes they brought.
-    /// `now` is read once a turn when batching is configured (the trial
-    /// needs it), never otherwise.
-    pub fn after_turn(&mut self, completions: usize, turn: Turn, now: impl FnOnce() -> Instant) {
+    /// the receives that brought data, and the bytes they brought
+    /// (`turn.batched` is this policy's to fill in). Returns the trial's
+    /// verdicts so far, and how many kept batching, when this turn brought
+    /// one. `now` is read once a turn when batching is configured (the trial
+    /// times its steps with it; a vDSO read, no syscall, where the clock
+    /// source is the TSC), never otherwise.
+    pub fn after_turn(
+        &mut self,
+        completions: usize,
+        mut turn: Turn,
+        now: impl FnOnce() -> Instant,
+    ) -> Option<(u64, u64)> {
         self.last_turn_receives = turn.receives;
-        let Some(trial) = &mut self.trial else {
-            return;
-        };
+        let trial = self.trial.as_mut()?;
         let now = now();
-        trial.record(turn, now);
         // Judged once: a turn without a wait before it (a spin) is no batch's.
-        if std::mem::take(&mut self.batched) && completions * 2 < self.batch as usize {
+        turn.batched = std::mem::take(&mut self.batched);
+        if turn.batched && completions * 2 < self.batch as usize {
             self.backoff_until = Some(now + BACKOFF);
         }
+        trial
+            .record(turn, now)
+            .then_some((trial.verdicts, trial.kept))
     }
 }
 
@@ -121,13 +130,14 @@ mod tests {
         Turn {
             receives,
             bytes: 64 * u64::from(receives),
+            batched: false,
         }
     }
 
     #[test]
     fn a_light_turn_does_not_batch_the_next_wait() {
         let (mut p, t) = batching_policy();
-        assert_eq!(p.next_wait(|| t), None, "nothing handled yet");
+        assert_eq!(p.next_wait(|| t), None, "the last turn was light");
         p.after_turn(7, rx(LOADED_TURN - 1), || t);
         assert_eq!(p.next_wait(|| t), None);
         p.after_turn(20, rx(LOADED_TURN), || t);

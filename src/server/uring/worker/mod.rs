@@ -257,17 +257,18 @@ impl<'a> Worker<'a> {
         self.ring.completions(&mut cqes);
         let mut turn = Turn::default();
         for c in &cqes {
-            if c.user_data.kind() == Some(OpKind::Recv) && c.result > 0 {
+            let receive = matches!(c.user_data.kind(), Some(OpKind::Recv | OpKind::UdpRecv));
+            if receive && c.result > 0 {
                 turn.receives += 1;
                 turn.bytes += c.result as u64;
             }
             self.handle_cqe(c);
         }
-        self.wait_policy.after_turn(cqes.len(), turn, Instant::now);
-        let (trials, kept) = self.wait_policy.verdicts();
-        let stats = &self.shared.stats;
-        WorkerStats::set(&stats.batch_trials, trials);
-        WorkerStats::set(&stats.batch_kept, kept);
+        if let Some((trials, kept)) = self.wait_policy.after_turn(cqes.len(), turn, Instant::now) {
+            let stats = &self.shared.stats;
+            WorkerStats::set(&stats.batch_trials, trials);
+            WorkerStats::set(&stats.batch_kept, kept);
+        }
         self.cqes = cqes;
     }
 

@@ -8,10 +8,10 @@
 //! connections x 64 B closed loop on netns (docs/benchmarks.md, "A second
 //! host"):
 //! - on an EPYC VM, where raising an interrupt is a VM exit, batching did
-//!   1.19x the messages without it;
-//! - on a Xeon VM, where it is not, it did 0.89x: the worker held back echoes
+//!   1.19x the messages of not batching;
+//! - on a Xeon VM, where it is not, it did 0.86x: the worker held back echoes
 //!   the peer had nothing else to answer in the meantime, and both CPUs idled
-//!   a quarter of the time.
+//!   almost half the time.
 //!
 //! So the worker compares the two. A *trial* runs [`STEPS`] steps of at least
 //! [`STEP`] each, batching allowed in some and not in others (on, off, off,

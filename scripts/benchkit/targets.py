@@ -210,10 +210,10 @@ def check_s1(env: Env, scale: float, go: Callable, log: Callable) -> list:
     ]
 
 
-
 # T6 is not judged when loadgen's CPUs were at least this busy (median of
 # the runs): its own lateness, not the server, then sets the p99.
 LOADGEN_SATURATED = 0.95
+
 
 def evaluate(runs: list, summaries: list, rate_cell: Optional[Cell], reps: int,
              loopback: bool = False) -> list:

@@ -159,17 +159,20 @@ for_each_backend! {
         // Full again after a few closes is the same episode: not said or counted again.
         assert_eq!(before_close["table_full"], 1, "{before_close:?}");
         // Closing them all also lets the server accept (and then lose to a reset)
-        // the connections that were still waiting: only the return to 0 matters.
+        // the connections that were still waiting. Those accepts race the
+        // closes, so the table may fill once more on the way down: a second
+        // episode, which must be said, counted and ended like the first.
         drop(clients);
         stderr.extend(server.wait_for_stderr(Duration::from_secs(20), |l| l.contains("has room again")));
         server.wait_for_fresh_stats(Duration::from_secs(20), |s| s["open"] == 0);
         let stopped = server.stop();
         assert!(stopped.status.success(), "{stopped:?}");
-        assert_eq!(stopped.summary["table_full"], 1, "{stopped:?}");
+        let episodes = stopped.summary["table_full"];
+        assert!((1..=2).contains(&episodes), "{stopped:?}");
         stderr.extend(stopped.stderr.lines().map(String::from));
-        let count = |pred: fn(&str) -> bool| stderr.iter().filter(|l| pred(l)).count();
-        assert_eq!(count(is_full_notice), 1, "{stderr:?}");
-        assert_eq!(count(|l| l.contains("has room again")), 1, "{stderr:?}");
+        let count = |pred: fn(&str) -> bool| stderr.iter().filter(|l| pred(l)).count() as u64;
+        assert_eq!(count(is_full_notice), episodes, "one notice per episode: {stderr:?}");
+        assert_eq!(count(|l| l.contains("has room again")), episodes, "{stderr:?}");
     }
 }
 

@@ -146,6 +146,19 @@ fn an_open_loop_run_achieves_the_asked_rate_within_five_percent() {
         (received / 40_000.0 - 1.0).abs() < 0.05,
         "{received} of 40000"
     );
+    // loadgen's own lateness is reported for every measured message, and it
+    // is part of each one's latency, so no percentile of it can exceed the
+    // latency's.
+    assert_eq!(u(&r, "config.pacing_slack_us"), 20);
+    assert_eq!(u(&r, "schedule_lag_us.count"), u(&r, "messages.sent"));
+    for q in ["p50", "p99", "max"] {
+        assert!(
+            u(&r, &format!("schedule_lag_us.{q}")) <= u(&r, &format!("latency_us.{q}")),
+            "{q}: lag {} latency {}",
+            u(&r, &format!("schedule_lag_us.{q}")),
+            u(&r, &format!("latency_us.{q}"))
+        );
+    }
 }
 
 #[test]
@@ -280,6 +293,12 @@ fn bad_flags_exit_2_naming_the_flag_and_range() {
             &["--rate", "1000000", "--conns", "1"][..],
             "--rate",
             "--pipeline",
+        ),
+        (&["--pacing-slack", "5"][..], "--pacing-slack", "--rate"),
+        (
+            &["--rate", "1000", "--pacing-slack", "1001"][..],
+            "--pacing-slack",
+            "0..=1000",
         ),
         (
             &["--duration", "1", "--messages", "10"][..],

@@ -101,6 +101,10 @@ pub struct Config {
     pub quiet: bool,
     /// After the measured part, how long outstanding echoes may take to arrive.
     pub drain_timeout: Duration,
+    /// Open loop: how long after its due time a message may wait for the
+    /// sender's wake-up, so that messages due close together leave together
+    /// (see [`super::pacing`]).
+    pub pacing_slack: Duration,
     /// `--start-at`: the wall-clock instant (seconds since the UNIX epoch) the
     /// load phase begins at, once the connections are made.
     pub start_at: Option<f64>,

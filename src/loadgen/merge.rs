@@ -106,6 +106,7 @@ pub fn merge_named(reports: &[Report], names: &[String]) -> Result<Report, Error
     let mut latency = new_histogram();
     let mut connect = new_histogram();
     let mut transaction = new_histogram();
+    let mut schedule_lag = new_histogram();
     let mut out = Report {
         schema: SCHEMA_VERSION,
         hosts: 0,
@@ -121,6 +122,7 @@ pub fn merge_named(reports: &[Report], names: &[String]) -> Result<Report, Error
         latency_us: Percentiles::default(),
         connect_us: Percentiles::default(),
         transaction_us: Percentiles::default(),
+        schedule_lag_us: Percentiles::default(),
         verify: Verify {
             enabled: true,
             mismatches: 0,
@@ -176,6 +178,13 @@ pub fn merge_named(reports: &[Report], names: &[String]) -> Result<Report, Error
         };
         add(&mut latency, "latency_us", &r.histograms.latency_us)?;
         add(&mut connect, "connect_us", &r.histograms.connect_us)?;
+        if !r.histograms.schedule_lag_us.is_empty() {
+            add(
+                &mut schedule_lag,
+                "schedule_lag_us",
+                &r.histograms.schedule_lag_us,
+            )?;
+        }
         if !r.histograms.transaction_us.is_empty() {
             add(
                 &mut transaction,
@@ -200,12 +209,14 @@ pub fn merge_named(reports: &[Report], names: &[String]) -> Result<Report, Error
     out.latency_us = Percentiles::of(&latency);
     out.connect_us = Percentiles::of(&connect);
     out.transaction_us = Percentiles::of(&transaction);
+    out.schedule_lag_us = Percentiles::of(&schedule_lag);
     out.cpu = Cpu::new(user_s, sys_s, cpu_msgs);
     out.udp = datagrams.map(Udp::new);
     out.histograms = Histograms {
         latency_us: encode_histogram(&latency),
         connect_us: encode_histogram(&connect),
         transaction_us: encode_histogram(&transaction),
+        schedule_lag_us: encode_histogram(&schedule_lag),
     };
     Ok(out)
 }
@@ -239,6 +250,7 @@ mod tests {
             max_loss: None,
             messages_per_conn: None,
             linger0: false,
+            pacing_slack_us: None,
         }
     }
 
@@ -248,6 +260,10 @@ mod tests {
             latency.record(v).unwrap();
         }
         let n = latencies_us.len() as u64;
+        let mut schedule_lag = new_histogram();
+        for &v in latencies_us {
+            schedule_lag.record(v / 10).unwrap();
+        }
         Report::new(
             config(),
             Totals {
@@ -272,6 +288,7 @@ mod tests {
                 latency,
                 connect: new_histogram(),
                 transaction: new_histogram(),
+                schedule_lag,
                 cpu: Cpu::new(0.5, 0.25, n),
                 udp: None,
                 start: Start::default(),
@@ -437,6 +454,33 @@ mod tests {
             decode_histogram(&merged.histograms.latency_us).unwrap(),
             both
         );
+        let mut lags = new_histogram();
+        for &v in a.iter().chain(&b) {
+            lags.record(v / 10).unwrap();
+        }
+        assert_eq!(merged.schedule_lag_us, Percentiles::of(&lags));
+        assert_eq!(merged.schedule_lag_us.count, 2000);
+    }
+
+    #[test]
+    fn a_report_from_before_the_schedule_lag_merges_with_a_newer_one() {
+        let mut v = serde_json::to_value(report(&[1000], 1.0)).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("schedule_lag_us");
+        o["histograms"]
+            .as_object_mut()
+            .unwrap()
+            .remove("schedule_lag_us");
+        o["config"]
+            .as_object_mut()
+            .unwrap()
+            .remove("pacing_slack_us");
+        let old: Report = serde_json::from_value(v).unwrap();
+        assert_eq!(old.schedule_lag_us.count, 0);
+        let merged = merge(&[old, report(&[2000, 3000], 1.0)]).unwrap();
+        assert_eq!(merged.schedule_lag_us.count, 2);
+        assert_eq!(merged.schedule_lag_us.max, 300);
+        assert_eq!(merged.latency_us.count, 3);
     }
 
     #[test]

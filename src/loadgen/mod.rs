@@ -329,6 +329,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
     let mut latency = new_histogram();
     let mut connect = new_histogram();
     let mut transaction = new_histogram();
+    let mut schedule_lag = new_histogram();
     let mut msgs_all = 0;
     let mut end = 0;
     for r in results {
@@ -350,6 +351,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         let _ = latency.add(&r.latency);
         let _ = connect.add(&r.connect);
         let _ = transaction.add(&r.transaction);
+        let _ = schedule_lag.add(&r.schedule_lag);
         end = end.max(r.measure_end);
     }
     let measure_start =
@@ -371,6 +373,7 @@ fn sum(results: &[ThreadResult], shared: &Shared<'_>, cpu_end: (f64, f64)) -> To
         latency,
         connect,
         transaction,
+        schedule_lag,
         cpu: Cpu::new(cpu_end.0 - u0, cpu_end.1 - s0, msgs_all),
         udp: shared.config.udp.is_some().then_some(udp),
         start,
@@ -460,6 +463,10 @@ fn run_config(
         max_loss: config.udp.map(|u| u.max_loss),
         messages_per_conn: config.churn.map(|c| c.messages_per_conn),
         linger0: config.linger0,
+        pacing_slack_us: config
+            .load
+            .rate()
+            .map(|_| config.pacing_slack.as_micros() as u32),
     }
 }
 

@@ -6,6 +6,16 @@
 //! A thread's events are evenly spaced: event `n` is due at
 //! `start + (n + phase) / rate`. Which connection an event goes to is the
 //! caller's business. This module does no I/O and reads no clock.
+//!
+//! The schedule also says when to wake for the next event: its due time plus
+//! a *slack*. A sender that wakes at each due time pays a timer and a wake-up
+//! per message, and each lone send interrupts the receiver's idle CPU; at
+//! 135k msgs/s on a 2-vCPU VM that made loadgen spend 7.4 µs per message
+//! against 2.0 µs in the closed loop, and its own lateness set the p99. With
+//! a slack the events due within it leave together, from one wake-up (or
+//! earlier, with any completion that wakes the sender first). Their latency
+//! still counts from each one's own due time, so the slack is never hidden:
+//! it shows in the latency, at most by its own length.
 #![forbid(unsafe_code)]
 
 /// Nanoseconds since the run's epoch; every timestamp in the load generator.
@@ -20,6 +30,8 @@ pub struct Schedule {
     /// Fraction of an interval by which this schedule is shifted, in [0, 1), so
     /// several threads' schedules interleave instead of firing together.
     phase: f64,
+    /// How long after an event's due time the sender may wake for it.
+    slack: Nanos,
     next: u64,
 }
 
@@ -34,8 +46,14 @@ impl Schedule {
             start,
             interval_ns: 1e9 / rate_per_s,
             phase: phase.clamp(0.0, 0.999_999),
+            slack: 0,
             next: 0,
         }
+    }
+
+    /// The same schedule, woken for up to `slack` after each due time.
+    pub fn with_slack(self, slack: Nanos) -> Schedule {
+        Schedule { slack, ..self }
     }
 
     /// When event `n` is due.
@@ -46,6 +64,11 @@ impl Schedule {
     /// When the next event not yet taken is due.
     pub fn next_due(&self) -> Nanos {
         self.due_at(self.next)
+    }
+
+    /// When to wake for the next event: its due time plus the slack.
+    pub fn wake_at(&self) -> Nanos {
+        self.next_due().saturating_add(self.slack)
     }
 
     /// Events taken so far.
@@ -106,6 +129,23 @@ mod tests {
         let b = Schedule::new(0, 1000.0, 0.5);
         assert_eq!(b.due_at(0), 500_000);
         assert!(a.due_at(0) < b.due_at(0) && b.due_at(0) < a.due_at(1));
+    }
+
+    #[test]
+    fn a_wake_after_the_slack_takes_every_event_due_within_it() {
+        // 100k events a second (10 µs apart), woken 25 µs after the first is due.
+        let mut s = Schedule::new(0, 100_000.0, 0.0).with_slack(25_000);
+        let wake = s.wake_at();
+        assert_eq!(wake, 25_000);
+        let batch: Vec<Nanos> = std::iter::from_fn(|| s.take_due(wake)).collect();
+        assert_eq!(batch, vec![0, 10_000, 20_000]);
+        assert_eq!(s.wake_at(), 30_000 + 25_000);
+    }
+
+    #[test]
+    fn without_slack_the_wake_is_the_due_time() {
+        let s = Schedule::new(7, 1000.0, 0.0);
+        assert_eq!(s.wake_at(), s.next_due());
     }
 
     #[test]

@@ -42,6 +42,13 @@ pub struct Report {
     /// connect start to its last echo. All 0 otherwise.
     #[serde(default)]
     pub transaction_us: Percentiles,
+    /// Open loop: how late loadgen itself took each measured message (with
+    /// `--messages-per-conn`, each connection) from its schedule, after the
+    /// due time its latency counts from: `--pacing-slack` plus whatever kept
+    /// loadgen busy. A p99 here near the latency's p99 means loadgen, not the
+    /// server, set it. All 0 in closed loop and in reports from before it.
+    #[serde(default)]
+    pub schedule_lag_us: Percentiles,
     pub verify: Verify,
     /// `--udp` runs only (null for TCP): what became of the datagrams.
     #[serde(default)]
@@ -88,6 +95,10 @@ pub struct RunConfig {
     /// `--linger0`: connections closed with a reset.
     #[serde(default)]
     pub linger0: bool,
+    /// `--pacing-slack` in microseconds, open-loop runs only (null otherwise,
+    /// and in reports from before it).
+    #[serde(default)]
+    pub pacing_slack_us: Option<u32>,
 }
 
 fn tcp() -> String {
@@ -279,6 +290,9 @@ pub struct Histograms {
     /// Empty in reports from before `--messages-per-conn`.
     #[serde(default)]
     pub transaction_us: String,
+    /// Empty in reports from before `schedule_lag_us`.
+    #[serde(default)]
+    pub schedule_lag_us: String,
 }
 
 /// Everything a run measured, before it becomes a [`Report`].
@@ -290,6 +304,7 @@ pub struct Totals {
     pub latency: Histogram<u64>,
     pub connect: Histogram<u64>,
     pub transaction: Histogram<u64>,
+    pub schedule_lag: Histogram<u64>,
     pub cpu: Cpu,
     /// UDP runs only.
     pub udp: Option<super::stats::UdpCounts>,
@@ -336,12 +351,14 @@ impl Report {
             latency_us: Percentiles::of(&t.latency),
             connect_us: Percentiles::of(&t.connect),
             transaction_us: Percentiles::of(&t.transaction),
+            schedule_lag_us: Percentiles::of(&t.schedule_lag),
             cpu: t.cpu,
             start: Some(t.start),
             histograms: Histograms {
                 latency_us: encode_histogram(&t.latency),
                 connect_us: encode_histogram(&t.connect),
                 transaction_us: encode_histogram(&t.transaction),
+                schedule_lag_us: encode_histogram(&t.schedule_lag),
             },
         }
     }
@@ -509,6 +526,14 @@ impl Report {
             "  latency us: p50 {} p90 {} p99 {} p99.9 {} max {} (mean {:.1})",
             l.p50, l.p90, l.p99, l.p999, l.max, l.mean
         );
+        if self.rate.is_some() {
+            let g = &self.schedule_lag_us;
+            let _ = writeln!(
+                s,
+                "  schedule lag us (loadgen's own lateness, in the latency above): p50 {} p99 {} max {}",
+                g.p50, g.p99, g.max
+            );
+        }
         let k = &self.connect_us;
         let _ = writeln!(
             s,

@@ -113,6 +113,9 @@ pub struct ThreadResult {
     pub completed: u64,
     /// Their times from (intended) connect start to last echo.
     pub transaction: Histogram<u64>,
+    /// Open loop: how late, in µs, each measured message (or connection) was
+    /// taken from the schedule after its due time; 0 for under a microsecond.
+    pub schedule_lag: Histogram<u64>,
     /// When this thread's measured part ended.
     pub measure_end: Nanos,
 }
@@ -134,6 +137,7 @@ impl ThreadResult {
             connect: new_histogram(),
             completed: 0,
             transaction: new_histogram(),
+            schedule_lag: new_histogram(),
             measure_end: 0,
         }
     }

@@ -99,7 +99,12 @@ impl Engine<'_> {
         // Open loop: connections due at --rate; closed loop: the first
         // opening of each slot at --connect-rate.
         let rate = open_loop.unwrap_or(f64::from(config.connect_rate)) * share;
-        let mut schedule = Schedule::new(start, rate.max(1e-3), self.phase());
+        let slack = if open_loop.is_some() {
+            self.pacing_slack()
+        } else {
+            0
+        };
+        let mut schedule = Schedule::new(start, rate.max(1e-3), self.phase()).with_slack(slack);
         // Open loop: connections due and still waiting for a free slot.
         let mut waiting: VecDeque<Nanos> = VecDeque::new();
         self.creating = self.plan.count > 0;
@@ -156,7 +161,7 @@ impl Engine<'_> {
                 None => self.slots().fresh < self.plan.count,
             };
             if self.creating && scheduled {
-                wake = wake.min(schedule.next_due());
+                wake = wake.min(schedule.wake_at());
             }
             self.turn(wake)?;
         }

@@ -35,7 +35,9 @@ impl Engine<'_> {
                 let total = self.shared.established.load(Relaxed).max(1);
                 let share = rate * live.len() as f64 / total as f64;
                 if share > 0.0 {
-                    schedule = Some(Schedule::new(start, share, self.phase()));
+                    schedule = Some(
+                        Schedule::new(start, share, self.phase()).with_slack(self.pacing_slack()),
+                    );
                 }
             }
         }

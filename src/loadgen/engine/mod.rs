@@ -325,6 +325,11 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// `--pacing-slack`, for the open-loop schedules.
+    fn pacing_slack(&self) -> Nanos {
+        self.config().pacing_slack.as_nanos() as Nanos
+    }
+
     /// Where this thread's schedules sit within an interval, so threads interleave.
     fn phase(&self) -> f64 {
         self.plan.id as f64 / self.shared.threads as f64
@@ -451,7 +456,7 @@ impl<'a> Engine<'a> {
 
     /// The due time of the next open-loop message, if one is due at `now` and
     /// messages are still being created; one due at `stop_at` or later ends
-    /// the creating.
+    /// the creating. A measured one's lateness at `now` is recorded.
     fn take_due(&mut self, schedule: &mut Schedule, now: Nanos, stop_at: Nanos) -> Option<Nanos> {
         if !self.creating {
             return None;
@@ -460,6 +465,12 @@ impl<'a> Engine<'a> {
         if due >= stop_at {
             self.creating = false;
             return None;
+        }
+        if due >= self.measure_start {
+            // Loadgen's own lateness: the slack, plus however long it was busy.
+            self.result
+                .schedule_lag
+                .saturating_record(now.saturating_sub(due) / 1000);
         }
         Some(due)
     }
@@ -483,7 +494,7 @@ impl<'a> Engine<'a> {
     /// created, the next scheduled one, whichever is first.
     fn turn_until(&mut self, wake: Nanos, schedule: Option<&Schedule>) -> Result<(), Error> {
         let wake = match schedule {
-            Some(s) if self.creating => wake.min(s.next_due()),
+            Some(s) if self.creating => wake.min(s.wake_at()),
             _ => wake,
         };
         self.turn(wake)

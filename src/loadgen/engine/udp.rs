@@ -55,7 +55,9 @@ impl Engine<'_> {
             .established
             .load(std::sync::atomic::Ordering::Relaxed);
         let share = rate * live.len() as f64 / total.max(1) as f64;
-        let mut schedule = (share > 0.0).then(|| Schedule::new(start, share, self.phase()));
+        let slack = self.pacing_slack();
+        let mut schedule =
+            (share > 0.0).then(|| Schedule::new(start, share, self.phase()).with_slack(slack));
         let mut rr = 0usize;
         let mut next_expiry = 0;
         let mut drain_deadline = Nanos::MAX;

@@ -222,6 +222,8 @@ SUMMARY_METRICS = (
     "p50_us",
     "p99_us",
     "p999_us",
+    # Open loop: loadgen's own lateness (schedule_lag_us.p99), part of p99_us.
+    "lag_p99_us",
     "mem_per_conn_b",
     # Cross-CPU interrupts per message taken by the server's CPUs and by
     # loadgen's (host.ipis).

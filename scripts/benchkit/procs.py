@@ -327,6 +327,10 @@ def _client_metrics(run: Run, client: str, stdout: str) -> int:
     )
     if j.get("rate"):
         m["rate_achieved"] = j["rate"]["achieved"]
+        # loadgen's own lateness after each due time (absent before it was reported).
+        lag = j.get("schedule_lag_us") or {}
+        if lag.get("count"):
+            m["lag_p99_us"] = lag["p99"]
     if run.cell.per_conn is not None:
         txn, connect = j["transaction_us"], j["connect_us"]
         m.update(conns_per_s=j["throughput"]["conns_per_s"],

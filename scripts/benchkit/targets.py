@@ -213,6 +213,9 @@ def check_s1(env: Env, scale: float, go: Callable, log: Callable) -> list:
 # T6 is not judged when loadgen's CPUs were at least this busy (median of
 # the runs): its own lateness, not the server, then sets the p99.
 LOADGEN_SATURATED = 0.95
+# Nor when loadgen's own lateness (its schedule lag's p99, which every
+# latency includes) is more than this share of the lower of the two p99s.
+LOADGEN_LAG_SHARE = 0.25
 
 
 def evaluate(runs: list, summaries: list, rate_cell: Optional[Cell], reps: int,
@@ -267,13 +270,22 @@ def evaluate(runs: list, summaries: list, rate_cell: Optional[Cell], reps: int,
         busy = [med("t6", rate_cell, b, "client_busy_frac") for b in ("uring", "epoll")]
         busiest = max((b for b in busy if b is not None), default=None)
         saturated = busiest is not None and busiest >= LOADGEN_SATURATED
+        lags = [med("t6", rate_cell, b, "lag_p99_us") for b in ("uring", "epoll")]
+        lag = max((x for x in lags if x is not None), default=None)
+        lower = min((x for x in (up, ep) if x), default=None)
+        lagging = lag is not None and lower is not None and lag > LOADGEN_LAG_SHARE * lower
         if saturated:
             why = (f"loadgen's CPU was {busiest:.0%} busy, so its own lateness set these "
                    "p99s; give it more CPUs (--client-cpus, --load-hosts)")
+        elif lagging:
+            why = (f"loadgen's own lateness (schedule lag p99 {lag:,.0f} us) is over "
+                   f"{LOADGEN_LAG_SHARE:.0%} of the lower p99, so it, not the servers, "
+                   "set them; give it more CPUs (--client-cpus, --load-hosts)")
+            saturated = True
         elif busiest is None:
             why = "loadgen's CPU was not measured: whether it was the limit is unknown"
         else:
-            why = ""
+            why = "" if lag is None else f"loadgen's schedule lag p99 {lag:,.0f} us"
         t6_note = "; ".join(x for x in (note, why) if x)
         out.append(Target("T6", "at half of epoll's maximum rate (1,000 conns x 64 B), "
                           "uring p99 <= 0.7x epoll's",

@@ -149,6 +149,24 @@ class Targets(unittest.TestCase):
         self.assertTrue(unknown.met)
         self.assertIn("loadgen's CPU was not measured", unknown.note)
 
+    def test_t6_is_not_judged_when_loadgen_was_late_by_a_share_of_the_p99(self):
+        cell = targets.Cell(1000, 64, 1, rate=50_000)
+
+        def t6(lag_uring, lag_epoll):
+            runs = [self.run_of("t6", cell, b, rep, p99_us=p99, client_busy_frac=0.4,
+                                lag_p99_us=lag)
+                    for rep in range(5)
+                    for b, p99, lag in (("uring", 400.0, lag_uring), ("epoll", 1000.0, lag_epoll))]
+            return {t.id: t for t in targets.evaluate(runs, summarise(runs), cell, 5)}["T6"]
+
+        small = t6(60.0, 90.0)  # at most 25 % of uring's 400 us
+        self.assertTrue(small.met)
+        self.assertIn("schedule lag p99 90 us", small.note)
+        late = t6(60.0, 101.0)  # the larger lag decides, against the lower p99
+        self.assertIsNone(late.met)
+        self.assertAlmostEqual(late.value, 0.4)
+        self.assertIn("loadgen's own lateness (schedule lag p99 101 us)", late.note)
+
 
 class Floor(unittest.TestCase):
     def test_samples_are_split_by_the_function_they_ran_in(self):

@@ -251,6 +251,30 @@ mod tests {
         panic!("no end to the trial in 10 s");
     }
 
+    /// Runs `trials` trials from `t` (bytes a turn as in [`run_trial`]),
+    /// each followed by a turn a millisecond through its hold; returns the
+    /// holds in milliseconds, and when the last one ended.
+    fn holds_of_trials(
+        p: &mut BatchTrial,
+        t: Instant,
+        trials: usize,
+        on_rate: u64,
+        off_rate: u64,
+    ) -> (Vec<u128>, Instant) {
+        let mut now = t;
+        let mut holds = Vec::new();
+        for _ in 0..trials {
+            now = run_trial(p, now, on_rate, off_rate);
+            holds.push(p.hold.as_millis());
+            let until = now + p.hold;
+            while now < until {
+                now += MS;
+                p.record(turn(p, off_rate), now);
+            }
+        }
+        (holds, now)
+    }
+
     fn step(p: &BatchTrial) -> Option<usize> {
         match p.phase {
             Phase::Trying { step, .. } => Some(step),
@@ -332,18 +356,7 @@ mod tests {
     fn a_verdict_that_trials_confirm_holds_longer_and_a_reversal_starts_over() {
         let t = Instant::now();
         let mut p = BatchTrial::new(t);
-        let mut now = t;
-        let mut holds = Vec::new();
-        for _ in 0..6 {
-            now = run_trial(&mut p, now, 64 * 120, 64 * 100);
-            holds.push(p.hold.as_millis());
-            // Load goes on through the hold: a turn a millisecond.
-            let until = now + p.hold;
-            while now < until {
-                now += MS;
-                p.record(turn(&p, 6400), now);
-            }
-        }
+        let (holds, now) = holds_of_trials(&mut p, t, 6, 64 * 120, 64 * 100);
         assert_eq!(holds, [1000, 2000, 4000, 8000, 8000, 8000]);
         run_trial(&mut p, now, 64 * 80, 64 * 100);
         assert!(!p.batching());
@@ -380,14 +393,7 @@ mod tests {
     fn undecided_trials_that_agree_hold_longer_and_a_verdict_starts_over() {
         let t = Instant::now();
         let mut p = BatchTrial::new(t);
-        let mut now = t;
-        let mut holds = Vec::new();
-        for _ in 0..5 {
-            now = run_trial(&mut p, now, 64, 64);
-            holds.push(p.hold.as_millis());
-            now += p.hold;
-            p.record(turn(&p, 64), now);
-        }
+        let (holds, now) = holds_of_trials(&mut p, t, 5, 64, 64);
         assert_eq!(holds, [1000, 2000, 4000, 8000, 8000]);
         run_trial(&mut p, now, 64 * 120, 64 * 100);
         assert!(p.batching());

@@ -109,8 +109,9 @@ pub struct RunArgs {
     /// Open loop: how many microseconds after a message's due time loadgen may
     /// wake to send it, so that messages due close together leave in one batch
     /// (one wake-up, and one interrupt of the server's CPU, for several). Each
-    /// message's latency still counts from its own due time, so the slack shows
-    /// in the latency, by at most its length; 0 wakes for every due time, which
+    /// message's latency (with --messages-per-conn, each connection's
+    /// transaction time) still counts from its own due time, so the slack shows
+    /// in it, by at most its length; 0 wakes for every due time, which
     /// costs loadgen several times the CPU per message (0..=1000) [default: 20]
     #[arg(long, value_name = "MICROS", value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub pacing_slack: Option<u32>,

@@ -44,9 +44,10 @@ pub struct Report {
     pub transaction_us: Percentiles,
     /// Open loop: how late loadgen itself took each measured message (with
     /// `--messages-per-conn`, each connection) from its schedule, after the
-    /// due time its latency counts from: `--pacing-slack` plus whatever kept
-    /// loadgen busy. A p99 here near the latency's p99 means loadgen, not the
-    /// server, set it. All 0 in closed loop and in reports from before it.
+    /// due time its latency (its transaction time) counts from:
+    /// `--pacing-slack` plus whatever kept loadgen busy. A p99 here near the
+    /// latency's p99 means loadgen, not the server, set it. All 0 in closed
+    /// loop and in reports from before it.
     #[serde(default)]
     pub schedule_lag_us: Percentiles,
     pub verify: Verify,

@@ -105,24 +105,30 @@ impl Engine<'_> {
             0
         };
         let mut schedule = Schedule::new(start, rate.max(1e-3), self.phase()).with_slack(slack);
-        // Open loop: connections due and still waiting for a free slot.
-        let mut waiting: VecDeque<Nanos> = VecDeque::new();
+        // Open loop: connections due and still waiting for a free slot, with
+        // when each was taken from the schedule.
+        let mut waiting: VecDeque<(Nanos, Nanos)> = VecDeque::new();
         self.creating = self.plan.count > 0;
         let mut drain_deadline = Nanos::MAX;
         loop {
             let now = self.shared.now();
+            if open_loop.is_some() {
+                while let Some(due) = self.take_due(&mut schedule, now, stop_at) {
+                    waiting.push_back((due, now));
+                }
+            }
             self.check_stop(now, &mut stop_at);
             self.expire_connects(now);
             if open_loop.is_some() {
-                while let Some(due) = self.take_due(&mut schedule, now, stop_at) {
-                    waiting.push_back(due);
-                }
-                while let Some(&due) = waiting.front() {
+                while let Some(&(due, taken)) = waiting.front() {
                     let Some(key) = self.slots().take() else {
                         break;
                     };
                     waiting.pop_front();
-                    if !self.open_churn_conn(key, due, now) {
+                    if self.open_churn_conn(key, due, now) {
+                        // Loadgen's lateness, not the wait for a slot (the server's).
+                        self.record_lag(due, taken);
+                    } else {
                         waiting.clear();
                     }
                 }

@@ -45,7 +45,6 @@ impl Engine<'_> {
         let mut drain_deadline = Nanos::MAX;
         loop {
             let now = self.shared.now();
-            self.check_stop(now, &mut stop_at);
             if let Some(s) = schedule.as_mut() {
                 while let Some(due) = self.take_due(s, now, stop_at) {
                     // The next live connection, dropping dead ones as they turn up.
@@ -62,10 +61,13 @@ impl Engine<'_> {
                             break;
                         }
                     }
-                    self.create(live[rr], due);
+                    if self.create(live[rr], due) {
+                        self.record_lag(due, now);
+                    }
                     rr += 1;
                 }
             }
+            self.check_stop(now, &mut stop_at);
             if self.outstanding == 0 && (!self.creating || schedule.is_none()) {
                 break;
             }
@@ -81,14 +83,14 @@ impl Engine<'_> {
     }
 
     /// Creates a message on `key` meant to be sent at `intended`, unless the
-    /// run has stopped creating or `--messages` is used up.
-    fn create(&mut self, key: u32, intended: Nanos) {
+    /// run has stopped creating or `--messages` is used up; true if it did.
+    fn create(&mut self, key: u32, intended: Nanos) -> bool {
         if !self.creating {
-            return;
+            return false;
         }
         if intended >= self.measure_start && !self.take_ticket() {
             self.creating = false;
-            return;
+            return false;
         }
         let (min, max) = (self.config().size.min, self.config().size.max);
         let pipeline = self.config().load.pipeline();
@@ -97,6 +99,7 @@ impl Engine<'_> {
         conn.push(intended, len, pipeline);
         self.outstanding += 1;
         self.kick_send(key);
+        true
     }
 
     pub(super) fn take_ticket(&mut self) -> bool {

@@ -456,7 +456,8 @@ impl<'a> Engine<'a> {
 
     /// The due time of the next open-loop message, if one is due at `now` and
     /// messages are still being created; one due at `stop_at` or later ends
-    /// the creating. A measured one's lateness at `now` is recorded.
+    /// the creating. Taken before [`Self::check_stop`] in a turn, so that a
+    /// wake-up at `stop_at` still takes what fell due just before it.
     fn take_due(&mut self, schedule: &mut Schedule, now: Nanos, stop_at: Nanos) -> Option<Nanos> {
         if !self.creating {
             return None;
@@ -466,13 +467,18 @@ impl<'a> Engine<'a> {
             self.creating = false;
             return None;
         }
+        Some(due)
+    }
+
+    /// Records loadgen's own lateness for a measured message (or connection)
+    /// due at `due`, taken from the schedule at `taken` and then created: the
+    /// pacing slack, plus however long loadgen was busy.
+    fn record_lag(&mut self, due: Nanos, taken: Nanos) {
         if due >= self.measure_start {
-            // Loadgen's own lateness: the slack, plus however long it was busy.
             self.result
                 .schedule_lag
-                .saturating_record(now.saturating_sub(due) / 1000);
+                .saturating_record(taken.saturating_sub(due) / 1000);
         }
-        Some(due)
     }
 
     /// The TCP drain: once messages are no longer created, outstanding echoes

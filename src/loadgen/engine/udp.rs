@@ -63,13 +63,15 @@ impl Engine<'_> {
         let mut drain_deadline = Nanos::MAX;
         loop {
             let now = self.shared.now();
-            self.check_stop(now, &mut stop_at);
             if let Some(s) = schedule.as_mut() {
                 while let Some(due) = self.take_due(s, now, stop_at) {
-                    self.create_datagram(live[rr], due, now);
+                    if self.create_datagram(live[rr], due, now) {
+                        self.record_lag(due, now);
+                    }
                     rr = (rr + 1) % live.len();
                 }
             }
+            self.check_stop(now, &mut stop_at);
             if now >= next_expiry {
                 self.expire_datagrams(now, timeout);
                 next_expiry = now + EXPIRE_EVERY;
@@ -97,11 +99,11 @@ impl Engine<'_> {
     }
 
     /// Creates a datagram on flow `key` meant to be sent at `intended`, unless
-    /// `--messages` is used up.
-    fn create_datagram(&mut self, key: u32, intended: Nanos, now: Nanos) {
+    /// `--messages` is used up; true if it did.
+    fn create_datagram(&mut self, key: u32, intended: Nanos, now: Nanos) -> bool {
         if intended >= self.measure_start && !self.take_ticket() {
             self.creating = false;
-            return;
+            return false;
         }
         let size = self.config().size;
         let flow = &mut self.flows[key as usize];
@@ -109,6 +111,7 @@ impl Engine<'_> {
         flow.push(Datagram { intended, len });
         self.outstanding += 1;
         self.kick_datagram(key, now);
+        true
     }
 
     /// Submits flow `key`'s next datagram if one waits and none is in flight.

@@ -37,8 +37,10 @@
 //! (open loop, 1,000 connections, loopback), leaving batching on after
 //! undecided trials, as an earlier version did, made uring's p99 568-579 µs
 //! against epoll's 158-203 µs; off, it was 176-240 µs. Undecided trials
-//! lengthen the hold as verdicts do, so that a steady light load is not
-//! tried every second.
+//! whose batching steps did not batch lengthen the hold as verdicts do, so
+//! that a steady fixed-rate load is not tried every second; a light trial
+//! does not, so that load arriving after it (saturation after a connection
+//! ramp) is tried within [`FIRST_HOLD`].
 //!
 //! A gap of more than [`STEP`] between two turns (an idle worker takes none)
 //! starts the trial afresh: a step is a stretch of load, not of idleness.
@@ -199,7 +201,9 @@ impl BatchTrial {
         let decided = !light && !ran_alike;
         let batching = decided && on.bytes_per_s() > off.bytes_per_s() * (1.0 + MARGIN);
         let outcome = decided.then_some(batching);
-        let agrees = self.trials_ended > 0 && outcome == self.outcome;
+        // A light trial never lengthens the hold: load that arrives after it
+        // (a connection ramp, then saturation) is tried within FIRST_HOLD.
+        let agrees = self.trials_ended > 0 && outcome == self.outcome && !light;
         self.hold = if agrees {
             (self.hold * 2).min(LONGEST_HOLD)
         } else {
@@ -239,11 +243,25 @@ mod tests {
     /// `off_rate` bytes a turn, until the trial ends (a verdict or none);
     /// returns when.
     fn run_trial(p: &mut BatchTrial, t: Instant, on_rate: u64, off_rate: u64) -> Instant {
+        run_trial_batching(p, t, on_rate, off_rate, true)
+    }
+
+    /// [`run_trial`], where the waits of the batching steps batch only if
+    /// `batches` (false: the back-off kept them from it).
+    fn run_trial_batching(
+        p: &mut BatchTrial,
+        t: Instant,
+        on_rate: u64,
+        off_rate: u64,
+        batches: bool,
+    ) -> Instant {
         let mut now = t;
         for _ in 0..10_000 {
             now += MS;
             let bytes = if p.batching() { on_rate } else { off_rate };
-            p.record(turn(p, bytes), now);
+            let mut x = turn(p, bytes);
+            x.batched &= batches;
+            p.record(x, now);
             if matches!(p.phase, Phase::Holding { .. }) {
                 return now;
             }
@@ -258,13 +276,13 @@ mod tests {
         p: &mut BatchTrial,
         t: Instant,
         trials: usize,
-        on_rate: u64,
-        off_rate: u64,
+        (on_rate, off_rate): (u64, u64),
+        batches: bool,
     ) -> (Vec<u128>, Instant) {
         let mut now = t;
         let mut holds = Vec::new();
         for _ in 0..trials {
-            now = run_trial(p, now, on_rate, off_rate);
+            now = run_trial_batching(p, now, on_rate, off_rate, batches);
             holds.push(p.hold.as_millis());
             let until = now + p.hold;
             while now < until {
@@ -356,7 +374,7 @@ mod tests {
     fn a_verdict_that_trials_confirm_holds_longer_and_a_reversal_starts_over() {
         let t = Instant::now();
         let mut p = BatchTrial::new(t);
-        let (holds, now) = holds_of_trials(&mut p, t, 6, 64 * 120, 64 * 100);
+        let (holds, now) = holds_of_trials(&mut p, t, 6, (64 * 120, 64 * 100), true);
         assert_eq!(holds, [1000, 2000, 4000, 8000, 8000, 8000]);
         run_trial(&mut p, now, 64 * 80, 64 * 100);
         assert!(!p.batching());
@@ -374,27 +392,33 @@ mod tests {
         assert_eq!(step(&p), None);
         p.record(turn(&p, 64), end + FIRST_HOLD);
         assert_eq!(step(&p), Some(0), "tried again after FIRST_HOLD");
-        // After a verdict for batching, a light trial turns it off too.
+        // After two verdicts for batching (a 2 s hold), a light trial turns
+        // it off and starts the hold over.
         let mut p = BatchTrial::new(t);
-        let end = run_trial(&mut p, t, 64 * 120, 64 * 100);
+        let (holds, now) = holds_of_trials(&mut p, t, 2, (64 * 120, 64 * 100), true);
+        assert_eq!(holds, [1000, 2000]);
         assert!(p.batching());
-        let next = end + p.hold;
-        p.record(turn(&p, 64), next);
-        run_trial(&mut p, next, 64, 64);
+        run_trial(&mut p, now, 64, 64);
         assert!(!p.batching());
-        assert_eq!((p.verdicts, p.kept), (1, 1));
+        assert_eq!((p.verdicts, p.kept), (2, 2));
         assert_eq!(
             p.hold, FIRST_HOLD,
             "a change of outcome starts the hold over"
         );
+        // Light trials never lengthen it: a load that comes after them is
+        // tried within FIRST_HOLD.
+        let (holds, _) = holds_of_trials(&mut p, now, 3, (64, 64), true);
+        assert_eq!(holds, [1000, 1000, 1000]);
     }
 
     #[test]
-    fn undecided_trials_that_agree_hold_longer_and_a_verdict_starts_over() {
+    fn trials_whose_batching_steps_did_not_batch_hold_longer_and_a_verdict_starts_over() {
+        // A fixed-rate load: plenty of receives, batches that never fill.
         let t = Instant::now();
         let mut p = BatchTrial::new(t);
-        let (holds, now) = holds_of_trials(&mut p, t, 5, 64, 64);
+        let (holds, now) = holds_of_trials(&mut p, t, 5, (64 * 100, 64 * 100), false);
         assert_eq!(holds, [1000, 2000, 4000, 8000, 8000]);
+        assert_eq!(p.verdicts, 0);
         run_trial(&mut p, now, 64 * 120, 64 * 100);
         assert!(p.batching());
         assert_eq!(p.hold, FIRST_HOLD);
